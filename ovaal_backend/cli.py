@@ -1,0 +1,105 @@
+"""Command line: ``python -m ovaal_backend simulate | serve | export``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+from .config import CLASSIFIERS, SELECTIONS, Config, ConfigError
+from .data import DatasetError
+from .weights import WeightsUnavailableError
+
+
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:
+    from .simulate import METHODS, PRESETS
+
+    p = sub.add_parser("simulate", help="offline active-learning loop with an oracle annotator",
+                       description="Run the active-learning loop on a labelled dataset, answering queries from its "
+                                   "ground truth, and write per-round mIoU to a JSON file.")
+    p.add_argument("--train", required=True, help="folder with images/, labels/ and classes.json (the pool)")
+    p.add_argument("--eval", required=True, help="folder to evaluate on after every round")
+    p.add_argument("--out", required=True, help="RESULT.json to write")
+    p.add_argument("--plot", help="PNG of mIoU against labelled pixels")
+    p.add_argument("--method", choices=sorted(METHODS), help="shorthand for classifier + selection + semi")
+    p.add_argument("--classifier", choices=CLASSIFIERS)
+    p.add_argument("--selection", choices=SELECTIONS)
+    p.add_argument("--semi", action="store_true", default=None, help="OVAAL+ semi-supervised final phase")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--rounds", type=int, help="acquisition rounds after the random round 0")
+    p.add_argument("--pixels-per-round", type=int, help="per image; OVA splits it evenly over the classes")
+    p.add_argument("--init-pixels", type=int, help="random pixels per image in round 0")
+    p.add_argument("--epochs", type=int, help="epochs per round after the first")
+    p.add_argument("--first-round-epochs", type=int)
+    p.add_argument("--semi-epochs", type=int, help="epochs of the final phase (with --semi: the OVAAL+ loss)")
+    p.add_argument("--retrain", action="store_true", default=None, help="fresh model every round (else fine-tune)")
+    p.add_argument("--no-balance", action="store_true", help="plain per-class BCE (no positive/negative balance)")
+    p.add_argument("--exclude-void", action="store_true", default=None,
+                   help="PixelPick's convention: never query ground-truth void pixels")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--encoder-weights", help="imagenet | lite0-offline | none | PATH")
+    p.add_argument("--encoder", help="any segmentation_models_pytorch encoder name")
+    p.add_argument("--arch", help="any segmentation_models_pytorch architecture (deeplabv3plus, unet, ...)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-train-images", type=int, default=0, help="use only the first N pool images (0 = all)")
+    p.add_argument("--max-eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def simulation_config(args: argparse.Namespace) -> Config:
+    """Preset, then method shorthand, then explicit flags (flags win)."""
+    from .simulate import METHODS, PRESETS
+
+    values: dict[str, Any] = dict(PRESETS[args.preset])
+    if args.method:
+        values.update(METHODS[args.method])
+    flags = {"classifier": args.classifier, "selection": args.selection, "semi": args.semi, "rounds": args.rounds,
+             "pixels_per_round": args.pixels_per_round, "init_pixels": args.init_pixels, "epochs": args.epochs,
+             "first_round_epochs": args.first_round_epochs, "semi_epochs": args.semi_epochs,
+             "retrain": args.retrain, "exclude_void": args.exclude_void, "seed": args.seed,
+             "encoder_weights": args.encoder_weights, "encoder": args.encoder, "arch": args.arch,
+             "device": args.device}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_balance:
+        values["ova_balance"] = False
+    if values.get("selection") == "ova" and values.get("classifier") == "multiclass":
+        values["classifier"] = "ova-shared"
+    if values.get("selection") not in (None, "ova", "random") and str(values.get("classifier", "ova")).startswith("ova") \
+            and args.classifier is None:
+        values["classifier"] = "multiclass"
+    return Config(**values)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from .simulate import plot_results, run_simulation, write_result
+
+    config = simulation_config(args)
+    result = run_simulation(config, args.train, args.eval, args.max_train_images, args.max_eval_images,
+                            progress=not args.quiet)
+    write_result(result, args.out)
+    if args.plot:
+        plot_results([result], args.plot)
+    last = result["rounds"][-1]
+    print(f"{result['method']}: mIoU {last['miou']:.2f} at {last['labelled_pixels_per_image']:.0f} px/image "
+          f"({100 * last['labelled_fraction']:.4f} %), {result['total_seconds']:.0f} s -> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
+                                     description="One-vs-All active learning for semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _simulate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    handlers = {"simulate": run_simulate}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DatasetError, WeightsUnavailableError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

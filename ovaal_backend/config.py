@@ -1,0 +1,168 @@
+"""One settings dataclass for the engine, the simulator and the server.
+
+Every field has a default and an environment variable (the field name in upper case, e.g. ``PIXELS_PER_ROUND``).
+``Config.from_env()`` runs once, where a program starts; everything else receives the object explicitly.
+The README's configuration table documents each field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+IGNORE_INDEX = -1
+"""Label of a point that trains nothing: void, "can't tell", or a class the label config no longer has."""
+
+CLASSIFIERS = ("ova-shared", "ova-separate", "multiclass")
+SELECTIONS = ("ova", "margin", "entropy", "least-confidence", "random")
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot work; the message names the setting and what to do."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings, with the defaults the backend starts with.
+
+    Engine fields are shared by the simulator and the backend; server fields are read only by the backend.
+    """
+
+    # --- model ---
+    classifier: str = "ova-shared"
+    arch: str = "deeplabv3plus"
+    encoder: str = "timm-tf_efficientnet_lite0"
+    encoder_weights: str = "lite0-offline"
+    device: str = "auto"
+
+    # --- training ---
+    image_height: int = 360
+    image_width: int = 480
+    epochs: int = 20
+    first_round_epochs: int = 20
+    retrain: bool = False
+    batch_size: int = 8
+    lr: float = 5e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 2e-4
+    scale_min: float = 0.75
+    scale_max: float = 1.5
+    color_jitter: float = 0.3
+    ova_balance: bool = True
+    amp: bool = True
+    num_threads: int = 0
+    seed: int = 0
+
+    # --- acquisition ---
+    selection: str = "ova"
+    init_pixels: int = 22
+    pixels_per_round: int = 22
+    rounds: int = 4
+    diversity_top_fraction: float = 0.0
+    exclude_void: bool = False
+
+    # --- OVAAL+ semi-supervised step ---
+    semi: bool = True
+    semi_alpha: float = 1.0
+    semi_top_l: int = 2000
+    semi_epochs: int = 10
+
+    # --- server ---
+    label_studio_url: str = "http://localhost:8080"
+    label_studio_api_key: str = ""
+    model_dir: str = "model_dir"
+    port: int = 9090
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    query_from_name: str = ""
+    mask_from_name: str = ""
+    train_after_annotations: int = 0
+    point_size: float = 0.6
+    predict_batch: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def budget(self) -> int:
+        """Pixels per image when every round has been answered."""
+        return self.init_pixels + self.rounds * self.pixels_per_round
+
+    @property
+    def is_ova(self) -> bool:
+        return self.classifier.startswith("ova")
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work, naming the setting."""
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError(f"classifier={self.classifier!r}: choose one of {', '.join(CLASSIFIERS)}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection={self.selection!r}: choose one of {', '.join(SELECTIONS)}")
+        if self.selection == "ova" and not self.is_ova:
+            raise ConfigError("selection='ova' needs an OVA classifier (ova-shared or ova-separate); "
+                              "use margin, entropy, least-confidence or random with classifier='multiclass'")
+        if self.selection in ("margin", "entropy", "least-confidence") and self.is_ova:
+            raise ConfigError(f"selection={self.selection!r} ranks a softmax over classes; with an OVA classifier use "
+                              "selection='ova' (for two outcomes entropy, margin and least confidence agree)")
+        for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "first_round_epochs", "rounds", "init_pixels", "semi_epochs", "semi_top_l",
+                     "train_after_annotations", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.diversity_top_fraction <= 1.0:
+            raise ConfigError(f"diversity_top_fraction must lie in [0, 1], got {self.diversity_top_fraction}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Defaults, then environment variables named like the fields in upper case, then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw, type(f.default))
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings, secrets removed (for results files and logs)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for secret in ("label_studio_api_key", "basic_auth_pass"):
+            if out[secret]:
+                out[secret] = "***"
+        return out
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    """Turn an environment string into the field's type, with an error that names the variable."""
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"environment variable {name.upper()}={raw!r} is not a valid {kind.__name__}") from None

@@ -1,0 +1,227 @@
+"""Images, dataset folders, and sparse point labels kept as coordinates through augmentation.
+
+A point is (row, col, label) at the image's ORIGINAL size. Training images are resized once to the training size and
+kept in memory as uint8; each batch applies scale / crop / flip / colour augmentation to the image and the same
+geometric map to the point coordinates, so a click can leave the crop but is never merged, dropped or duplicated by
+resampling a sparse mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import IGNORE_INDEX
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset folder is not laid out as expected; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """Class names, display colours and the label value that means void in ground-truth masks."""
+
+    classes: tuple[str, ...]
+    ignore_index: int
+    colors: tuple[tuple[int, int, int], ...]
+
+
+def read_class_info(folder: str | Path) -> ClassInfo:
+    """Read ``classes.json`` (keys ``classes``, ``ignore_index``, optional ``colors``) from ``folder`` or its parent."""
+    folder = Path(folder)
+    for candidate in (folder / "classes.json", folder.parent / "classes.json"):
+        if candidate.is_file():
+            meta = json.loads(candidate.read_text())
+            classes = tuple(meta["classes"])
+            colors = meta.get("colors") or _default_colors(len(classes))
+            return ClassInfo(classes, int(meta.get("ignore_index", 255)), tuple(tuple(c) for c in colors))
+    raise DatasetError(f"no classes.json in {folder} or its parent: write one with "
+                       '{"classes": [...], "ignore_index": 255}')
+
+
+def _default_colors(n: int) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(0)
+    return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(n)]
+
+
+class SegmentationFolder:
+    """A folder with ``images/`` and ``labels/`` (same file stems), like ``camvid/train``."""
+
+    def __init__(self, root: str | Path, require_labels: bool = True) -> None:
+        self.root = Path(root)
+        image_dir, label_dir = self.root / "images", self.root / "labels"
+        if not image_dir.is_dir():
+            raise DatasetError(f"{self.root}: no images/ folder")
+        self.image_paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.image_paths:
+            raise DatasetError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.label_paths: list[Path] = []
+        if require_labels:
+            by_stem = {p.stem: p for p in label_dir.glob("*")} if label_dir.is_dir() else {}
+            missing = [p.name for p in self.image_paths if p.stem not in by_stem]
+            if missing:
+                raise DatasetError(f"{label_dir}: no label for {len(missing)} image(s), e.g. {missing[:3]}")
+            self.label_paths = [by_stem[p.stem] for p in self.image_paths]
+        self.info = read_class_info(self.root)
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.stem for p in self.image_paths]
+
+    def load_image(self, index: int) -> np.ndarray:
+        return load_rgb(self.image_paths[index])
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Ground-truth class map (H, W) int64 with void mapped to IGNORE_INDEX."""
+        label = np.asarray(Image.open(self.label_paths[index]), dtype=np.int64)
+        if label.ndim != 2:
+            raise DatasetError(f"{self.label_paths[index]}: labels must be single-channel class indices")
+        invalid = (label < 0) | (label >= len(self.info.classes))
+        return np.where(invalid, IGNORE_INDEX, label)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def resize_images(images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
+    """Stack images resized to one training size: (N, 3, height, width) uint8, kept in memory for fast epochs."""
+    out = torch.empty((len(images), 3, height, width), dtype=torch.uint8)
+    for i, image in enumerate(images):
+        out[i] = to_tensor_resized(image, height, width)
+    return out
+
+
+def to_tensor_resized(image: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, height, width) uint8 with antialiased bilinear resizing."""
+    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
+    if tensor.shape[-2:] != (height, width):
+        tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return tensor[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 or 0..255 float (B, 3, H, W) -> normalised float."""
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - m) / s
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random geometric and colour changes for one training batch."""
+
+    scale_min: float = 0.75
+    scale_max: float = 1.5
+    flip: bool = True
+    color_jitter: float = 0.3
+    enabled: bool = True
+
+
+def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
+               indices: Sequence[int], augment: Augmentation,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch of augmented images and their points.
+
+    Args:
+        images: (N, 3, h, w) uint8, every image resized to the training size.
+        points: per image, (n_i, 3) int arrays of (row, col, label) at the ORIGINAL size.
+        original_sizes: per image, (height, width) at the original size.
+        indices: which images form the batch.
+        augment: the augmentation to apply.
+        generator: CPU random generator (seeded runs are reproducible).
+
+    Returns:
+        images (B, 3, h, w) float in 0..255, and points (P, 4) float: (batch index, y, x, label) in pixel units of
+        the batch images; points that the crop moved outside the image are left out of this batch only.
+    """
+    height, width = images.shape[-2:]
+    out_images = torch.zeros((len(indices), 3, height, width))
+    out_points = []
+    for b, i in enumerate(indices):
+        image = images[i].float()[None]
+        scale = 1.0
+        if augment.enabled:
+            scale = float(torch.empty(1).uniform_(augment.scale_min, augment.scale_max, generator=generator))
+        sh, sw = max(1, round(height * scale)), max(1, round(width * scale))
+        if (sh, sw) != (height, width):
+            image = F.interpolate(image, size=(sh, sw), mode="bilinear", align_corners=False)
+        top = _random_offset(sh, height, generator) if augment.enabled else 0
+        left = _random_offset(sw, width, generator) if augment.enabled else 0
+        canvas = torch.zeros((3, height, width))
+        src = image[0, :, max(top, 0):max(top, 0) + height, max(left, 0):max(left, 0) + width]
+        canvas[:, max(-top, 0):max(-top, 0) + src.shape[1], max(-left, 0):max(-left, 0) + src.shape[2]] = src
+        flip = augment.enabled and augment.flip and bool(torch.rand(1, generator=generator) < 0.5)
+        if flip:
+            canvas = canvas.flip(-1)
+        if augment.enabled and augment.color_jitter > 0:
+            canvas = _jitter_colour(canvas, augment.color_jitter, generator)
+        out_images[b] = canvas
+        pts = points[i]
+        if len(pts) == 0:
+            continue
+        oh, ow = original_sizes[i]
+        rows = torch.as_tensor(pts[:, 0], dtype=torch.float32)
+        cols = torch.as_tensor(pts[:, 1], dtype=torch.float32)
+        y = (rows + 0.5) * (sh / oh) - 0.5 - top
+        x = (cols + 0.5) * (sw / ow) - 0.5 - left
+        if flip:
+            x = width - 1 - x
+        inside = (y >= -0.5) & (y < height - 0.5) & (x >= -0.5) & (x < width - 0.5)
+        labels = torch.as_tensor(pts[:, 2], dtype=torch.float32)
+        batch_col = torch.full_like(y, b)
+        out_points.append(torch.stack([batch_col, y, x, labels], 1)[inside])
+    packed = torch.cat(out_points) if out_points else torch.zeros((0, 4))
+    return out_images, packed
+
+
+def _random_offset(size: int, window: int, generator: torch.Generator) -> int:
+    """Crop offset: inside the image when it is larger than the window, a padding offset (negative) otherwise."""
+    if size == window:
+        return 0
+    low, high = (0, size - window) if size > window else (size - window, 0)
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+def _jitter_colour(image: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    factors = torch.empty(3).uniform_(1 - strength, 1 + strength, generator=generator)
+    image = image * factors[0]
+    mean = image.mean()
+    image = (image - mean) * factors[1] + mean
+    grey = image.mean(0, keepdim=True)
+    image = (image - grey) * factors[2] + grey
+    return image.clamp(0, 255)
+
+
+def sample_at_points(logits: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of per-pixel logits at point coordinates.
+
+    Shape: logits (B, C, h, w), points (P, 4) as from ``make_batch`` -> (P, C), in the order of ``points``.
+    """
+    batch, classes, height, width = logits.shape
+    out = logits.new_zeros((points.shape[0], classes))
+    for b in range(batch):
+        sel = points[:, 0] == b
+        if not sel.any():
+            continue
+        p = points[sel].to(logits.device)
+        grid = torch.stack([(p[:, 2] + 0.5) / width * 2 - 1, (p[:, 1] + 0.5) / height * 2 - 1], -1)
+        sampled = F.grid_sample(logits[b:b + 1].float(), grid.view(1, -1, 1, 2).float(), mode="bilinear",
+                                padding_mode="border", align_corners=False)
+        out[sel.to(out.device)] = sampled[0, :, :, 0].t().to(out.dtype)
+    return out

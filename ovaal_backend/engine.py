@@ -1,0 +1,229 @@
+"""The active-learning engine: the loop's state and steps, shared by the offline simulator and the backend.
+
+It knows images, probabilities, pixels and labels; nothing of HTTP or Label Studio. One round is:
+``train`` on every labelled point so far -> ``query`` the next pixels of every pool image -> (someone answers) -> repeat.
+Round 0 queries random pixels (cold start). When the budget is spent, ``train(semi=True)`` is the OVAAL+ phase.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .acquisition import get_scorer, score_binary_entropy, select_per_class, select_random, select_top
+from .config import Config
+from .data import normalize
+from .model import SegmentationClassifier, build_classifier, winner_takes_all
+from .train import TrainResult, train_model
+from .weights import get_normalization
+
+log = logging.getLogger(__name__)
+
+RANDOM_QUERY = -1
+"""``query_class`` of a pixel chosen at random (round 0, or the random baseline) rather than by one class."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when present, else CPU; asking for CUDA without one is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but torch sees no CUDA device here: use device=auto or cpu")
+    return device
+
+
+@dataclass(frozen=True)
+class Queries:
+    """The pixels one image should have answered next, at its original size.
+
+    ``query_class[i]`` is the class whose classifier asked for pixel i (RANDOM_QUERY for random picks),
+    ``guess[i]`` the model's Winner-Takes-All class there (-1 without a model), ``uncertainty[i]`` in [0, 1].
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    query_class: np.ndarray
+    guess: np.ndarray
+    uncertainty: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def certainty(self) -> float:
+        """1 - mean normalised uncertainty: a task-level score (low = most informative, served first)."""
+        return float(1 - self.uncertainty.mean()) if len(self) else 1.0
+
+
+def labelled_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) bool, True at every pixel that has an answer (void and "can't tell" answers included)."""
+    mask = np.zeros((height, width), dtype=bool)
+    if len(points):
+        mask[points[:, 0], points[:, 1]] = True
+    return mask
+
+
+class ActiveLearner:
+    """A classifier plus the steps of the active-learning loop.
+
+    Args:
+        config: model, training and acquisition settings.
+        num_classes: C.
+        device: where to run; ``config.device`` by default.
+    """
+
+    def __init__(self, config: Config, num_classes: int, device: torch.device | None = None) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.device = device or resolve_device(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.normalization = get_normalization(config.encoder_weights)
+        torch.manual_seed(config.seed)
+        self.model: SegmentationClassifier = build_classifier(config, num_classes).to(self.device).eval()
+        self.trained_rounds = 0
+
+    @property
+    def train_size(self) -> tuple[int, int]:
+        return self.config.image_height, self.config.image_width
+
+    def reset_model(self) -> None:
+        """Start again from the pretrained encoder (PixelPick retrains from scratch every round)."""
+        self.model = build_classifier(self.config, self.num_classes).to(self.device).eval()
+
+    def train(self, images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
+              semi: bool = False, epochs: int | None = None, progress: bool = True) -> TrainResult:
+        """Train on every labelled point so far; the number of epochs follows the config unless given.
+
+        Args:
+            images: (N, 3, h, w) uint8 pool images at the training size.
+            points: per image, (n_i, 3) (row, col, label) at the original size.
+            original_sizes: per image, (height, width).
+            semi: the OVAAL+ phase (adds the inversion loss; ``semi_epochs`` by default).
+        """
+        if epochs is None:
+            if semi:
+                epochs = self.config.semi_epochs
+            elif self.trained_rounds == 0 or self.config.retrain:
+                epochs = self.config.first_round_epochs
+            else:
+                epochs = self.config.epochs
+        if self.config.retrain and not semi and self.trained_rounds > 0:
+            self.reset_model()
+        result = train_model(self.model, images, points, original_sizes, self.config, epochs, self.device,
+                             self.normalization, self.generator, semi=semi, progress=progress)
+        self.trained_rounds += 1
+        return result
+
+    @torch.no_grad()
+    def predict_probabilities(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Per-class probabilities at ``size`` (the original image size).
+
+        Shape: images (B, 3, h, w) uint8 at the training size -> (B, C, H, W) float on ``self.device``.
+        """
+        self.model.eval()
+        inputs = normalize(images.to(self.device), *self.normalization)
+        with torch.autocast(self.device.type, dtype=torch.float16,
+                            enabled=self.config.amp and self.device.type == "cuda"):
+            logits = self.model(inputs).float()
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return self.model.probabilities(logits)
+
+    @torch.no_grad()
+    def predict_class_map(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Winner-Takes-All class maps (B, H, W) at ``size``."""
+        return winner_takes_all(self.predict_probabilities(images, size))
+
+    def select(self, probabilities: torch.Tensor | None, candidates: torch.Tensor, n: int,
+               random: bool = False) -> list[Queries]:
+        """The next ``n`` pixels of each image, chosen by the configured selection.
+
+        Args:
+            probabilities: (B, C, H, W) from ``predict_probabilities``; None before any training (random picks).
+            candidates: (B, H, W) bool, False at labelled (and otherwise excluded) pixels.
+            n: pixels per image; for OVA selection split evenly over the classes.
+            random: random picks whatever the configured selection (round 0, the cold start).
+        """
+        candidates = candidates.to(self.device)
+        selection = "random" if random or probabilities is None else self.config.selection
+        query_class = None
+        if selection == "random":
+            index, valid = select_random(candidates, n, self.generator)
+        elif selection == "ova":
+            per_class = score_binary_entropy(probabilities)
+            index, query_class, valid = select_per_class(per_class, candidates, n, self.generator)
+        else:
+            scores = get_scorer(selection)(probabilities)
+            index, valid = select_top(scores, candidates, n, self.config.diversity_top_fraction, self.generator)
+        return self._to_queries(probabilities, candidates.shape[-1], index, query_class, valid)
+
+    def _to_queries(self, probabilities: torch.Tensor | None, width: int, index: torch.Tensor,
+                    query_class: torch.Tensor | None, valid: torch.Tensor) -> list[Queries]:
+        out = []
+        for b in range(index.shape[0]):
+            keep = valid[b]
+            flat = index[b][keep]
+            rows, cols = (flat // width), (flat % width)
+            asked = query_class[b][keep] if query_class is not None else torch.full_like(flat, RANDOM_QUERY)
+            if probabilities is None:
+                guess = torch.full_like(flat, -1)
+                uncertainty = torch.ones(flat.shape, device=flat.device)
+            else:
+                at = probabilities[b][:, rows, cols]
+                guess = at.argmax(0)
+                uncertainty = self._point_uncertainty(at, asked)
+            out.append(Queries(*(t.cpu().numpy() for t in (rows, cols, asked, guess, uncertainty))))
+        return out
+
+    def _point_uncertainty(self, at: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
+        """Normalised uncertainty in [0, 1] of each queried point: the asking class's binary entropy (OVA) or the
+        entropy of the class distribution over log C (multi-class)."""
+        if self.model.is_ova:
+            entropy = score_binary_entropy(at.t())
+            column = asked.clamp(min=0)
+            own = entropy.gather(1, column[:, None])[:, 0]
+            return torch.where(asked >= 0, own, entropy.max(1).values) / np.log(2)
+        p = at.t().clamp_min(1e-12)
+        return -(p * p.log()).sum(1) / np.log(self.num_classes)
+
+    def query(self, images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
+              n: int, random: bool = False, excluded: Iterable[np.ndarray | None] | None = None) -> list[Queries]:
+        """Predict each pool image and choose its next ``n`` pixels, never an answered one.
+
+        Images are handled one at a time because their original sizes may differ; ``excluded`` (per image, an (H, W)
+        bool mask or None) removes more pixels from the candidates (the simulator's ground-truth-void option).
+        """
+        excluded = list(excluded) if excluded is not None else [None] * len(points)
+        out: list[Queries] = []
+        for i, (height, width) in enumerate(original_sizes):
+            mask = ~labelled_mask(points[i], height, width)
+            if excluded[i] is not None:
+                mask &= ~excluded[i]
+            candidates = torch.from_numpy(mask)[None]
+            probs = None if random else self.predict_probabilities(images[i:i + 1], (height, width))
+            out.extend(self.select(probs, candidates, n, random=random))
+        return out
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: weights, the config they were trained with, rounds trained, RNG state."""
+        return {"model": self.model.state_dict(), "config": self.config.to_dict(), "num_classes": self.num_classes,
+                "kind": self.model.kind, "trained_rounds": self.trained_rounds,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_classes"] != self.num_classes or state["kind"] != self.model.kind:
+            raise ValueError(f"checkpoint holds a {state['kind']} model with {state['num_classes']} classes; "
+                             f"this learner is {self.model.kind} with {self.num_classes}")
+        self.model.load_state_dict(state["model"])
+        self.trained_rounds = int(state["trained_rounds"])
+        self.generator.set_state(state["generator"])
+        self.model.to(self.device).eval()
+

@@ -1,0 +1,100 @@
+"""Classifier kinds on segmentation_models_pytorch, all behind one interface.
+
+Every kind maps images (B, 3, H, W) to logits (B, C, H, W); what differs is how logits become probabilities:
+C independent sigmoids for the One-vs-All kinds, one softmax for the multi-class baseline. Winner-Takes-All
+(argmax over C) turns either into a class map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import segmentation_models_pytorch as smp
+
+from .config import CLASSIFIERS, Config
+
+OVA_SHARED = "ova-shared"
+"""One network, C binary (sigmoid) output channels: per-class losses and queries for the cost of one network."""
+OVA_SEPARATE = "ova-separate"
+"""C independent binary networks, as in the paper (C times the cost)."""
+MULTICLASS = "multiclass"
+"""One network, softmax over C: the PixelPick baseline."""
+
+INPUT_MULTIPLE = 16
+"""smp encoders need heights and widths divisible by this; inputs are padded to it and logits cropped back."""
+
+
+def _build_network(arch: str, encoder: str, classes: int) -> nn.Module:
+    try:
+        return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=classes)
+    except KeyError as err:
+        raise ValueError(f"unknown architecture or encoder ({arch!r}, {encoder!r}): {err}. "
+                         f"Architectures: {', '.join(sorted(a.__name__.lower() for a in smp._MODEL_ARCHITECTURES))}; "
+                         "encoders: segmentation_models_pytorch.encoders.get_encoder_names()") from None
+
+
+class SegmentationClassifier(nn.Module):
+    """A segmentation network of one of the three classifier kinds.
+
+    Args:
+        kind: ``ova-shared``, ``ova-separate`` or ``multiclass``.
+        num_classes: C.
+        arch: any smp architecture name (``deeplabv3plus``, ``unet``, ...).
+        encoder: any smp encoder name.
+
+    Shape:
+        ``forward``: (B, 3, H, W) -> logits (B, C, H, W), any H, W (padded internally to a multiple of 16).
+    """
+
+    def __init__(self, kind: str, num_classes: int, arch: str = "deeplabv3plus",
+                 encoder: str = "timm-tf_efficientnet_lite0") -> None:
+        super().__init__()
+        if kind not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier kind {kind!r}: choose one of {', '.join(CLASSIFIERS)}")
+        if num_classes < 2:
+            raise ValueError(f"need at least 2 classes, got {num_classes}")
+        self.kind = kind
+        self.num_classes = num_classes
+        self.arch = arch
+        self.encoder_name = encoder
+        if kind == OVA_SEPARATE:
+            self.networks = nn.ModuleList(_build_network(arch, encoder, 1) for _ in range(num_classes))
+        else:
+            self.networks = nn.ModuleList([_build_network(arch, encoder, num_classes)])
+
+    @property
+    def is_ova(self) -> bool:
+        return self.kind != MULTICLASS
+
+    def encoders(self) -> list[nn.Module]:
+        """The encoder of every network (one, or C for ``ova-separate``), for loading pretrained weights."""
+        return [net.encoder for net in self.networks]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        pad_h = (-height) % INPUT_MULTIPLE
+        pad_w = (-width) % INPUT_MULTIPLE
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > 1 else "constant")
+        logits = torch.cat([net(images) for net in self.networks], dim=1)
+        return logits[..., :height, :width]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities (B, C, H, W): independent sigmoids (OVA) or a softmax (multi-class)."""
+        return torch.sigmoid(logits) if self.is_ova else torch.softmax(logits, dim=1)
+
+
+def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:
+    """Class map (B, H, W) from per-class probabilities (B, C, H, W): the most confident class wins."""
+    return probabilities.argmax(dim=1)
+
+
+def build_classifier(config: Config, num_classes: int) -> SegmentationClassifier:
+    """The classifier described by ``config``, with its encoder weights loaded (see ``weights.load_encoder_weights``)."""
+    from .weights import load_encoder_weights
+
+    model = SegmentationClassifier(config.classifier, num_classes, config.arch, config.encoder)
+    load_encoder_weights(model, config.encoder_weights)
+    return model

@@ -1,0 +1,196 @@
+"""The offline simulator: the engine's loop with an oracle annotator that answers from ground-truth masks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import IGNORE_INDEX, Config
+from .data import SegmentationFolder, resize_images
+from .engine import ActiveLearner, Queries
+from .metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, dict[str, Any]] = {
+    "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.0},
+    "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.0},
+    "pixelpick": {"classifier": "multiclass", "selection": "margin", "semi": False, "diversity_top_fraction": 0.05},
+    "random": {"classifier": "multiclass", "selection": "random", "semi": False, "diversity_top_fraction": 0.0},
+}
+"""Shorthands for the methods compared in the paper."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "image_height": 360, "image_width": 480, "batch_size": 4, "retrain": True,
+        "first_round_epochs": 50, "epochs": 50, "semi_epochs": 50,
+        "init_pixels": 22, "pixels_per_round": 22, "rounds": 4, "scale_min": 0.5, "scale_max": 2.0,
+    },
+    "cpu": {
+        "image_height": 176, "image_width": 240, "batch_size": 8, "retrain": False,
+        "first_round_epochs": 3, "epochs": 2, "semi_epochs": 2,
+        "init_pixels": 22, "pixels_per_round": 22, "rounds": 3, "scale_min": 0.75, "scale_max": 1.5,
+        "semi_top_l": 1000, "num_threads": 2,
+    },
+}
+"""Protocols: ``paper`` is PixelPick's GPU protocol (full size, a fresh model and 50 epochs per round); ``cpu`` is the
+scaled protocol that finishes one method's loop on CamVid in minutes on 2 CPU cores (see docs/benchmarks.md for why)."""
+
+
+def method_name(config: Config) -> str:
+    """The shorthand matching a config, or a description of the combination."""
+    for name, settings in METHODS.items():
+        if all(getattr(config, k) == v for k, v in settings.items()):
+            return name
+    return f"{config.classifier}+{config.selection}" + ("+semi" if config.semi else "")
+
+
+class Oracle:
+    """An annotator that answers every query from the ground truth; a void pixel is answered "void" (ignored)."""
+
+    def __init__(self, labels: list[np.ndarray]) -> None:
+        self.labels = labels
+
+    def answer(self, image_index: int, queries: Queries) -> np.ndarray:
+        """(n, 3) points (row, col, label) for the queried pixels."""
+        labels = self.labels[image_index][queries.rows, queries.cols]
+        labels = np.where(labels < 0, IGNORE_INDEX, labels)
+        return np.stack([queries.rows, queries.cols, labels], 1).astype(np.int64)
+
+
+def _load_split(folder: SegmentationFolder, limit: int, config: Config, desc: str, progress: bool):
+    count = len(folder) if limit <= 0 else min(limit, len(folder))
+    images, labels, sizes = [], [], []
+    for i in tqdm(range(count), desc=f"load {desc}", disable=not progress, leave=False):
+        image = folder.load_image(i)
+        images.append(image)
+        labels.append(folder.load_label(i))
+        sizes.append(image.shape[:2])
+    return resize_images(images, config.image_height, config.image_width), labels, sizes
+
+
+def evaluate(learner: ActiveLearner, images: torch.Tensor, labels: list[np.ndarray],
+             sizes: list[tuple[int, int]], batch: int = 8) -> torch.Tensor:
+    """Confusion matrix over a whole evaluation set, predicted at each image's original size, void ignored."""
+    confusion = torch.zeros((learner.num_classes, learner.num_classes), dtype=torch.long)
+    for start in range(0, len(labels), batch):
+        stop = min(start + batch, len(labels))
+        same_size = len({sizes[i] for i in range(start, stop)}) == 1
+        groups = [range(start, stop)] if same_size else [range(i, i + 1) for i in range(start, stop)]
+        for group in groups:
+            pred = learner.predict_class_map(images[group.start:group.stop], sizes[group.start])
+            target = torch.from_numpy(np.stack([labels[i] for i in group])).to(pred.device)
+            confusion += confusion_matrix(pred, target, learner.num_classes)
+    return confusion
+
+
+def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, max_train: int = 0,
+                   max_eval: int = 0, progress: bool = True,
+                   on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the whole loop: random round 0, then ``rounds`` acquisition rounds, then the final (OVAAL+) phase.
+
+    Returns the RESULT.json dictionary (mIoU in percent).
+    """
+    train_folder, eval_folder = SegmentationFolder(train_dir), SegmentationFolder(eval_dir)
+    classes = train_folder.info.classes
+    if eval_folder.info.classes != classes:
+        raise ValueError(f"{train_dir} and {eval_dir} list different classes")
+    learner = ActiveLearner(config, len(classes))
+    train_images, train_labels, train_sizes = _load_split(train_folder, max_train, config, "train", progress)
+    eval_images, eval_labels, eval_sizes = _load_split(eval_folder, max_eval, config, "eval", progress)
+    oracle = Oracle(train_labels)
+    excluded = [label == IGNORE_INDEX for label in train_labels] if config.exclude_void else None
+    points = [np.zeros((0, 3), dtype=np.int64) for _ in train_labels]
+    acquired: list[list[np.ndarray]] = [[] for _ in train_labels]
+    rounds: list[dict[str, Any]] = []
+    total_pixels = sum(h * w for h, w in train_sizes)
+    started = time.perf_counter()
+
+    def record(round_index: int, phase: str, train_seconds: float, select_seconds: float) -> None:
+        confusion = evaluate(learner, eval_images, eval_labels, eval_sizes)
+        iou = iou_per_class(confusion)
+        answered = sum(len(p) for p in points)
+        void = sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in points)
+        entry = {
+            "round": round_index, "phase": phase,
+            "labelled_pixels": answered, "labelled_pixels_per_image": answered / len(points),
+            "labelled_fraction": answered / total_pixels, "void_answers": void,
+            "miou": mean_iou(confusion),
+            "per_class_iou": {c: (None if torch.isnan(v) else float(v) * 100) for c, v in zip(classes, iou)},
+            "train_seconds": train_seconds, "select_seconds": select_seconds,
+            "elapsed_seconds": time.perf_counter() - started,
+        }
+        rounds.append(entry)
+        log.info("round %d (%s) | %.1f px/img (%.4f %%) | mIoU %.2f | train %.0f s | select %.0f s", round_index,
+                 phase, entry["labelled_pixels_per_image"], 100 * entry["labelled_fraction"], entry["miou"],
+                 train_seconds, select_seconds)
+        if on_round:
+            on_round(entry)
+
+    for round_index in range(config.rounds + 1):
+        t0 = time.perf_counter()
+        n = config.init_pixels if round_index == 0 else config.pixels_per_round
+        queries = learner.query(train_images, points, train_sizes, n, random=round_index == 0, excluded=excluded)
+        for i, q in enumerate(queries):
+            answers = oracle.answer(i, q)
+            points[i] = np.concatenate([points[i], answers])
+            if round_index > 0:
+                acquired[i].append(answers)
+        select_seconds = time.perf_counter() - t0
+        result = learner.train(train_images, points, train_sizes, progress=progress)
+        record(round_index, "active", result.seconds, select_seconds)
+    if config.semi_epochs > 0:
+        result = learner.train(train_images, points, train_sizes, semi=config.semi, epochs=config.semi_epochs,
+                               progress=progress)
+        record(config.rounds + 1, "semi" if config.semi else "final", result.seconds, 0.0)
+
+    chosen = [np.concatenate(a) if a else np.zeros((0, 3), dtype=np.int64) for a in acquired]
+    all_labels = np.concatenate([c[:, 2] for c in chosen]) if chosen else np.zeros(0, dtype=np.int64)
+    return {
+        "method": method_name(config),
+        "config": config.to_dict(),
+        "classes": list(classes),
+        "train_images": len(train_labels), "eval_images": len(eval_labels),
+        "void_policy": "excluded from candidates (PixelPick)" if config.exclude_void
+        else "queried, answered void, costs budget, trains nothing",
+        "rounds": rounds,
+        "diversity": {"spatial": spatial_diversity(chosen), "semantic": semantic_diversity(all_labels, len(classes)),
+                      "pixels": int(len(all_labels))},
+        "device": str(learner.device),
+        "total_seconds": time.perf_counter() - started,
+    }
+
+
+def write_result(result: dict[str, Any], out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def plot_results(results: list[dict[str, Any]], out: str | Path) -> None:
+    """mIoU against labelled pixels per image, one line per result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for result in results:
+        xs = [r["labelled_pixels_per_image"] for r in result["rounds"]]
+        ys = [r["miou"] for r in result["rounds"]]
+        ax.plot(xs, ys, marker="o", label=f"{result['method']} (seed {result['config']['seed']})")
+    ax.set_xlabel("labelled pixels per image")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
