@@ -51,7 +51,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
     """Preset, then method shorthand, then explicit flags (flags win)."""
     from .simulate import METHODS, PRESETS
 
-    values: dict[str, Any] = dict(PRESETS[args.preset])
+    values: dict[str, Any] = {**PRESETS[args.preset], "semi": False}
     if args.method:
         values.update(METHODS[args.method])
     flags = {"classifier": args.classifier, "selection": args.selection, "semi": args.semi, "rounds": args.rounds,

@@ -107,6 +107,8 @@ class Config:
         if self.selection in ("margin", "entropy", "least-confidence") and self.is_ova:
             raise ConfigError(f"selection={self.selection!r} ranks a softmax over classes; with an OVA classifier use "
                               "selection='ova' (for two outcomes entropy, margin and least confidence agree)")
+        if self.semi and not self.is_ova:
+            raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: use an OVA classifier or set SEMI=false")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

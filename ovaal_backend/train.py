@@ -70,7 +70,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     augment = Augmentation(config.scale_min, config.scale_max, True, config.color_jitter)
-    batch_size = min(config.batch_size, len(pool))
+    batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
     mean, std = normalization
     iterations, last_loss = 0, float("nan")
@@ -78,6 +78,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
                leave=False, dynamic_ncols=True)
     for _ in range(epochs):
         order = torch.randperm(len(pool), generator=generator).tolist()
+        order = (order * batch_size)[:max(len(order), batch_size)]
         for step in range(steps_per_epoch):
             batch_index = [pool[j] for j in order[step * batch_size:(step + 1) * batch_size]]
             batch_images, batch_points = make_batch(images, points, original_sizes, batch_index, augment, generator)

@@ -1,0 +1,304 @@
+"""The SQLite label store: annotated points, query tasks, project state and webhook events.
+
+Label Studio does not retry a webhook delivery, and the backend may restart at any time, so everything an annotator
+gave and every event not yet processed is written here before it is acted on. Writes are keyed by Label Studio's
+annotation id, which makes a re-delivery or an ``ANNOTATION_UPDATED`` replace what was stored instead of adding to it.
+
+One file per backend; every call opens its own connection (WAL mode, so readers never block the writer) and writes
+are serialised by a lock, which makes one ``LabelStore`` safe to share between the Flask threads and the worker.
+Nothing is ever deleted except by ``delete_annotations`` (and by an annotation replacing its own points).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import IGNORE_INDEX
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS annotations (
+    project TEXT NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    source_task_id INTEGER NOT NULL,
+    round_index INTEGER NOT NULL,
+    annotator TEXT,
+    cancelled INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, annotation_id)
+);
+CREATE INDEX IF NOT EXISTS annotations_round ON annotations (project, round_index);
+CREATE TABLE IF NOT EXISTS points (
+    project TEXT NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    PRIMARY KEY (project, annotation_id, row, col)
+);
+CREATE TABLE IF NOT EXISTS query_tasks (
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    round_index INTEGER NOT NULL,
+    source_task_id INTEGER NOT NULL,
+    PRIMARY KEY (project, task_id)
+);
+CREATE INDEX IF NOT EXISTS query_tasks_round ON query_tasks (project, round_index);
+CREATE TABLE IF NOT EXISTS project_state (
+    project TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    action TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    done_at REAL
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (done_at, id);
+"""
+
+
+class LabelStore:
+    """Durable label state of every project a backend serves.
+
+    Args:
+        path: The SQLite file; its folder is created if missing, the schema on first open.
+
+    Example:
+        >>> store = LabelStore("model_dir/labels.sqlite3")
+        >>> store.put_annotation("7.1700000000", 1, task_id=10, source_task_id=3, round_index=0,
+        ...                      annotator="a@b.c", points=[(5, 9, 2)], cancelled=False)
+        True
+        >>> store.labelled_points("7.1700000000")[3].tolist()
+        [[5, 9, 2]]
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._lock, closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
+
+    def _connect(self) -> sqlite3.Connection:
+        """A fresh connection in autocommit mode, so transactions are exactly the ones ``_write`` opens.
+
+        WAL mode is a property of the file, set once in ``__init__``. ``synchronous = NORMAL`` skips the fsync per
+        commit: with WAL a commit still survives the process being killed, and only a power cut may lose the last
+        few, which a re-sync from the Label Studio API can recover.
+        """
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA synchronous = NORMAL")
+        return db
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for queries; WAL gives it a consistent snapshot per statement without blocking writers."""
+        with closing(self._connect()) as db:
+            yield db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on success and rolled back on error.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction that reads before it writes cannot fail
+        half-way when another process writes too; the thread lock spares threads of this process the busy wait.
+        """
+        with self._lock, closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- annotations -------------------------------------------------------------------------------------------
+
+    def put_annotation(
+        self,
+        project: str,
+        annotation_id: int,
+        task_id: int,
+        source_task_id: int,
+        round_index: int,
+        annotator: str | None,
+        points: Iterable[tuple[int, int, int]],
+        cancelled: bool,
+    ) -> bool:
+        """Store an annotation, replacing whatever that annotation id stored before.
+
+        Args:
+            project: The project key (Label Studio's ``"<id>.<created>"``).
+            annotation_id: Label Studio's annotation id; the key that makes re-deliveries and updates idempotent.
+            task_id: The query task that was annotated.
+            source_task_id: The task of the image the points lie on.
+            round_index: The acquisition round the query task belongs to.
+            annotator: Who answered (e-mail or user id), for the record.
+            points: ``(row, col, label_index)`` per pixel; a pixel given twice keeps its last label.
+            cancelled: The annotator skipped the task: the task counts as answered but no points are stored.
+
+        Returns:
+            True if anything changed, False if the same annotation was already stored exactly like this.
+        """
+        wanted = [] if cancelled else sorted({(int(r), int(c)): int(lab) for r, c, lab in points}.items())
+        new_points = [(r, c, lab) for (r, c), lab in wanted]
+        header = (int(task_id), int(source_task_id), int(round_index), annotator, int(bool(cancelled)))
+        key = (project, int(annotation_id))
+        with self._write() as db:
+            old = db.execute("SELECT task_id, source_task_id, round_index, annotator, cancelled FROM annotations "
+                             "WHERE project = ? AND annotation_id = ?", key).fetchone()
+            old_points = db.execute("SELECT row, col, label FROM points WHERE project = ? AND annotation_id = ? "
+                                    "ORDER BY row, col", key).fetchall()
+            if old == header and old_points == new_points:
+                return False
+            (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM annotations").fetchone()
+            db.execute("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (*key, *header, seq, time.time()))
+            db.execute("DELETE FROM points WHERE project = ? AND annotation_id = ?", key)
+            db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(*key, *p) for p in new_points])
+        return True
+
+    def delete_annotations(self, project: str, annotation_ids: Iterable[int]) -> int:
+        """Forget annotations deleted in Label Studio, with their points.
+
+        Returns:
+            How many stored annotations were removed (ids never stored count nothing).
+        """
+        keys = [(project, int(i)) for i in annotation_ids]
+        with self._write() as db:
+            db.executemany("DELETE FROM points WHERE project = ? AND annotation_id = ?", keys)
+            before = db.total_changes
+            db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?", keys)
+            return db.total_changes - before
+
+    def labelled_points(self, project: str) -> dict[int, np.ndarray]:
+        """Every labelled pixel of a project, grouped by source image.
+
+        When two annotations label the same pixel of the same image, the one stored (or updated) last wins, so a
+        correction in a later round overrides an earlier answer.
+
+        Returns:
+            ``source_task_id -> int64 array (N, 3)`` of ``(row, col, label)``, one row per pixel, sorted by row
+            then column. Labels may be IGNORE_INDEX.
+        """
+        with self._read() as db:
+            rows = db.execute("SELECT a.source_task_id, p.row, p.col, p.label FROM points p JOIN annotations a "
+                              "ON a.project = p.project AND a.annotation_id = p.annotation_id "
+                              "WHERE p.project = ? ORDER BY a.seq DESC", (project,)).fetchall()
+        if not rows:
+            return {}
+        newest_first = np.asarray(rows, dtype=np.int64)
+        _, first = np.unique(newest_first[:, :3], axis=0, return_index=True)
+        table = newest_first[first]
+        sources, starts = np.unique(table[:, 0], return_index=True)
+        groups = np.split(table[:, 1:], starts[1:])
+        return {int(s): np.ascontiguousarray(g) for s, g in zip(sources, groups, strict=True)}
+
+    def answered_tasks(self, project: str, round_index: int) -> set[int]:
+        """Query tasks of a round that have an annotation, submitted or skipped."""
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT task_id FROM annotations WHERE project = ? AND round_index = ?",
+                              (project, int(round_index))).fetchall()
+        return {r[0] for r in rows}
+
+    # --- query tasks -------------------------------------------------------------------------------------------
+
+    def add_query_tasks(self, project: str, round_index: int, rows: Iterable[tuple[int, int]]) -> None:
+        """Record the query tasks created for a round as ``(query_task_id, source_task_id)`` pairs."""
+        values = [(project, int(task), int(round_index), int(source)) for task, source in rows]
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO query_tasks VALUES (?, ?, ?, ?)", values)
+
+    def query_tasks(self, project: str, round_index: int) -> dict[int, int]:
+        """``query_task_id -> source_task_id`` for a round."""
+        with self._read() as db:
+            rows = db.execute("SELECT task_id, source_task_id FROM query_tasks WHERE project = ? AND round_index = ?",
+                              (project, int(round_index))).fetchall()
+        return dict(rows)
+
+    def query_task_round(self, project: str, task_id: int) -> tuple[int, int] | None:
+        """``(round_index, source_task_id)`` of a query task, or None if the task is not one of ours."""
+        with self._read() as db:
+            row = db.execute("SELECT round_index, source_task_id FROM query_tasks WHERE project = ? AND task_id = ?",
+                             (project, int(task_id))).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    # --- project state -----------------------------------------------------------------------------------------
+
+    def get_state(self, project: str) -> dict[str, Any]:
+        """The project's saved state (empty for a project never saved)."""
+        with self._read() as db:
+            row = db.execute("SELECT state FROM project_state WHERE project = ?", (project,)).fetchone()
+        return {} if row is None else json.loads(row[0])
+
+    def set_state(self, project: str, state: dict[str, Any]) -> None:
+        """Replace the project's saved state; it must be JSON-serialisable."""
+        text = json.dumps(state, sort_keys=True)
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO project_state VALUES (?, ?, ?)", (project, text, time.time()))
+
+    # --- events ------------------------------------------------------------------------------------------------
+
+    def add_event(self, project: str, action: str, payload: dict[str, Any]) -> int:
+        """Queue a webhook event durably before answering Label Studio; returns the event id."""
+        with self._write() as db:
+            cursor = db.execute("INSERT INTO events (project, action, payload, created_at) VALUES (?, ?, ?, ?)",
+                                (project, action, json.dumps(payload), time.time()))
+            return int(cursor.lastrowid)
+
+    def pending_events(self, project: str | None = None) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """Events not yet marked done, oldest first, as ``(id, project, action, payload)``.
+
+        Args:
+            project: Only this project's events; None for all projects (restart recovery).
+        """
+        query = "SELECT id, project, action, payload FROM events WHERE done_at IS NULL"
+        args: tuple[Any, ...] = ()
+        if project is not None:
+            query += " AND project = ?"
+            args = (project,)
+        with self._read() as db:
+            rows = db.execute(query + " ORDER BY id", args).fetchall()
+        return [(i, p, a, json.loads(payload)) for i, p, a, payload in rows]
+
+    def mark_event_done(self, event_id: int) -> None:
+        """Mark an event processed; it stays in the file as a record."""
+        with self._write() as db:
+            db.execute("UPDATE events SET done_at = ? WHERE id = ? AND done_at IS NULL", (time.time(), int(event_id)))
+
+    # --- metrics -----------------------------------------------------------------------------------------------
+
+    def counts(self, project: str) -> dict[str, int]:
+        """Totals for ``/metrics``.
+
+        Returns:
+            ``annotations`` (stored, skipped ones included), ``cancelled`` (skipped), ``points`` (distinct labelled
+            pixels, as ``labelled_points`` gives them) and ``ignored_points`` (those labelled IGNORE_INDEX).
+        """
+        with self._read() as db:
+            total, cancelled = db.execute("SELECT COUNT(*), COALESCE(SUM(cancelled), 0) FROM annotations "
+                                          "WHERE project = ?", (project,)).fetchone()
+        labels = [table[:, 2] for table in self.labelled_points(project).values()]
+        return {
+            "annotations": int(total),
+            "cancelled": int(cancelled),
+            "points": int(sum(len(lab) for lab in labels)),
+            "ignored_points": int(sum(int((lab == IGNORE_INDEX).sum()) for lab in labels)),
+        }

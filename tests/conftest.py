@@ -1,0 +1,36 @@
+"""Shared pytest fixtures. Keep this file small: fixtures used by several test files only."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests can `from ls_server import ...`
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: end-to-end test against a real Label Studio (needs OVAAL_LS_BIN; `make test` sets it)")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):
+    """A real Label Studio on 127.0.0.1 for the whole session (start-up takes ~30-60 s).
+
+    Its local-files document root is ``label_studio.document_root``: put images under it and reference them as
+    ``label_studio.local_files_url(path)`` (a project needs a local-storage connection covering the folder).
+    """
+    ls_bin = os.environ.get("OVAAL_LS_BIN", "")
+    if not ls_bin:
+        pytest.skip("OVAAL_LS_BIN is not set: run `make test` (it installs Label Studio into .venv-ls and sets it)")
+    if not (os.path.isfile(ls_bin) and os.access(ls_bin, os.X_OK)):
+        pytest.skip(f"OVAAL_LS_BIN={ls_bin!r} is not an executable file: run `make install-ls`")
+    from ls_server import LabelStudioServer
+
+    document_root = tmp_path_factory.mktemp("ls-files")
+    with LabelStudioServer(ls_bin, document_root=document_root) as server:
+        print(f"\nLabel Studio started at {server.url} in {server.startup_seconds:.1f} s")
+        yield server

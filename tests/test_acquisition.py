@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from ovaal_backend.acquisition import (get_scorer, score_binary_entropy, score_entropy, score_least_confidence,
+                                       score_margin, select_per_class, select_random, select_top, split_quota)
+
+
+def test_binary_entropy_known_values():
+    probs = torch.tensor([0.5, 0.0, 1.0, 0.1]).view(1, 4, 1, 1)
+    h = score_binary_entropy(probs).flatten()
+    assert h[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert h[1] < 1e-4 and h[2] < 1e-4
+    assert h[3] == pytest.approx(-(0.1 * math.log(0.1) + 0.9 * math.log(0.9)), abs=1e-5)
+    assert torch.isfinite(h).all()
+
+
+def test_multiclass_scorers_rank_uniform_highest():
+    confident = torch.tensor([0.9, 0.05, 0.05])
+    uniform = torch.full((3,), 1 / 3)
+    two_way = torch.tensor([0.5, 0.5, 0.0])
+    probs = torch.stack([confident, uniform, two_way], -1).view(1, 3, 1, 3)
+    for scorer in (score_entropy, score_least_confidence):
+        s = scorer(probs).flatten()
+        assert s[1] > s[0] and s[1] > s[2]
+    margin = score_margin(probs).flatten()
+    assert margin[2] == pytest.approx(1.0) and margin[0] == pytest.approx(0.15)
+    assert score_entropy(probs).flatten()[1] == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_unknown_scorer_lists_valid_names():
+    with pytest.raises(ValueError, match="margin"):
+        get_scorer("bald")
+
+
+def test_select_top_picks_highest_and_skips_labelled():
+    scores = torch.arange(12.0).view(1, 3, 4)
+    candidates = torch.ones(1, 3, 4, dtype=torch.bool)
+    candidates[0, 2, 3] = False  # the best pixel is already labelled
+    index, valid = select_top(scores, candidates, 3)
+    assert valid.all()
+    assert sorted(index[0].tolist()) == [8, 9, 10]
+
+
+def test_select_top_marks_missing_candidates_invalid():
+    candidates = torch.zeros(1, 2, 2, dtype=torch.bool)
+    candidates[0, 0, 1] = True
+    index, valid = select_top(torch.rand(1, 2, 2), candidates, 3)
+    assert valid.sum() == 1 and index[0][valid[0]].tolist() == [1]
+
+
+def test_diversity_step_draws_from_top_fraction_only():
+    scores = torch.arange(1000.0).view(1, 10, 100)
+    candidates = torch.ones(1, 10, 100, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    index, valid = select_top(scores, candidates, 10, top_fraction=0.05, generator=gen)
+    assert valid.all() and len(set(index[0].tolist())) == 10
+    assert (index >= 950).all()
+    assert sorted(index[0].tolist()) != list(range(990, 1000))  # random inside the pool, not the top 10
+
+
+def test_select_random_is_uniform_over_candidates_and_distinct():
+    candidates = torch.zeros(2, 8, 8, dtype=torch.bool)
+    candidates[:, :4] = True
+    index, valid = select_random(candidates, 20, torch.Generator().manual_seed(1))
+    assert valid.all()
+    for row in index:
+        assert len(set(row.tolist())) == 20
+        assert (row < 32).all()
+
+
+def test_split_quota_even_with_remainder():
+    order = torch.tensor([2, 0, 1])
+    assert split_quota(7, 3, order) == [2, 2, 3]
+    assert sum(split_quota(22, 11, torch.arange(11))) == 22
+
+
+def test_per_class_selection_queries_each_class_uncertain_pixels_once():
+    # class 0 is most uncertain at pixels 0..3, class 1 at 2..5 (overlap 2, 3); both are less uncertain at 6, 7
+    probs = torch.full((1, 2, 1, 10), 0.99)
+    probs[0, 0, 0, 0:4] = 0.5
+    probs[0, 1, 0, 2:6] = 0.5
+    probs[0, :, 0, 6:8] = 0.7
+    scores = score_binary_entropy(probs)
+    candidates = torch.ones(1, 1, 10, dtype=torch.bool)
+    for seed in range(6):  # whichever class picks first
+        index, cls, valid = select_per_class(scores, candidates, 8, torch.Generator().manual_seed(seed))
+        picked = index[0][valid[0]].tolist()
+        assert len(picked) == len(set(picked)) == 8, "a pixel is queried once"
+        assert set(picked) == set(range(8)), "the overlap goes to one class, the other takes its next best"
+        assert (cls[0] == 0).sum() == 4 and (cls[0] == 1).sum() == 4
+
+
+def test_per_class_selection_respects_candidates():
+    scores = torch.rand(1, 3, 6, 6)
+    candidates = torch.rand(1, 6, 6) > 0.5
+    index, _, valid = select_per_class(scores, candidates, 9)
+    flat = candidates.view(-1)
+    assert flat[index[0][valid[0]]].all()

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from ovaal_backend.config import IGNORE_INDEX, Config
+from ovaal_backend.data import resize_images
+from ovaal_backend.engine import RANDOM_QUERY, ActiveLearner, labelled_mask
+from ovaal_backend.train import load_checkpoint, save_checkpoint
+
+from .synthetic import make_scene
+
+TINY = dict(encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1, first_round_epochs=1,
+            semi_epochs=1, num_threads=2, device="cpu")
+
+
+def _pool(count=4, seed=0):
+    rng = np.random.default_rng(seed)
+    scenes = [make_scene(rng) for _ in range(count)]
+    images = resize_images([s[0] for s in scenes], 32, 48)
+    labels = [np.where(s[1] == 255, IGNORE_INDEX, s[1].astype(np.int64)) for s in scenes]
+    return images, labels, [lab.shape for lab in labels]
+
+
+@pytest.mark.parametrize("classifier,selection", [("ova-shared", "ova"), ("ova-separate", "ova"),
+                                                  ("multiclass", "margin"), ("multiclass", "entropy"),
+                                                  ("multiclass", "least-confidence"), ("multiclass", "random")])
+def test_queries_never_repeat_labelled_pixels(classifier, selection):
+    images, labels, sizes = _pool(2)
+    learner = ActiveLearner(Config(classifier=classifier, selection=selection, semi=classifier != "multiclass", **TINY), 3)
+    points = [np.array([[r, c, labels[i][r, c]] for r in range(0, 48, 2) for c in range(0, 64, 2)])
+              for i in range(2)]
+    queries = learner.query(images, points, sizes, 9)
+    for i, q in enumerate(queries):
+        assert len(q) == 9
+        assert not labelled_mask(points[i], *sizes[i])[q.rows, q.cols].any()
+        assert len({(r, c) for r, c in zip(q.rows, q.cols)}) == 9
+        assert ((q.uncertainty >= 0) & (q.uncertainty <= 1 + 1e-6)).all()
+        if selection == "ova":
+            assert sorted(np.bincount(q.query_class, minlength=3).tolist()) == [3, 3, 3]
+        else:
+            assert (q.query_class == RANDOM_QUERY).all()
+
+
+def test_cold_start_is_random_and_has_no_guess():
+    images, labels, sizes = _pool(2)
+    learner = ActiveLearner(Config(**TINY), 3)
+    empty = [np.zeros((0, 3), dtype=np.int64)] * 2
+    queries = learner.query(images, empty, sizes, 5, random=True)
+    assert all(len(q) == 5 and (q.guess == -1).all() and (q.query_class == RANDOM_QUERY).all() for q in queries)
+
+
+def test_excluded_pixels_are_never_queried():
+    images, labels, sizes = _pool(1)
+    learner = ActiveLearner(Config(**TINY), 3)
+    excluded = np.ones(sizes[0], dtype=bool)
+    excluded[10:12, 10:12] = False
+    (q,) = learner.query(images, [np.zeros((0, 3), dtype=np.int64)], sizes, 10, random=True, excluded=[excluded])
+    assert len(q) == 4 and set(zip(q.rows.tolist(), q.cols.tolist())) == {(10, 10), (10, 11), (11, 10), (11, 11)}
+
+
+@pytest.mark.parametrize("classifier", ["ova-shared", "multiclass"])
+def test_training_on_points_learns_the_synthetic_scenes(classifier):
+    images, labels, sizes = _pool(8)
+    config = Config(classifier=classifier, selection="ova" if classifier != "multiclass" else "margin",
+                    semi=classifier != "multiclass",
+                    **{**TINY, "first_round_epochs": 25, "batch_size": 4, "lr": 3e-3, "color_jitter": 0.0})
+    learner = ActiveLearner(config, 3)
+    rng = np.random.default_rng(0)
+    points = []
+    for lab in labels:
+        rows, cols = rng.integers(0, 48, 60), rng.integers(0, 64, 60)
+        points.append(np.stack([rows, cols, lab[rows, cols]], 1))
+    result = learner.train(images, points, sizes, progress=False)
+    assert result.iterations == 25 * 2
+    pred = learner.predict_class_map(images, sizes[0]).cpu().numpy()
+    gt = np.stack(labels)
+    accuracy = (pred == gt)[gt != IGNORE_INDEX].mean()
+    assert accuracy > 0.8, accuracy
+
+
+def test_semi_phase_needs_ova_and_runs():
+    images, labels, sizes = _pool(2)
+    points = [np.array([[5, 5, lab[5, 5]], [20, 30, lab[20, 30]]]) for lab in labels]
+    learner = ActiveLearner(Config(**TINY), 3)
+    assert learner.train(images, points, sizes, semi=True, progress=False).iterations == 1
+    multi = ActiveLearner(Config(classifier="multiclass", selection="margin", semi=False, **TINY), 3)
+    with pytest.raises(ValueError, match="OVA classifier"):
+        multi.train(images, points, sizes, semi=True, progress=False)
+
+
+def test_state_round_trips_through_an_atomic_checkpoint(tmp_path):
+    images, labels, sizes = _pool(2)
+    learner = ActiveLearner(Config(**TINY), 3)
+    points = [np.array([[5, 5, lab[5, 5]], [20, 30, lab[20, 30]]]) for lab in labels]
+    learner.train(images, points, sizes, progress=False)
+    save_checkpoint(tmp_path / "model.pt", learner.state_dict())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left behind"
+    restored = ActiveLearner(Config(**TINY), 3)
+    restored.load_state_dict(load_checkpoint(tmp_path / "model.pt"))
+    assert restored.trained_rounds == 1
+    assert torch.allclose(restored.predict_probabilities(images, sizes[0]),
+                          learner.predict_probabilities(images, sizes[0]))
+    other = ActiveLearner(Config(**TINY), 4)
+    with pytest.raises(ValueError, match="3 classes"):
+        other.load_state_dict(learner.state_dict())

@@ -1,0 +1,100 @@
+"""The shipped label configs parse, match the datasets' classes, and are configs Label Studio's SDK accepts."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_studio_sdk.label_interface import LabelInterface as SdkInterface
+
+from ovaal_backend.labelstudio import LabelInterface, brush_results, keypoint_results
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "label_config"
+CAMVID_CLASSES = Path("/work/shared/data/camvid/classes.json")
+
+CAMVID = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
+          "bicyclist")
+CITYSCAPES = {
+    "road": "#804080", "sidewalk": "#F423E8", "building": "#464646", "wall": "#66669C", "fence": "#BE9999",
+    "pole": "#999999", "traffic light": "#FAAA1E", "traffic sign": "#DCDC00", "vegetation": "#6B8E23",
+    "terrain": "#98FB98", "sky": "#4682B4", "person": "#DC143C", "rider": "#FF0000", "car": "#00008E",
+    "truck": "#000046", "bus": "#003C64", "train": "#005064", "motorcycle": "#0000E6", "bicycle": "#770B20",
+}
+EDITOR_KEYS = set("behkopruvwz[]")
+"""Single keys Label Studio's image editor binds to its own tools and actions."""
+
+CONFIGS = {"camvid": CAMVID, "cityscapes": tuple(CITYSCAPES)}
+
+
+def read(name: str) -> str:
+    return (CONFIG_DIR / f"{name}.xml").read_text()
+
+
+def labels_of(xml: str, control: str) -> list[ET.Element]:
+    return list(ET.fromstring(xml).find(f"./{control}"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_parses_with_classes_and_ignore(name):
+    iface = LabelInterface.parse(read(name))
+    assert iface.classes == CONFIGS[name]
+    assert len(iface.classes) == {"camvid": 11, "cityscapes": 19}[name]
+    assert iface.ignore_label == "ignore"
+    assert (iface.image_name, iface.image_key, iface.query_from_name, iface.mask_from_name) == (
+        "image", "image", "query", "mask")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_valid_for_label_studio_sdk(name):
+    SdkInterface(read(name)).validate()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_results_built_for_config_validate(name):
+    xml = read(name)
+    iface = LabelInterface.parse(xml)
+    n = len(iface.classes)
+    points = [(i, i, i % n, (i + 1) % n, 0.5) for i in range(n)] + [(n, 0, -1, 0, 0.9)]
+    class_map = np.arange(n * 4).reshape(4, n) % n
+    result = keypoint_results(points, width=n + 1, height=n + 1, iface=iface, point_size=0.6)
+    result += brush_results(class_map, iface)
+    assert SdkInterface(xml).validate_prediction({"result": result, "score": 0.3}, return_errors=True) == []
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_hotkeys_unique_and_free(name):
+    xml = read(name)
+    keys = [label.get("hotkey") for label in labels_of(xml, "KeyPointLabels")]
+    assert None not in keys
+    assert len(set(keys)) == len(keys)
+    assert keys[:10] == list("1234567890")
+    assert not set(keys) & EDITOR_KEYS
+    assert all(label.get("hotkey") is None for label in labels_of(xml, "BrushLabels"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_brush_labels_match_query_classes_and_colours(name):
+    xml = read(name)
+    query = {label.get("value"): label.get("background") for label in labels_of(xml, "KeyPointLabels")}
+    brush = {label.get("value"): label.get("background") for label in labels_of(xml, "BrushLabels")}
+    assert list(brush) == list(CONFIGS[name])
+    assert brush == {k: v for k, v in query.items() if k != "ignore"}
+    ignore = [label for label in labels_of(xml, "KeyPointLabels") if label.get("value") == "ignore"]
+    assert [label.get("ovaal") for label in ignore] == ["ignore"]
+
+
+def test_cityscapes_official_colours():
+    brush = {label.get("value"): label.get("background") for label in labels_of(read("cityscapes"), "BrushLabels")}
+    assert brush == CITYSCAPES
+
+
+@pytest.mark.skipif(not CAMVID_CLASSES.exists(), reason="CamVid class table not present")
+def test_camvid_colours_match_dataset_table():
+    table = json.loads(CAMVID_CLASSES.read_text())
+    pairs = zip(table["classes"], table["colors"], strict=True)
+    expected = {name: "#{:02X}{:02X}{:02X}".format(*rgb) for name, rgb in pairs}
+    brush = {label.get("value"): label.get("background") for label in labels_of(read("camvid"), "BrushLabels")}
+    assert brush == expected

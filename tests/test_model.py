@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from ovaal_backend.config import Config
+from ovaal_backend.model import SegmentationClassifier, build_classifier, winner_takes_all
+
+
+@pytest.mark.parametrize("kind", ["ova-shared", "ova-separate", "multiclass"])
+def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
+    model = SegmentationClassifier(kind, 3).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 40, 50))  # not a multiple of 16: padded and cropped back
+    assert logits.shape == (2, 3, 40, 50)
+    probs = model.probabilities(logits)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    if kind == "multiclass":
+        assert torch.allclose(probs.sum(1), torch.ones(2, 40, 50), atol=1e-5)
+    else:
+        assert model.is_ova
+    assert winner_takes_all(probs).shape == (2, 40, 50)
+
+
+def test_ova_separate_has_one_network_per_class():
+    model = SegmentationClassifier("ova-separate", 4)
+    assert len(model.networks) == 4 and len(model.encoders()) == 4
+
+
+def test_winner_takes_all_picks_the_most_confident_class():
+    probs = torch.tensor([0.8, 0.79, 0.1]).view(1, 3, 1, 1)
+    assert winner_takes_all(probs).item() == 0
+
+
+def test_any_smp_architecture_by_name():
+    config = Config(arch="unet", encoder="resnet18", encoder_weights="none")
+    model = build_classifier(config, 2).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_unknown_names_give_a_clear_error():
+    with pytest.raises(ValueError, match="classifier kind"):
+        SegmentationClassifier("ova-magic", 3)
+    with pytest.raises(ValueError, match="unknown architecture or encoder"):
+        SegmentationClassifier("ova-shared", 3, encoder="no-such-encoder")

@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from ovaal_backend.cli import main
+
+from .synthetic import make_dataset
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+FAST = ["--preset", "cpu", "--encoder-weights", "none", "--rounds", "2", "--pixels-per-round", "6",
+        "--init-pixels", "6", "--first-round-epochs", "2", "--epochs", "1", "--semi-epochs", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_dataset(root / "train", 6, seed=1), make_dataset(root / "val", 3, seed=2)
+
+
+@pytest.mark.parametrize("method", ["ovaal", "ovaal+", "pixelpick", "random"])
+def test_simulate_writes_the_result_file(folders, tmp_path, method):
+    train, val = folders
+    out, plot = tmp_path / "result.json", tmp_path / "result.png"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out), "--plot", str(plot),
+                 "--method", method, *FAST]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == method
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert [r["labelled_pixels"] for r in rounds] == [36, 72, 108, 108]
+    assert rounds[-1]["phase"] == ("semi" if method == "ovaal+" else "final")
+    for r in rounds:
+        assert 0 <= r["miou"] <= 100 and set(r["per_class_iou"]) == {"background", "square", "disc"}
+        assert r["labelled_fraction"] == pytest.approx(r["labelled_pixels"] / (6 * 48 * 64))
+    assert result["diversity"]["pixels"] == 72 and result["diversity"]["spatial"] > 0
+    assert plot.stat().st_size > 1000
+
+
+def test_exclude_void_never_queries_void(folders, tmp_path):
+    train, val = folders
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out), "--method", "ovaal",
+                 "--exclude-void", *FAST]) == 0
+    result = json.loads(out.read_text())
+    assert all(r["void_answers"] == 0 for r in result["rounds"])
+    assert "excluded" in result["void_policy"]
+
+
+def test_table_ii_grid_combinations_are_accepted(folders, tmp_path):
+    train, val = folders
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
+                 "--classifier", "multiclass", "--selection", "random", *FAST]) == 0
+    assert json.loads(out.read_text())["method"] == "random"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
+                 "--classifier", "ova-shared", "--selection", "random", *FAST]) == 0
+    assert json.loads(out.read_text())["method"] == "ova-shared+random"
+
+
+def test_bad_input_gives_a_message_not_a_traceback(folders, tmp_path, capsys):
+    train, _ = folders
+    assert main(["simulate", "--train", str(tmp_path), "--eval", str(train), "--out", str(tmp_path / "r.json"),
+                 *FAST]) == 2
+    assert "no images/ folder" in capsys.readouterr().err
+    assert main(["simulate", "--train", str(train), "--eval", str(train), "--out", str(tmp_path / "r.json"),
+                 "--classifier", "multiclass", "--semi", *FAST]) == 2
+    assert "OVA" in capsys.readouterr().err
+
+
+@pytest.mark.camvid
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="../shared/data/camvid is not present")
+def test_camvid_smoke(tmp_path):
+    out = tmp_path / "camvid.json"
+    assert main(["simulate", "--train", str(CAMVID / "train"), "--eval", str(CAMVID / "val"), "--out", str(out),
+                 "--method", "ovaal", "--encoder-weights", "lite0-offline", "--max-train-images", "4",
+                 "--max-eval-images", "2", "--rounds", "1", "--first-round-epochs", "1", "--epochs", "1",
+                 "--semi-epochs", "0", "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["per_class_iou"] if "per_class_iou" in result else result["rounds"][0]["per_class_iou"]) == 11
+    assert result["rounds"][-1]["labelled_pixels"] == 4 * 44

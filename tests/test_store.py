@@ -1,0 +1,185 @@
+"""The SQLite label store: idempotent writes, newest-wins points, durability across reopening, threads."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from ovaal_backend.config import IGNORE_INDEX
+from ovaal_backend.store import LabelStore
+
+P = "7.1700000000"
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "models" / "labels.sqlite3"
+
+
+@pytest.fixture
+def store(path) -> LabelStore:
+    return LabelStore(path)
+
+
+def put(store: LabelStore, annotation_id: int, points, source: int = 3, task: int = 10, round_index: int = 0,
+        cancelled: bool = False, project: str = P) -> bool:
+    return store.put_annotation(project, annotation_id, task_id=task, source_task_id=source, round_index=round_index,
+                                annotator="a@example.com", points=points, cancelled=cancelled)
+
+
+def table(store: LabelStore, source: int, project: str = P) -> list[list[int]]:
+    return store.labelled_points(project)[source].tolist()
+
+
+def test_open_creates_folder_schema_and_wal(path, store):
+    assert path.exists()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.labelled_points(P) == {}
+    assert store.counts(P) == {"annotations": 0, "cancelled": 0, "points": 0, "ignored_points": 0}
+
+
+def test_put_is_idempotent(store):
+    assert put(store, 1, [(5, 9, 2), (1, 1, IGNORE_INDEX)]) is True
+    assert put(store, 1, [(1, 1, IGNORE_INDEX), (5, 9, 2)]) is False
+    points = store.labelled_points(P)
+    assert list(points) == [3]
+    assert points[3].dtype == np.int64
+    assert points[3].tolist() == [[1, 1, IGNORE_INDEX], [5, 9, 2]]
+    assert store.counts(P) == {"annotations": 1, "cancelled": 0, "points": 2, "ignored_points": 1}
+
+
+def test_update_replaces_never_duplicates(store):
+    put(store, 1, [(5, 9, 2), (1, 1, 0)])
+    assert put(store, 1, [(5, 9, 4), (2, 2, 1)]) is True
+    assert table(store, 3) == [[2, 2, 1], [5, 9, 4]]
+    assert put(store, 1, [(5, 9, 4), (2, 2, 1)], round_index=1) is True
+    assert store.answered_tasks(P, 0) == set()
+    assert store.answered_tasks(P, 1) == {10}
+
+
+def test_duplicate_pixel_within_one_annotation_keeps_last(store):
+    put(store, 1, [(5, 9, 2), (5, 9, 3)])
+    assert table(store, 3) == [[5, 9, 3]]
+
+
+def test_newest_annotation_wins_per_pixel(store):
+    put(store, 1, [(5, 9, 2), (0, 0, 1)], task=10)
+    put(store, 2, [(5, 9, 4)], task=11, round_index=1)
+    assert table(store, 3) == [[0, 0, 1], [5, 9, 4]]
+    put(store, 1, [(5, 9, 6), (0, 0, 1)], task=10)
+    assert table(store, 3) == [[0, 0, 1], [5, 9, 6]]
+    put(store, 2, [(5, 9, 4)], task=11, round_index=1)
+    assert table(store, 3) == [[0, 0, 1], [5, 9, 6]]
+
+
+def test_points_grouped_by_source_and_project(store):
+    put(store, 1, [(1, 2, 0)], source=3)
+    put(store, 2, [(1, 2, 1)], source=4)
+    put(store, 3, [(7, 7, 2)], source=3, project="other")
+    points = store.labelled_points(P)
+    assert {k: v.tolist() for k, v in points.items()} == {3: [[1, 2, 0]], 4: [[1, 2, 1]]}
+    assert table(store, 3, "other") == [[7, 7, 2]]
+
+
+def test_delete_removes_annotation_and_its_points(store):
+    put(store, 1, [(5, 9, 2)], task=10)
+    put(store, 2, [(5, 9, 4), (6, 6, 1)], task=11)
+    assert store.delete_annotations(P, [2, 99]) == 1
+    assert table(store, 3) == [[5, 9, 2]]
+    assert store.answered_tasks(P, 0) == {10}
+    assert store.delete_annotations(P, [2]) == 0
+    assert store.delete_annotations("other", [1]) == 0
+    assert store.delete_annotations(P, []) == 0
+    assert put(store, 2, [(6, 6, 1)], task=11) is True
+
+
+def test_cancelled_records_answer_without_points(store):
+    assert put(store, 1, [(5, 9, 2)], cancelled=True) is True
+    assert store.labelled_points(P) == {}
+    assert store.answered_tasks(P, 0) == {10}
+    assert store.counts(P) == {"annotations": 1, "cancelled": 1, "points": 0, "ignored_points": 0}
+    assert put(store, 1, [], cancelled=True) is False
+    assert put(store, 1, [(5, 9, 2)], cancelled=False) is True
+    assert table(store, 3) == [[5, 9, 2]]
+
+
+def test_query_tasks(store):
+    store.add_query_tasks(P, 0, [(10, 3), (11, 4)])
+    store.add_query_tasks(P, 1, [(12, 3)])
+    assert store.query_tasks(P, 0) == {10: 3, 11: 4}
+    assert store.query_tasks(P, 1) == {12: 3}
+    assert store.query_tasks(P, 2) == {}
+    assert store.query_task_round(P, 12) == (1, 3)
+    assert store.query_task_round(P, 99) is None
+    assert store.query_task_round("other", 10) is None
+
+
+def test_state_round_trip(store):
+    assert store.get_state(P) == {}
+    store.set_state(P, {"round": 2, "model_version": "r2", "sources": [3, 4]})
+    store.set_state(P, {"round": 3})
+    assert store.get_state(P) == {"round": 3}
+    assert store.get_state("other") == {}
+
+
+def test_everything_persists_across_reopen(path, store):
+    put(store, 1, [(5, 9, 2)])
+    store.add_query_tasks(P, 0, [(10, 3)])
+    store.set_state(P, {"round": 1})
+    first = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 1}})
+    second = store.add_event("other", "START_TRAINING", {})
+    store.mark_event_done(first)
+    reopened = LabelStore(path)
+    assert table(reopened, 3) == [[5, 9, 2]]
+    assert reopened.query_tasks(P, 0) == {10: 3}
+    assert reopened.get_state(P) == {"round": 1}
+    assert reopened.pending_events() == [(second, "other", "START_TRAINING", {})]
+    assert put(reopened, 1, [(5, 9, 2)]) is False
+
+
+def test_events_pending_until_done_in_order(store):
+    ids = [store.add_event(P, f"A{i}", {"i": i}) for i in range(3)]
+    other = store.add_event("other", "B", {"x": [1, 2]})
+    assert ids == sorted(ids) and other > ids[-1]
+    assert store.pending_events(P) == [(ids[i], P, f"A{i}", {"i": i}) for i in range(3)]
+    store.mark_event_done(ids[1])
+    store.mark_event_done(ids[1])
+    assert [e[0] for e in store.pending_events()] == [ids[0], ids[2], other]
+    assert store.pending_events("nobody") == []
+
+
+def test_concurrent_writes_from_threads(path):
+    stores = [LabelStore(path), LabelStore(path)]
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        store = stores[worker % 2]
+        try:
+            for i in range(25):
+                annotation = worker * 100 + i
+                put(store, annotation, [(worker, i, worker % 3)], source=worker, task=annotation)
+                put(store, annotation, [(worker, i, worker % 3)], source=worker, task=annotation)
+                store.add_event(P, "ANNOTATION_CREATED", {"annotation": annotation})
+                store.labelled_points(P)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store_counts(stores[0]) == (200, 200, 200)
+    points = stores[1].labelled_points(P)
+    assert sorted(points) == list(range(8))
+    assert all(points[w].tolist() == [[w, i, w % 3] for i in range(25)] for w in range(8))
+
+
+def store_counts(store: LabelStore) -> tuple[int, int, int]:
+    counts = store.counts(P)
+    return counts["annotations"], counts["points"], len(store.pending_events(P))
