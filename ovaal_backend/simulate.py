@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "image_height": 176, "image_width": 240, "batch_size": 8, "retrain": False,
-        "first_round_epochs": 3, "epochs": 2, "semi_epochs": 2,
+        "first_round_epochs": 2, "epochs": 1, "semi_epochs": 1,
         "init_pixels": 22, "pixels_per_round": 22, "rounds": 3, "scale_min": 0.75, "scale_max": 1.5,
         "semi_top_l": 1000, "num_threads": 2,
     },
@@ -113,8 +114,9 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
     total_pixels = sum(h * w for h, w in train_sizes)
     started = time.perf_counter()
 
-    def record(round_index: int, phase: str, train_seconds: float, select_seconds: float) -> None:
-        confusion = evaluate(learner, eval_images, eval_labels, eval_sizes)
+    def measure(model: ActiveLearner, round_index: int, phase: str, train_seconds: float,
+                select_seconds: float) -> dict[str, Any]:
+        confusion = evaluate(model, eval_images, eval_labels, eval_sizes)
         iou = iou_per_class(confusion)
         answered = sum(len(p) for p in points)
         void = sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in points)
@@ -127,10 +129,14 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
             "train_seconds": train_seconds, "select_seconds": select_seconds,
             "elapsed_seconds": time.perf_counter() - started,
         }
-        rounds.append(entry)
         log.info("round %d (%s) | %.1f px/img (%.4f %%) | mIoU %.2f | train %.0f s | select %.0f s", round_index,
                  phase, entry["labelled_pixels_per_image"], 100 * entry["labelled_fraction"], entry["miou"],
                  train_seconds, select_seconds)
+        return entry
+
+    def record(round_index: int, phase: str, train_seconds: float, select_seconds: float) -> None:
+        entry = measure(learner, round_index, phase, train_seconds, select_seconds)
+        rounds.append(entry)
         if on_round:
             on_round(entry)
 
@@ -146,7 +152,14 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
         select_seconds = time.perf_counter() - t0
         result = learner.train(train_images, points, train_sizes, progress=progress)
         record(round_index, "active", result.seconds, select_seconds)
+    without_semi = None
     if config.semi_epochs > 0:
+        if config.semi:
+            # Ablation on the same rounds: the same final phase without the semi-supervised loss (that is OVAAL).
+            twin = copy.deepcopy(learner)
+            result = twin.train(train_images, points, train_sizes, epochs=config.semi_epochs, progress=progress)
+            without_semi = measure(twin, config.rounds + 1, "final", result.seconds, 0.0)
+            del twin
         result = learner.train(train_images, points, train_sizes, semi=config.semi, epochs=config.semi_epochs,
                                progress=progress)
         record(config.rounds + 1, "semi" if config.semi else "final", result.seconds, 0.0)
@@ -163,6 +176,7 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
         "rounds": rounds,
         "diversity": {"spatial": spatial_diversity(chosen), "semantic": semantic_diversity(all_labels, len(classes)),
                       "pixels": int(len(all_labels))},
+        "final_without_semi": without_semi,
         "device": str(learner.device),
         "total_seconds": time.perf_counter() - started,
     }

@@ -35,6 +35,11 @@ def test_simulate_writes_the_result_file(folders, tmp_path, method):
         assert r["labelled_fraction"] == pytest.approx(r["labelled_pixels"] / (6 * 48 * 64))
     assert result["diversity"]["pixels"] == 72 and result["diversity"]["spatial"] > 0
     assert plot.stat().st_size > 1000
+    if method == "ovaal+":
+        ablation = result["final_without_semi"]
+        assert ablation["phase"] == "final" and ablation["labelled_pixels"] == 108
+    else:
+        assert result["final_without_semi"] is None
 
 
 def test_exclude_void_never_queries_void(folders, tmp_path):
