@@ -1,3 +1,3 @@
-"""ovaal-backend: One-vs-All active learning (OVAAL / OVAAL+) for semantic segmentation, as a Label Studio ML backend."""
+"""ovaal-backend: One-vs-All active learning (OVAAL / OVAAL+) for semantic segmentation, as a Label Studio backend."""
 
 __version__ = "0.1.0"

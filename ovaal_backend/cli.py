@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .config import CLASSIFIERS, SELECTIONS, Config, ConfigError
 from .data import DatasetError
@@ -65,13 +66,14 @@ def simulation_config(args: argparse.Namespace) -> Config:
         values["ova_balance"] = False
     if values.get("selection") == "ova" and values.get("classifier") == "multiclass":
         values["classifier"] = "ova-shared"
-    if values.get("selection") not in (None, "ova", "random") and str(values.get("classifier", "ova")).startswith("ova") \
-            and args.classifier is None:
+    multiclass_selection = values.get("selection") not in (None, "ova", "random")
+    if multiclass_selection and str(values.get("classifier", "ova")).startswith("ova") and args.classifier is None:
         values["classifier"] = "multiclass"
     return Config(**values)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    """``simulate``: run the loop, write RESULT.json (and the plot), print a one-line summary."""
     from .simulate import plot_results, run_simulation, write_result
 
     config = simulation_config(args)
@@ -87,6 +89,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m ovaal_backend`` parser with one sub-command per driver."""
     parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
                                      description="One-vs-All active learning for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     handlers = {"simulate": run_simulate}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 IGNORE_INDEX = -1
 """Label of a point that trains nothing: void, "can't tell", or a class the label config no longer has."""
@@ -108,7 +109,8 @@ class Config:
             raise ConfigError(f"selection={self.selection!r} ranks a softmax over classes; with an OVA classifier use "
                               "selection='ova' (for two outcomes entropy, margin and least confidence agree)")
         if self.semi and not self.is_ova:
-            raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: use an OVA classifier or set SEMI=false")
+            raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
+                              "use an OVA classifier or set SEMI=false")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -125,12 +127,12 @@ class Config:
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Defaults, then environment variables named like the fields in upper case, then ``overrides``."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

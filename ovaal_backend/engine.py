@@ -1,15 +1,16 @@
 """The active-learning engine: the loop's state and steps, shared by the offline simulator and the backend.
 
 It knows images, probabilities, pixels and labels; nothing of HTTP or Label Studio. One round is:
-``train`` on every labelled point so far -> ``query`` the next pixels of every pool image -> (someone answers) -> repeat.
+``train`` on every labelled point so far -> ``query`` the next pixels of every pool image -> (someone answers) ->
+repeat.
 Round 0 queries random pixels (cold start). When the budget is spent, ``train(semi=True)`` is the OVAAL+ phase.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

@@ -49,7 +49,8 @@ def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def invert_uncertain(teacher_probs: torch.Tensor, top_l: int) -> torch.Tensor:
-    """OVAAL+ pseudo-labels (paper eq. 3): each class's binary prediction, inverted at its ``top_l`` most uncertain pixels.
+    """OVAAL+ pseudo-labels (paper eq. 3): each class's binary prediction, inverted at its ``top_l`` most uncertain
+    pixels.
 
     Shape: (B, C, H, W) probabilities -> (B, C, H, W) float targets in {0, 1}.
     """

@@ -7,11 +7,10 @@ C independent sigmoids for the One-vs-All kinds, one softmax for the multi-class
 
 from __future__ import annotations
 
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import segmentation_models_pytorch as smp
 
 from .config import CLASSIFIERS, Config
 
@@ -92,7 +91,7 @@ def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 def build_classifier(config: Config, num_classes: int) -> SegmentationClassifier:
-    """The classifier described by ``config``, with its encoder weights loaded (see ``weights.load_encoder_weights``)."""
+    """The classifier described by ``config``, encoder weights loaded (see ``weights.load_encoder_weights``)."""
     from .weights import load_encoder_weights
 
     model = SegmentationClassifier(config.classifier, num_classes, config.arch, config.encoder)

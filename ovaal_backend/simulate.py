@@ -6,8 +6,9 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,6 +184,7 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
 
 
 def write_result(result: dict[str, Any], out: str | Path) -> None:
+    """Write RESULT.json, creating its folder."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

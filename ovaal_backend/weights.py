@@ -33,8 +33,8 @@ class WeightsUnavailableError(RuntimeError):
 def get_normalization(encoder_weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the encoder weights expect on 0..1 RGB inputs.
 
-    TF-Lite EfficientNets were trained on inputs scaled to [-1, 1] (mean = std = 0.5); everything else here uses ImageNet
-    statistics.
+    TF-Lite EfficientNets were trained on inputs scaled to [-1, 1] (mean = std = 0.5); everything else here uses
+    ImageNet statistics.
     """
     if encoder_weights == LITE0_OFFLINE:
         return TFLITE_MEAN, TFLITE_STD
@@ -67,7 +67,8 @@ def load_encoder_weights(model: SegmentationClassifier, source: str) -> None:
         if missing or unexpected:
             raise WeightsUnavailableError(
                 f"encoder weights {source!r} do not fit encoder {model.encoder_name!r}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
     log.info("loaded %s encoder weights into %d encoder(s)", source, len(model.encoders()))
 
 

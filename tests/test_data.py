@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from ovaal_backend.data import (Augmentation, DatasetError, SegmentationFolder, make_batch, read_class_info,
-                                resize_images, sample_at_points)
+from ovaal_backend.data import (
+    Augmentation,
+    DatasetError,
+    SegmentationFolder,
+    make_batch,
+    read_class_info,
+    resize_images,
+    sample_at_points,
+)
 
 from .synthetic import CLASSES, make_dataset
 
@@ -25,7 +32,7 @@ def test_points_follow_the_image_through_augmentation(seed):
     augment = Augmentation(scale_min=1.0, scale_max=1.0, flip=True, color_jitter=0.0)
     batch, packed = make_batch(images, [points], [(height, width)], [0], augment, gen)
     assert len(packed) == len(points), "no click lost or duplicated without scaling"
-    for _, y, x, label in packed.tolist():
+    for _, y, x, _label in packed.tolist():
         assert batch[0, 0, round(y), round(x)] == 255
     assert sorted(packed[:, 3].tolist()) == sorted(points[:, 2].tolist())
 

@@ -26,7 +26,8 @@ def _pool(count=4, seed=0):
                                                   ("multiclass", "least-confidence"), ("multiclass", "random")])
 def test_queries_never_repeat_labelled_pixels(classifier, selection):
     images, labels, sizes = _pool(2)
-    learner = ActiveLearner(Config(classifier=classifier, selection=selection, semi=classifier != "multiclass", **TINY), 3)
+    config = Config(classifier=classifier, selection=selection, semi=classifier != "multiclass", **TINY)
+    learner = ActiveLearner(config, 3)
     points = [np.array([[r, c, labels[i][r, c]] for r in range(0, 48, 2) for c in range(0, 64, 2)])
               for i in range(2)]
     queries = learner.query(images, points, sizes, 9)

@@ -1,0 +1,82 @@
+"""Summarise simulator RESULT.json files into Markdown tables (mean ± std over seeds).
+
+Usage: python benchmarks/report.py results/camvid > /tmp/tables.md
+An ``ovaal+`` result carries the same run's final phase without the semi-supervised loss; that is reported as ``ovaal``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+MINORITY = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
+
+
+def _fmt(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def load(folder: Path) -> dict[str, list[dict]]:
+    """Results grouped by row name; each ``ovaal+`` file also yields an ``ovaal`` trajectory."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        name = path.stem.rsplit("_seed", 1)[0]
+        groups[name].append(result)
+        if result.get("final_without_semi"):
+            twin = dict(result, rounds=result["rounds"][:-1] + [result["final_without_semi"]], method="ovaal")
+            groups["ovaal" if name == "ovaal+" else f"{name}-without-semi"].append(twin)
+    return groups
+
+
+def main(folder: str) -> None:
+    groups = load(Path(folder))
+    order = [n for n in ("random", "pixelpick", "ovaal", "ovaal+") if n in groups]
+    order += [n for n in sorted(groups) if n not in order]
+    print("### mIoU (%) per round, mean ± std over seeds\n")
+    max_rounds = max(len(r["rounds"]) for g in groups.values() for r in g)
+    header = ["method", "seeds"] + [f"round {i}" for i in range(max_rounds)]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name in order:
+        runs = groups[name]
+        cells = [name, str(len(runs))]
+        for i in range(max_rounds):
+            vals = [r["rounds"][i]["miou"] for r in runs if len(r["rounds"]) > i]
+            px = [r["rounds"][i]["labelled_pixels_per_image"] for r in runs if len(r["rounds"]) > i]
+            phase = runs[0]["rounds"][i]["phase"] if len(runs[0]["rounds"]) > i else ""
+            cells.append(f"{_fmt(vals)} ({px[0]:.0f} px{', ' + phase if phase != 'active' else ''})" if vals else "-")
+        print("| " + " | ".join(cells) + " |")
+    classes = next(iter(groups.values()))[0]["classes"]
+    print("\n### Per-class IoU (%) after the last phase, mean over seeds (minority classes in bold)\n")
+    print("| method | " + " | ".join(f"**{c}**" if c in MINORITY else c for c in classes) + " | minority mean |")
+    print("|---|" + "---|" * (len(classes) + 1))
+    for name in order:
+        runs = groups[name]
+        row = []
+        for c in classes:
+            vals = [r["rounds"][-1]["per_class_iou"][c] for r in runs]
+            vals = [v for v in vals if v is not None]
+            row.append(f"{statistics.mean(vals):.1f}" if vals else "-")
+        minority = [statistics.mean(r["rounds"][-1]["per_class_iou"][c] or 0 for c in MINORITY if c in classes)
+                    for r in runs]
+        print(f"| {name} | " + " | ".join(row) + f" | {_fmt(minority, 1)} |")
+    print("\n### Selection diversity (pixels chosen by the method, rounds 1..K) and wall time\n")
+    print("| method | spatial (std of coordinates, px) | semantic (entropy, bits) | void answers | wall time (s) |")
+    print("|---|---|---|---|---|")
+    for name in order:
+        runs = groups[name]
+        print(f"| {name} | {_fmt([r['diversity']['spatial'] for r in runs], 1)} | "
+              f"{_fmt([r['diversity']['semantic'] for r in runs], 3)} | "
+              f"{_fmt([r['rounds'][-1]['void_answers'] for r in runs], 0)} | "
+              f"{_fmt([r['total_seconds'] for r in runs], 0)} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/camvid")
