@@ -30,7 +30,10 @@ install-ls: $(LS_STAMP)
 run: install
 	$(PY) -m ovaal_backend serve
 
-test: install install-ls
+lint: install
+	$(VENV)/bin/ruff check ovaal_backend tests benchmarks
+
+test: install install-ls lint
 	OVAAL_LS_BIN=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest
 
 test-fast: install

@@ -8,7 +8,7 @@ caller excludes) and never return a non-candidate.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

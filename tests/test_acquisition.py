@@ -3,8 +3,17 @@ import math
 import pytest
 import torch
 
-from ovaal_backend.acquisition import (get_scorer, score_binary_entropy, score_entropy, score_least_confidence,
-                                       score_margin, select_per_class, select_random, select_top, split_quota)
+from ovaal_backend.acquisition import (
+    get_scorer,
+    score_binary_entropy,
+    score_entropy,
+    score_least_confidence,
+    score_margin,
+    select_per_class,
+    select_random,
+    select_top,
+    split_quota,
+)
 
 
 def test_binary_entropy_known_values():
