@@ -18,13 +18,13 @@ for seed in $SEEDS; do
       --method "$method" --preset cpu --encoder-weights lite0-offline --seed "$seed" --quiet
   done
 done
-# ova-separate (C networks, as in the paper) against ova-shared at one budget, on the first 40 pool images.
+# ova-separate (C networks, as in the paper) against ova-shared at one budget, on the first 24 pool images.
 for seed in $SEEDS; do
   for classifier in ova-separate ova-shared; do
-    name="$OUT/${classifier}-40img_seed${seed}.json"
+    name="$OUT/${classifier}-24img_seed${seed}.json"
     [[ -f "$name" ]] && continue
     $PY -m ovaal_backend simulate --train "$CAMVID/train" --eval "$CAMVID/val" --out "$name" \
       --classifier "$classifier" --selection ova --preset cpu --encoder-weights lite0-offline --seed "$seed" \
-      --max-train-images 40 --rounds 1 --first-round-epochs 4 --epochs 2 --semi-epochs 0 --quiet
+      --max-train-images 24 --rounds 1 --first-round-epochs 6 --epochs 3 --semi-epochs 0 --quiet
   done
 done

@@ -45,6 +45,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-train-images", type=int, default=0, help="use only the first N pool images (0 = all)")
     p.add_argument("--max-eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the preset's; 0 = torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -60,7 +61,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
              "first_round_epochs": args.first_round_epochs, "semi_epochs": args.semi_epochs,
              "retrain": args.retrain, "exclude_void": args.exclude_void, "seed": args.seed,
              "encoder_weights": args.encoder_weights, "encoder": args.encoder, "arch": args.arch,
-             "device": args.device}
+             "device": args.device, "num_threads": args.threads}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_balance:
         values["ova_balance"] = False
@@ -88,22 +89,74 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_parsers(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn on PORT)",
+                   description="Serve /health, /setup, /predict, /webhook and /metrics for Label Studio. Every "
+                               "setting comes from the environment (field names of config.py in upper case).")
+    p = sub.add_parser("export", help="write PNG label maps and colour previews of a project's source images",
+                       description="Label map per source image (class index per pixel, 255 = none) from the "
+                                   "project's current model, annotators' clicks on top, plus colour previews and "
+                                   "classes.json. Reads MODEL_DIR; asks Label Studio only for uncached images.")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--out", required=True, help="folder to write into")
+    p = sub.add_parser("resync", help="re-read a project's annotations from Label Studio (lost webhooks)",
+                       description="Queue every annotation Label Studio has, and the deletion of stored ones it no "
+                                   "longer has, as events: a running backend applies them within seconds, a "
+                                   "stopped one when it starts.")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``serve``: the ML backend under gunicorn, settings from the environment."""
+    from .server import serve
+
+    serve(Config.from_env())
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``export``: label maps and previews of one project's source images."""
+    from .export import export_project
+    from .server import Backend
+
+    config = Config.from_env()
+    written = export_project(config, args.project, args.out, Backend(config, start_workers=False).client)
+    print(f"project {args.project}: {len(written)} label maps -> {args.out}")
+    return 0
+
+
+def run_resync(args: argparse.Namespace) -> int:
+    """``resync``: queue Label Studio's annotations of one project as events for the backend to apply."""
+    from .server import Backend
+
+    config = Config.from_env()
+    driver = Backend(config, start_workers=False).driver(args.project)
+    if driver is None:
+        raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}: connect the model to it "
+                         "in Label Studio first")
+    queued, deleted = driver.resync()
+    print(f"project {args.project}: queued {queued} annotations and {deleted} deletions")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ovaal_backend`` parser with one sub-command per driver."""
     parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
                                      description="One-vs-All active learning for semantic segmentation.")
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
+    _backend_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"simulate": run_simulate}
+    handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync}
     try:
+        level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return handlers[args.command](args)
-    except (ConfigError, DatasetError, WeightsUnavailableError, ValueError, RuntimeError) as err:
+    except (ConfigError, DatasetError, WeightsUnavailableError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

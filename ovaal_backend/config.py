@@ -18,6 +18,7 @@ IGNORE_INDEX = -1
 
 CLASSIFIERS = ("ova-shared", "ova-separate", "multiclass")
 SELECTIONS = ("ova", "margin", "entropy", "least-confidence", "random")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
@@ -74,8 +75,14 @@ class Config:
     # --- server ---
     label_studio_url: str = "http://localhost:8080"
     label_studio_api_key: str = ""
+    # Label Studio's LOCAL_FILES_DOCUMENT_ROOT as mounted in the backend: /data/local-files/ images are read from
+    # disk there ("" = always download them from Label Studio with the token).
+    label_studio_local_files_document_root: str = ""
     model_dir: str = "model_dir"
+    host: str = "0.0.0.0"  # address gunicorn binds (127.0.0.1 = this machine only)
     port: int = 9090
+    server_threads: int = 8  # gunicorn threads of the single worker (requests served at once)
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
     query_from_name: str = ""
@@ -111,7 +118,8 @@ class Config:
         if self.semi and not self.is_ova:
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")
-        for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch"):
+        for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch",
+                     "server_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("epochs", "first_round_epochs", "rounds", "init_pixels", "semi_epochs", "semi_top_l",
@@ -124,6 +132,12 @@ class Config:
             raise ConfigError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level={self.log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port must lie in 1..65535, got {self.port}")
+        if self.point_size <= 0:
+            raise ConfigError(f"point_size (percent of the image width) must be positive, got {self.point_size}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
 

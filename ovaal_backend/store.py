@@ -211,6 +211,12 @@ class LabelStore:
         groups = np.split(table[:, 1:], starts[1:])
         return {int(s): np.ascontiguousarray(g) for s, g in zip(sources, groups, strict=True)}
 
+    def annotation_ids(self, project: str) -> set[int]:
+        """Every stored annotation id of a project (a re-sync deletes the ones Label Studio no longer has)."""
+        with self._read() as db:
+            rows = db.execute("SELECT annotation_id FROM annotations WHERE project = ?", (project,)).fetchall()
+        return {r[0] for r in rows}
+
     def answered_tasks(self, project: str, round_index: int) -> set[int]:
         """Query tasks of a round that have an annotation, submitted or skipped."""
         with self._read() as db:

@@ -1,0 +1,280 @@
+"""The Label Studio REST calls the backend makes, and image fetching.
+
+Plain HTTP (``requests``) rather than the SDK: the backend needs a dozen calls, and one place that knows the token
+rules keeps image downloads and API calls consistent. A legacy token is sent as ``Authorization: Token <key>``; a
+personal access token (a JWT refresh token) is first exchanged at ``POST /api/token/refresh/`` for a short-lived
+access token sent as ``Bearer``, and exchanged again when Label Studio answers 401.
+
+Every call that creates something checks Label Studio's created-count, because Label Studio answers 201 and drops
+predictions whose ``from_name`` is not in the label config (docs/label-studio-notes.md, gotcha 3).
+See docs/label-studio-notes.md for the measured behaviour of each call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import posixpath
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlparse
+
+import numpy as np
+import requests
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+"""Tasks per page when listing a project (Label Studio answers 404 past the last page, so we stop at ``total``)."""
+
+LOCAL_FILES_PREFIX = "/data/local-files/"
+CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
+
+
+class LabelStudioError(RuntimeError):
+    """A Label Studio call failed or answered something unexpected; the message has the call and the answer."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LabelStudioClient:
+    """The calls one backend makes to one Label Studio.
+
+    Args:
+        url: Label Studio's base URL as the backend reaches it (``LABEL_STUDIO_URL``).
+        api_key: A legacy token (40 hex chars) or a personal access token (JWT).
+        timeout: Seconds per HTTP call.
+        session: A ``requests.Session`` to use (tests); a fresh one that ignores proxy variables otherwise.
+    """
+
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0, session: requests.Session | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # a proxy variable must not reroute calls to a Label Studio on the same host
+        self.session = session
+        self._access_token: str | None = None
+        self._token_lock = threading.Lock()
+
+    # --- authentication ----------------------------------------------------------------------------------------
+
+    @property
+    def is_personal_access_token(self) -> bool:
+        """A JWT (three dot-separated base64 parts) is a personal access token; anything else is a legacy token."""
+        return self.api_key.count(".") == 2
+
+    def auth_headers(self, refresh: bool = False) -> dict[str, str]:
+        """The Authorization header for Label Studio (empty without a key)."""
+        if not self.api_key:
+            return {}
+        if not self.is_personal_access_token:
+            return {"Authorization": f"Token {self.api_key}"}
+        with self._token_lock:
+            if refresh or self._access_token is None:
+                response = self.session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key},
+                                             timeout=self.timeout)
+                if response.status_code != 200:
+                    raise LabelStudioError(f"POST /api/token/refresh/ answered {response.status_code}: "
+                                           f"{response.text[:300]} (is LABEL_STUDIO_API_KEY a valid personal access "
+                                           "token of this Label Studio?)", response.status_code)
+                self._access_token = response.json()["access"]
+            return {"Authorization": f"Bearer {self._access_token}"}
+
+    def request(self, method: str, path: str, expect: Sequence[int] = (200, 201), **kwargs: Any) -> requests.Response:
+        """One authenticated call; a 401 with a personal access token gets one retry with a fresh access token.
+
+        Raises:
+            LabelStudioError: The answer's status is not in ``expect`` or Label Studio cannot be reached.
+        """
+        url = path if path.startswith(("http://", "https://")) else f"{self.url}{path}"
+        response = None
+        for attempt in range(2):
+            try:
+                headers = self.auth_headers(refresh=attempt > 0)
+                response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+            except requests.RequestException as err:
+                raise LabelStudioError(f"{method} {url} failed: {err} (is LABEL_STUDIO_URL={self.url} right?)") \
+                    from err
+            if response.status_code != 401 or not self.is_personal_access_token:
+                break
+        assert response is not None
+        if response.status_code not in expect:
+            hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (401, 403) else ""
+            raise LabelStudioError(f"{method} {path} answered {response.status_code}{hint}: {response.text[:500]}",
+                                   response.status_code)
+        return response
+
+    # --- projects ----------------------------------------------------------------------------------------------
+
+    def get_project(self, project_id: int) -> dict[str, Any]:
+        """The project, with ``label_config``, ``model_version`` and ``sampling``."""
+        return self.request("GET", f"/api/projects/{int(project_id)}").json()
+
+    def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
+        """PATCH project fields, e.g. ``sampling`` and ``model_version`` (a version needs a prediction first)."""
+        return self.request("PATCH", f"/api/projects/{int(project_id)}", json=fields).json()
+
+    def list_ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The ML backends connected to a project (``url``, ``auth_method``, ``basic_auth_user``, ...)."""
+        return self.request("GET", "/api/ml/", params={"project": int(project_id)}).json()
+
+    def list_webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks (``id``, ``url``, ``headers``, ...)."""
+        return self.request("GET", "/api/webhooks/", params={"project": int(project_id)}).json()
+
+    def update_webhook(self, webhook_id: int, **fields: Any) -> dict[str, Any]:
+        """PATCH webhook fields, e.g. ``headers``."""
+        return self.request("PATCH", f"/api/webhooks/{int(webhook_id)}/", json=fields).json()
+
+    # --- tasks -------------------------------------------------------------------------------------------------
+
+    def iter_tasks(self, project_id: int, all_fields: bool = False) -> Iterator[dict[str, Any]]:
+        """Every task of a project, page by page.
+
+        Args:
+            all_fields: Include annotations and predictions (heavy: predictions carry brush RLE). Without it only
+                ``id`` and ``data`` are fetched.
+        """
+        # resolve_uri=false keeps cloud URIs as stored (s3://...), not presigned URLs that expire
+        params: dict[str, Any] = {"project": int(project_id), "page_size": PAGE_SIZE, "resolve_uri": "false"}
+        if all_fields:
+            params["fields"] = "all"
+        else:
+            params["include"] = "id,data"
+        seen, page = 0, 1
+        while True:
+            body = self.request("GET", "/api/tasks", params={**params, "page": page}).json()
+            tasks = body.get("tasks", [])
+            yield from tasks
+            seen += len(tasks)
+            if not tasks or seen >= int(body.get("total", 0)):
+                return
+            page += 1
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
+        """Create tasks (with inline predictions); returns their ids in request order.
+
+        Raises:
+            LabelStudioError: Fewer tasks or predictions were created than sent.
+        """
+        if not tasks:
+            return []
+        body = self.request("POST", f"/api/projects/{int(project_id)}/import", params={"return_task_ids": "true"},
+                            json=tasks).json()
+        ids = [int(i) for i in body.get("task_ids") or []]
+        expected_predictions = sum(len(t.get("predictions", [])) for t in tasks)
+        if len(ids) != len(tasks) or int(body.get("prediction_count") or 0) != expected_predictions:
+            raise LabelStudioError(f"importing {len(tasks)} tasks with {expected_predictions} predictions created "
+                                   f"{len(ids)} tasks and {body.get('prediction_count')} predictions: {body}")
+        return ids
+
+    def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> int:
+        """Add predictions to existing tasks.
+
+        Raises:
+            LabelStudioError: Label Studio created fewer than sent (it silently drops a ``from_name`` or ``to_name``
+                the label config lacks).
+        """
+        if not predictions:
+            return 0
+        body = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions", json=predictions).json()
+        created = int(body.get("created", -1))
+        if created != len(predictions):
+            raise LabelStudioError(f"Label Studio created {created} of {len(predictions)} predictions; the others "
+                                   "name a control or image the label config does not have")
+        return created
+
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """Every prediction of one task."""
+        return self.request("GET", "/api/predictions", params={"task": int(task_id)}).json()
+
+    # --- files -------------------------------------------------------------------------------------------------
+
+    def download(self, url: str, task_id: int | None = None) -> bytes:
+        """The bytes behind a task's image URL.
+
+        Relative URLs (``/data/upload/...``, ``/data/local-files/?d=...``) and absolute URLs on Label Studio's host
+        are fetched with the token; other absolute URLs without it; cloud URIs (``s3://`` ...) through Label
+        Studio's presign endpoint of the task.
+        """
+        if url.startswith(CLOUD_SCHEMES):
+            if task_id is None:
+                raise LabelStudioError(f"cannot fetch {url}: a cloud URI needs its task id for Label Studio's presign")
+            encoded = base64.urlsafe_b64encode(url.encode()).decode()
+            return self.request("GET", f"/tasks/{int(task_id)}/presign/", params={"fileuri": encoded}).content
+        absolute = urljoin(self.url + "/", url)
+        if urlparse(absolute).netloc == urlparse(self.url).netloc:
+            return self.request("GET", absolute).content
+        try:
+            response = self.session.get(absolute, timeout=self.timeout)
+        except requests.RequestException as err:
+            raise LabelStudioError(f"GET {absolute} failed: {err}") from err
+        if response.status_code != 200:
+            raise LabelStudioError(f"GET {absolute} answered {response.status_code}", response.status_code)
+        return response.content
+
+
+class ImageFetcher:
+    """Task images as RGB arrays: straight from disk when possible, else downloaded once and cached.
+
+    Args:
+        client: For downloads.
+        cache_dir: Where downloaded files are kept (``MODEL_DIR/<project>/images``).
+        document_root: Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT`` as seen by the backend ("" = not shared).
+    """
+
+    def __init__(self, client: LabelStudioClient, cache_dir: str | Path, document_root: str = "") -> None:
+        self.client = client
+        self.cache_dir = Path(cache_dir)
+        self.document_root = Path(document_root).resolve() if document_root else None
+
+    def local_path(self, url: str) -> Path | None:
+        """The file a ``/data/local-files/?d=...`` URL names under the shared document root, if it exists there."""
+        if self.document_root is None or LOCAL_FILES_PREFIX not in url:
+            return None
+        values = parse_qs(urlparse(url).query, keep_blank_values=True).get("d")
+        if not values or not values[-1]:
+            return None
+        relative = posixpath.normpath(values[-1]).lstrip("/")
+        path = (self.document_root / relative).resolve()
+        if os.path.commonpath([path, self.document_root]) != str(self.document_root):
+            log.warning("ignoring local-files path %r: it leaves the document root", values[-1])
+            return None
+        return path if path.is_file() else None
+
+    def cached_path(self, url: str) -> Path:
+        """Where a download of ``url`` is cached (the name keeps the suffix so PIL can guess the format)."""
+        suffix = Path(urlparse(url).path).suffix or Path(parse_qs(urlparse(url).query).get("d", [""])[-1]).suffix
+        digest = hashlib.sha1(url.encode()).hexdigest()[:20]
+        return self.cache_dir / f"{digest}{suffix.lower()[:8]}"
+
+    def load(self, url: str, task_id: int | None = None) -> np.ndarray:
+        """The image as (H, W, 3) uint8 RGB.
+
+        Raises:
+            LabelStudioError: It could not be downloaded.
+            ValueError: The bytes are not an image.
+        """
+        path = self.local_path(url)
+        if path is None:
+            path = self.cached_path(url)
+            if not path.is_file():
+                data = self.client.download(url, task_id)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + f".{threading.get_ident()}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"{url} is not an image PIL can read ({err})") from err

@@ -1,0 +1,33 @@
+"""The backend's sub-commands: serve, export, resync (argument parsing and their errors)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovaal_backend.cli import build_parser, main
+
+
+def test_parser_knows_the_backend_commands():
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).command == "serve"
+    args = parser.parse_args(["export", "--project", "3", "--out", "x"])
+    assert (args.command, args.project, args.out) == ("export", 3, "x")
+    assert parser.parse_args(["resync", "--project", "3"]).project == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--out", "x"])
+
+
+@pytest.mark.parametrize("argv", [["export", "--project", "5", "--out", "OUT"], ["resync", "--project", "5"]])
+def test_unknown_project_is_one_error_line(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    argv = [str(tmp_path / a) if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "project" in err and "5" in err
+
+
+def test_bad_setting_is_one_error_line(monkeypatch, capsys):
+    monkeypatch.setenv("LOG_LEVEL", "chatty")
+    assert main(["resync", "--project", "1"]) == 2
+    assert "log_level" in capsys.readouterr().err

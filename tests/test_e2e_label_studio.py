@@ -1,0 +1,311 @@
+"""The whole loop against a REAL Label Studio 1.23.2 and the backend running as `python -m ovaal_backend serve`.
+
+What an admin does, nothing more: create a project with the label config, add a local-storage connection, import
+images, connect the model (with basic auth). Round 0 then appears by itself (on /setup), a scripted annotator
+answers every query point from the ground truth through Label Studio's API, the webhooks drive training, round 1
+appears with a new model version and dense masks on every source image, the backend is restarted mid-project, the
+last round is answered (one task skipped), the final OVAAL+ phase runs, and `export` and `resync` work.
+
+Images: a few CamVid training images (360x480, label_config/camvid.xml) when ../shared/data/camvid exists, otherwise
+synthetic scenes with a 3-class config. Run with
+``OVAAL_LS_BIN=$PWD/.venv-ls/bin/label-studio .venv/bin/python -m pytest tests/test_e2e_label_studio.py -s``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from ovaal_backend.labelstudio import LabelInterface, decode_brush, percent_to_pixel
+
+from .synthetic import make_dataset
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "train"
+N_IMAGES = 3
+AUTH = ("ovaal", "e2e-secret")
+SYNTHETIC_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <KeyPointLabels name="query" toName="image">
+    <Label value="background"/><Label value="square"/><Label value="disc"/><Label value="ignore" ovaal="ignore"/>
+  </KeyPointLabels>
+  <BrushLabels name="mask" toName="image">
+    <Label value="background"/><Label value="square"/><Label value="disc"/>
+  </BrushLabels>
+</View>"""
+SETTINGS = {  # tiny: the whole loop in about a minute on two CPU cores
+    "IMAGE_HEIGHT": "64", "IMAGE_WIDTH": "96", "INIT_PIXELS": "6", "PIXELS_PER_ROUND": "6", "ROUNDS": "1",
+    "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1", "SEMI_EPOCHS": "1", "BATCH_SIZE": "4", "ENCODER_WEIGHTS": "none",
+    "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SERVER_THREADS": "4",
+    "HOST": "127.0.0.1", "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1], "LOG_LEVEL": "INFO",
+}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: BackendProcess | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the backend's log tail on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    tail = backend.log_tail() if backend is not None else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- backend log ---\n{tail}")
+
+
+class BackendProcess:
+    """`python -m ovaal_backend serve` in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> BackendProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+        session = http_session()
+
+        def healthy() -> bool:
+            assert self.proc.poll() is None, f"backend exited with {self.proc.returncode}:\n{self.log_tail()}"
+            try:
+                return session.get(f"{self.url}/health", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for("the backend's /health", healthy, 90, self)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+    def metrics(self, project_id: int) -> dict[str, Any]:
+        response = http_session().get(f"{self.url}/metrics", auth=AUTH, timeout=10)
+        response.raise_for_status()
+        return response.json()["projects"].get(str(project_id), {})
+
+
+def http_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # loopback only, whatever proxy variables say
+    return session
+
+
+@pytest.fixture(scope="module")
+def dataset(label_studio) -> dict[str, Any]:
+    """Images under Label Studio's document root, their ground truth, and the label config to use."""
+    folder = label_studio.document_root / "ovaal-e2e"
+    folder.mkdir()
+    truth: dict[str, np.ndarray] = {}
+    if CAMVID.is_dir():
+        meta = json.loads((CAMVID.parent / "classes.json").read_text())
+        for path in sorted((CAMVID / "images").glob("*.jpg"))[:N_IMAGES]:
+            shutil.copy(path, folder / path.name)
+            label = np.asarray(Image.open(CAMVID / "labels" / f"{path.stem}.png"), dtype=np.int64)
+            truth[path.name] = np.where(label >= len(meta["classes"]), -1, label)
+        config = (ROOT / "label_config" / "camvid.xml").read_text()
+    else:
+        make_dataset(folder / "synthetic", N_IMAGES, height=60, width=80)
+        for path in sorted((folder / "synthetic" / "images").glob("*.png")):
+            shutil.move(path, folder / path.name)
+            label = np.asarray(Image.open(folder / "synthetic" / "labels" / path.name), dtype=np.int64)
+            truth[path.name] = np.where(label == 255, -1, label)
+        shutil.rmtree(folder / "synthetic")
+        config = SYNTHETIC_CONFIG
+    return {"folder": folder, "truth": truth, "config": config, "iface": LabelInterface.parse(config)}
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tmp_path_factory):
+    from ls_server import free_port
+
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(SETTINGS, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+               PORT=str(free_port()), MODEL_DIR=str(tmp_path_factory.mktemp("ovaal-models")),
+               LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
+               LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
+    process = BackendProcess(env, tmp_path_factory.mktemp("ovaal-log") / "backend.log").start()
+    yield process
+    process.stop()
+    print("\n--- backend log (tail) ---\n" + process.log_tail(3000))
+
+
+def tasks_of(client, project_id: int) -> list[Any]:
+    return list(client.tasks.list(project=project_id, fields="all"))
+
+
+def query_tasks(client, project_id: int, round_index: int) -> list[Any]:
+    return [t for t in tasks_of(client, project_id)
+            if t.data.get("ovaal_query") and t.data.get("ovaal_round") == round_index]
+
+
+def prediction_of(task: Any, version: str) -> Any:
+    found = [p for p in task.predictions if p.model_version == version]
+    assert len(found) == 1, f"task {task.id}: {len(found)} predictions of {version}"
+    return found[0]
+
+
+def keypoint_pixels(prediction: Any) -> list[tuple[int, int]]:
+    return [percent_to_pixel(r["value"]["x"], r["value"]["y"], r["original_width"], r["original_height"])[::-1]
+            for r in prediction.result]
+
+
+def answer(client, task: Any, version: str, truth: np.ndarray, iface: LabelInterface, skip: bool = False) -> None:
+    """The scripted annotator: relabel every pre-labelled point from the ground truth (void -> ignore)."""
+    result = []
+    for region, (row, col) in zip(prediction_of(task, version).result, keypoint_pixels(prediction_of(task, version)),
+                                  strict=True):
+        label = int(truth[row, col])
+        value = dict(region["value"], keypointlabels=[iface.classes[label] if label >= 0 else iface.ignore_label])
+        result.append({k: region[k] for k in ("id", "from_name", "to_name", "type", "original_width",
+                                              "original_height", "image_rotation")} | {"value": value})
+    client.annotations.create(id=task.id, result=[] if skip else result, was_cancelled=skip)
+
+
+def check_masks(client, project_id: int, version: str, sources: dict[int, np.ndarray], iface: LabelInterface) -> None:
+    for task in tasks_of(client, project_id):
+        if task.id not in sources:
+            continue
+        prediction = prediction_of(task, version)
+        height, width = sources[task.id].shape
+        covered = np.zeros((height, width), dtype=int)
+        for region in prediction.result:
+            assert region["type"] == "brushlabels" and region["from_name"] == iface.mask_from_name
+            assert region["value"]["brushlabels"][0] in iface.classes
+            mask = decode_brush(region)
+            assert mask.shape == (height, width)
+            covered += mask
+        assert (covered == 1).all(), "every pixel gets exactly one class"
+
+
+def test_active_learning_loop_with_real_label_studio(label_studio, dataset, backend):
+    t_start = time.monotonic()
+    client, iface = label_studio.client(), dataset["iface"]
+    project = client.projects.create(title="OVAAL end-to-end", label_config=dataset["config"])
+    pid = project.id
+    client.import_storage.local.create(project=pid, path=str(dataset["folder"]), title="images", use_blob_urls=True)
+    names = sorted(dataset["truth"])
+    imported = client.projects.import_tasks(
+        id=pid, request=[{"data": {"image": label_studio.local_files_url(dataset["folder"] / n)}} for n in names],
+        return_task_ids=True)
+    sources = dict(zip(imported.task_ids, (dataset["truth"][n] for n in names), strict=True))
+
+    # The admin connects the model (with basic auth): /health, /setup, and the webhook.
+    ml = client.ml.create(project=pid, url=backend.url, title="OVAAL", auth_method="BASIC_AUTH",
+                          basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])
+    assert ml.state == "CO" and ml.model_version == "ovaal-0"
+
+    # Round 0 appears by itself: one query task per image, random points pre-labelled "ignore".
+    round0 = wait_for("round-0 query tasks", lambda: (q := query_tasks(client, pid, 0)) and len(q) == N_IMAGES and q,
+                      60, backend)
+    for task in round0:
+        assert task.data["ovaal_source_task"] in sources and task.data["image"] == \
+            next(t for t in tasks_of(client, pid) if t.id == task.data["ovaal_source_task"]).data["image"]
+        prediction = prediction_of(task, "ovaal-0")
+        assert len(prediction.result) == 6
+        assert {r["value"]["keypointlabels"][0] for r in prediction.result} == {iface.ignore_label}
+    wait_for("the project on ovaal-0 with uncertainty sampling", lambda: (
+        (p := client.projects.get(id=pid)).model_version == "ovaal-0" and p.sampling == "Uncertainty sampling"),
+        30, backend)
+    # Label Studio's webhook for the model has no basic-auth header; the backend adds ours (before that, webhooks
+    # would be refused with 401 and lost, which `resync` would repair).
+    basic = "Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()
+    wait_for("our basic-auth header on the webhook", lambda: [
+        h for h in client.webhooks.list(project=str(pid))
+        if h.url == f"{backend.url}/webhook" and (h.headers or {}).get("Authorization") == basic], 30, backend)
+    session = http_session()
+    session.headers.update(label_studio.headers())
+    served = session.get(f"{label_studio.url}/api/projects/{pid}/next").json()
+    assert served["id"] in {t.id for t in round0}  # the label stream serves query tasks
+
+    for task in round0:
+        answer(client, task, "ovaal-0", sources[task.data["ovaal_source_task"]], iface)
+
+    # The webhooks stored the clicks; the round ended; training made version 1 and published round 1 and masks.
+    round1 = wait_for("round-1 query tasks", lambda: (q := query_tasks(client, pid, 1)) and len(q) == N_IMAGES and q,
+                      180, backend)
+    metrics = backend.metrics(pid)
+    assert metrics["model_version"] == "ovaal-1" and metrics["annotations"] == N_IMAGES
+    assert metrics["points"] == 6 * N_IMAGES
+    wait_for("the project on ovaal-1", lambda: client.projects.get(id=pid).model_version == "ovaal-1", 60, backend)
+    for task in round1:
+        prediction = prediction_of(task, "ovaal-1")
+        assert len(prediction.result) == 6 and 0.0 <= prediction.score <= 1.0
+        assert {r["value"]["keypointlabels"][0] for r in prediction.result} <= set(iface.classes)
+        old = next(t for t in round0 if t.data["ovaal_source_task"] == task.data["ovaal_source_task"])
+        assert not set(keypoint_pixels(prediction)) & set(keypoint_pixels(prediction_of(old, "ovaal-0")))
+    check_masks(client, pid, "ovaal-1", sources, iface)
+
+    # Restart the backend mid-project: it picks up where it was.
+    backend.stop()
+    backend.start()
+    assert backend.metrics(pid)["phase"] == "querying" and backend.metrics(pid)["round"] == 1
+
+    for i, task in enumerate(round1):
+        answer(client, task, "ovaal-1", sources[task.data["ovaal_source_task"]], iface, skip=i == 0)
+
+    # Budget spent: the final OVAAL+ training, final masks, no more queries.
+    wait_for("the final phase", lambda: backend.metrics(pid).get("phase") == "done", 180, backend)
+    metrics = backend.metrics(pid)
+    assert metrics["model_version"] == "ovaal-2" and metrics["cancelled"] == 1
+    assert metrics["trainings"][-1]["final"] and metrics["trainings"][-1]["semi"]
+    assert query_tasks(client, pid, 2) == []
+    wait_for("the project on ovaal-2", lambda: client.projects.get(id=pid).model_version == "ovaal-2", 30, backend)
+    check_masks(client, pid, "ovaal-2", sources, iface)
+
+    # /predict answers any task, one result per task in order.
+    some = [t for t in tasks_of(client, pid) if t.id in sources][:1] + round1[:1]
+    response = http_session().post(f"{backend.url}/predict", auth=AUTH, timeout=60, json={
+        "project": f"{pid}.0", "tasks": [{"id": t.id, "data": t.data} for t in some]})
+    results = response.json()["results"]
+    assert [r["model_version"] for r in results] == ["ovaal-2", "ovaal-2"]
+    assert results[0]["result"][0]["type"] == "brushlabels" and results[1]["result"][0]["type"] == "keypointlabels"
+
+    # export and resync, as an admin runs them next to the running backend.
+    out = backend.log_path.parent / "export"
+    run = subprocess.run([sys.executable, "-m", "ovaal_backend", "export", "--project", str(pid), "--out", str(out)],
+                         cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    meta = json.loads((out / "classes.json").read_text())
+    assert meta["classes"] == list(iface.classes) and meta["model_version"] == "ovaal-2"
+    for name, task_id in meta["files"].items():
+        label_map = np.asarray(Image.open(out / name))
+        assert label_map.shape == sources[task_id].shape and label_map.max() < len(iface.classes)
+        assert (out / name.replace(".png", "_color.png")).is_file()
+    run = subprocess.run([sys.executable, "-m", "ovaal_backend", "resync", "--project", str(pid)],
+                         cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"queued {2 * N_IMAGES} annotations and 0 deletions" in run.stdout
+    wait_for("the resync events to be applied", lambda: backend.metrics(pid)["pending_events"] == 0, 30, backend)
+    assert backend.metrics(pid)["annotations"] == 2 * N_IMAGES  # nothing changed, nothing duplicated
+    print(f"\nend-to-end loop: {time.monotonic() - t_start:.0f} s after Label Studio was up")
