@@ -65,8 +65,6 @@ def simulation_config(args: argparse.Namespace) -> Config:
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_balance:
         values["ova_balance"] = False
-    if values.get("selection") == "ova" and values.get("classifier") == "multiclass":
-        values["classifier"] = "ova-shared"
     multiclass_selection = values.get("selection") not in (None, "ova", "random")
     if multiclass_selection and str(values.get("classifier", "ova")).startswith("ova") and args.classifier is None:
         values["classifier"] = "multiclass"

@@ -109,12 +109,6 @@ class Config:
             raise ConfigError(f"classifier={self.classifier!r}: choose one of {', '.join(CLASSIFIERS)}")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection={self.selection!r}: choose one of {', '.join(SELECTIONS)}")
-        if self.selection == "ova" and not self.is_ova:
-            raise ConfigError("selection='ova' needs an OVA classifier (ova-shared or ova-separate); "
-                              "use margin, entropy, least-confidence or random with classifier='multiclass'")
-        if self.selection in ("margin", "entropy", "least-confidence") and self.is_ova:
-            raise ConfigError(f"selection={self.selection!r} ranks a softmax over classes; with an OVA classifier use "
-                              "selection='ova' (for two outcomes entropy, margin and least confidence agree)")
         if self.semi and not self.is_ova:
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")

@@ -159,9 +159,13 @@ class ActiveLearner:
         if selection == "random":
             index, valid = select_random(candidates, n, self.generator)
         elif selection == "ova":
+            # Over a softmax (Table II (b)) each class's probability is read as its own binary problem.
             per_class = score_binary_entropy(probabilities)
             index, query_class, valid = select_per_class(per_class, candidates, n, self.generator)
         else:
+            if self.model.is_ova:
+                # Table II (c): a multi-class scorer over OVA outputs ranks the sigmoids normalised to sum to one.
+                probabilities = probabilities / probabilities.sum(1, keepdim=True).clamp_min(1e-12)
             scores = get_scorer(selection)(probabilities)
             index, valid = select_top(scores, candidates, n, self.config.diversity_top_fraction, self.generator)
         return self._to_queries(probabilities, candidates.shape[-1], index, query_class, valid)

@@ -14,9 +14,7 @@ def test_environment_overrides_defaults():
     ({"PIXELS_PER_ROUND": "many"}, "PIXELS_PER_ROUND='many' is not a valid int"),
     ({"RETRAIN": "perhaps"}, "RETRAIN"),
     ({"CLASSIFIER": "svm"}, "classifier='svm': choose one of"),
-    ({"CLASSIFIER": "multiclass", "SEMI": "0"}, "selection='ova' needs an OVA classifier"),
     ({"CLASSIFIER": "multiclass", "SELECTION": "margin"}, "use an OVA classifier or set SEMI=false"),
-    ({"SELECTION": "margin"}, "with an OVA classifier use selection='ova'"),
     ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
     ({"DEVICE": "tpu"}, "device='tpu'"),
 ])

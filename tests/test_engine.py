@@ -23,7 +23,8 @@ def _pool(count=4, seed=0):
 
 @pytest.mark.parametrize("classifier,selection", [("ova-shared", "ova"), ("ova-separate", "ova"),
                                                   ("multiclass", "margin"), ("multiclass", "entropy"),
-                                                  ("multiclass", "least-confidence"), ("multiclass", "random")])
+                                                  ("multiclass", "least-confidence"), ("multiclass", "random"),
+                                                  ("multiclass", "ova"), ("ova-shared", "margin")])
 def test_queries_never_repeat_labelled_pixels(classifier, selection):
     images, labels, sizes = _pool(2)
     config = Config(classifier=classifier, selection=selection, semi=classifier != "multiclass", **TINY)

@@ -61,6 +61,9 @@ def test_table_ii_grid_combinations_are_accepted(folders, tmp_path):
     assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
                  "--classifier", "ova-shared", "--selection", "random", *FAST]) == 0
     assert json.loads(out.read_text())["method"] == "ova-shared+random"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
+                 "--classifier", "multiclass", "--selection", "ova", *FAST]) == 0
+    assert json.loads(out.read_text())["method"] == "multiclass+ova"
 
 
 def test_bad_input_gives_a_message_not_a_traceback(folders, tmp_path, capsys):
