@@ -167,6 +167,45 @@ class MemorySampler(threading.Thread):
                 "samples": self.samples}
 
 
+# ==================================================================== CPU used by others (is the machine quiet?)
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the process trees under ``roots``."""
+    total = 0
+    for root in roots:
+        for p in process_tree(root):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / TICK
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every state but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / TICK
+
+
+class CpuWindow:
+    """How much CPU processes other than ours (backend, Label Studio, this script) used over a stretch of time."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self.roots = roots
+        self.t0, self.busy0, self.ours0 = time.monotonic(), busy_seconds(), cpu_seconds(roots)
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        busy, ours = busy_seconds() - self.busy0, cpu_seconds(self.roots) - self.ours0
+        other = max(0.0, busy - ours)
+        return {"wall": wall, "busy": busy, "ours": ours, "other": other,
+                "other_share": other / (wall * (os.cpu_count() or 1))}
+
+
 # ==================================================================== the backend process
 
 class Backend:
@@ -346,6 +385,30 @@ def breakdown(log: list[tuple[float, str, str]], t_last: float, pid: int) -> dic
     return out
 
 
+def query_stats(tasks: list[dict[str, Any]], margin: int = 4) -> dict[str, Any]:
+    """Where the queried points lie and how the query tasks score (what the label stream orders by)."""
+    near, total, scores = 0, 0, []
+    for task in tasks:
+        prediction = task["predictions"][0]
+        scores.append(float(prediction.get("score") or 0.0))
+        for region in prediction["result"]:
+            width, height = region["original_width"], region["original_height"]
+            col, row = percent_to_pixel(region["value"]["x"], region["value"]["y"], width, height)
+            total += 1
+            near += min(row, col, height - 1 - row, width - 1 - col) < margin
+    return {"points": total, "within_4px_of_border": near, "score_min": min(scores), "score_max": max(scores)}
+
+
+def take_screenshot(ls: LabelStudioServer, project: int, task: int, out: str) -> dict[str, Any]:
+    """benchmarks/screenshot_query_task.py on one task (logged in through the login form)."""
+    shot = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "screenshot_query_task.py"), "--url", ls.url, "--email", ls.email,
+         "--password", ls.password, "--project", str(project), "--task", str(task), "--out", out],
+        capture_output=True, text=True, timeout=300)
+    print(f"screenshot of task {task}: rc {shot.returncode} {shot.stdout.strip()} {shot.stderr.strip()[-500:]}")
+    return {"task": task, "rc": shot.returncode, "stdout": shot.stdout.strip(), "stderr": shot.stderr.strip()[-1500:]}
+
+
 # ==================================================================== the run
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -431,7 +494,13 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                   "listings instead (heavier on Label Studio)")
             studio.full_listing = True
 
+        if args.screenshot_round0:
+            results["screenshot_round0"] = take_screenshot(ls, pid, min(t["id"] for t in round0),
+                                                           args.screenshot_round0)
+
         # --- the scripted annotator answers every round-0 task; the last answer starts the clock
+        roots = [os.getpid()]  # this script's tree: the backend and Label Studio are its children
+        window = CpuWindow(roots)
         submit = []
         for task in sorted(round0, key=lambda t: t["id"]):
             prediction = next(p for p in task["predictions"] if p["model_version"] == "ovaal-0")
@@ -470,6 +539,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                     print(f"  {seen['next']:6.1f} s: the label stream serves round-1 task {next_task}")
             time.sleep(POLL)
         results["last_annotation_to"] = seen
+        results["cpu_round_change"] = window.stop()
         results["breakdown"] = breakdown(read_log(backend.log_path, t_last), t_last, pid)
         results["metrics"] = http().get(f"{backend.url}/metrics", timeout=30).json()["projects"][str(pid)]
 
@@ -478,6 +548,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         payload = [{"data": t["data"], "predictions": [
             {k: p[k] for k in ("result", "score", "model_version")} for p in t["predictions"]
             if p["model_version"] == "ovaal-1"]} for t in full if query_round(t) == 1]
+        results["round1_queries"] = query_stats(payload)
+        print(f"round-1 queries: {results['round1_queries']}")
         scratch = studio.post("/api/projects", {"title": "scratch", "label_config": config_xml})["id"]
         t0 = time.perf_counter()
         body = studio.post(f"/api/projects/{scratch}/import", payload, return_task_ids="true")
@@ -488,6 +560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         sources = [{"id": t["id"], "data": t["data"]} for t in sorted(full, key=lambda t: t["id"])
                    if t["id"] in truth_of]
         session = http()
+        window = CpuWindow(roots)
         cold, cold_bytes = backend.predict(session, pid, sources[:1])
         per_image, sizes = [], []
         for task in sources:
@@ -499,6 +572,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                               "p90": percentile(per_image, 90), "min": min(per_image), "max": max(per_image),
                               "batch_of_all": batch, "batch_per_image": batch / n,
                               "response_kib_per_image": float(np.mean(sizes)) / 1024}
+        results["cpu_predict"] = window.stop()
         results["memory"] = sampler.stop()
         sampler = None
 
@@ -514,14 +588,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             proc_kib(p).get("VmHWM", 0) for p in process_tree(backend.proc.pid)[1:]) / 1024
 
         if args.screenshot:
-            task_id = next_task or next(t["id"] for t in full if query_round(t) == 1)
-            shot = subprocess.run(
-                [sys.executable, str(ROOT / "benchmarks" / "screenshot_query_task.py"), "--url", ls.url,
-                 "--email", ls.email, "--password", ls.password, "--project", str(pid), "--task", str(task_id),
-                 "--out", args.screenshot], capture_output=True, text=True, timeout=300)
-            results["screenshot"] = {"task": task_id, "rc": shot.returncode, "stdout": shot.stdout.strip(),
-                                     "stderr": shot.stderr.strip()[-1500:]}
-            print(f"screenshot of task {task_id}: rc {shot.returncode} {shot.stdout.strip()} {shot.stderr[-500:]}")
+            results["screenshot"] = take_screenshot(ls, pid, next_task or min(round1), args.screenshot)
         results["total_seconds"] = time.monotonic() - t_run
         results["backend_log_tail"] = backend.log_tail(1500)
         return results
@@ -539,17 +606,27 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
 # ==================================================================== report
 
+def load_note(r: dict[str, Any]) -> str:
+    """One sentence on how much CPU other processes took while we measured (the machine is shared)."""
+    parts = []
+    for key, what in (("cpu_round_change", "the round change"), ("cpu_predict", "the `/predict` calls")):
+        c = r[key]
+        parts.append(f"{c['other']:.1f} CPU-s of {c['wall'] * (os.cpu_count() or 1):.0f} during {what} "
+                     f"({100 * c['other_share']:.0f} %)")
+    return "Other processes on the machine used " + " and ".join(parts) + "."
+
+
 def markdown(r: dict[str, Any]) -> str:
-    seen, b, p, m = r["last_annotation_to"], r["breakdown"], r["predict"], r["memory"]
+    seen, b, p, m, q = r["last_annotation_to"], r["breakdown"], r["predict"], r["memory"], r["round1_queries"]
     settings = " ".join(f"{k}={v}" for k, v in r["settings"].items())
     c = r["config"]
     lines = [
         f"## 2. Backend on CPU, {r['images']} CamVid images", "",
         "```bash",
-        f"{COMMAND}    # ~{r['total_seconds'] / 60:.0f} min; starts its own Label Studio 1.23.2 and backend on "
+        f"{COMMAND}    # ~{r['total_seconds'] / 60:.1f} min; starts its own Label Studio 1.23.2 and backend on "
         "127.0.0.1",
         "```", "",
-        f"Measured {r['date']} on {r['machine']}; nothing else was running. A real Label Studio 1.23.2 "
+        f"Measured {r['date']} on {r['machine']}. {load_note(r)} A real Label Studio 1.23.2 "
         "(`tests/ls_server.py`) and the backend as `python -m ovaal_backend serve` (gunicorn, one worker process), "
         f"set up as an admin would: `label_config/camvid.xml`, a local storage over copies of the first {r['images']} "
         "CamVid training images (360x480), the model connected. A scripted annotator answers every round-0 point from "
@@ -574,8 +651,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "Where the time goes (backend log):", "",
             "| step | seconds | ends at |", "|---|---:|---:|",
-            f"| webhook delivered, event applied, round end detected | {b['webhook_to_round_end']:.1f} | "
-            f"{b['t_round_end']:.1f} |",
+            f"| the last annotation's webhook applied, round end detected | {max(b['webhook_to_round_end'], 0):.1f} "
+            f"| {max(b['t_round_end'], 0):.1f} |",
             f"| training: {r['settings']['FIRST_ROUND_EPOCHS']} epochs over {b['train_images']} images, "
             f"{b['train_points']} labelled points (the loop alone: {b['train_loop_seconds']:.1f} s; the rest is "
             f"listing the pool, building the model, saving the checkpoint: {train_other:.1f} s) | "
@@ -624,7 +701,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"Other numbers of the run: Label Studio answered an annotation submit (it delivers the webhook to the "
         f"backend before answering) in {r['annotation_submit_seconds']['median']:.2f} s median; round 0 was "
         f"visible {r['connect_to_round0_visible']:.1f} s after connecting the model; the backend starts (to "
-        f"`/health`) in {r['backend_start_seconds']:.1f} s.",
+        f"`/health`) in {r['backend_start_seconds']:.1f} s. Of the {q['points']} round-1 query points, "
+        f"{q['within_4px_of_border']} lie within 4 px of the image border; the query tasks' scores (certainty, "
+        f"what uncertainty sampling orders by) range from {q['score_min']:.4f} to {q['score_max']:.4f}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -648,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camvid", default=str(CAMVID), help="folder with train/images, train/labels, classes.json")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for a round to appear")
     p.add_argument("--screenshot", help="also save a PNG of a round-1 query task in Label Studio's editor here")
+    p.add_argument("--screenshot-round0", help="also save a PNG of a round-0 query task (before it is answered)")
     p.add_argument("--json", default=str(ROOT / "results" / "backend_bench.json"), help="raw numbers (JSON)")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--keep", action="store_true", help="keep the temporary work dir and Label Studio's data")

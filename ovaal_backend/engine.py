@@ -45,6 +45,7 @@ class Queries:
 
     ``query_class[i]`` is the class whose classifier asked for pixel i (RANDOM_QUERY for random picks),
     ``guess[i]`` the model's Winner-Takes-All class there (-1 without a model), ``uncertainty[i]`` in [0, 1].
+    ``image_uncertainty`` is the whole image's mean normalised uncertainty (1.0 without a model).
     """
 
     rows: np.ndarray
@@ -52,14 +53,19 @@ class Queries:
     query_class: np.ndarray
     guess: np.ndarray
     uncertainty: np.ndarray
+    image_uncertainty: float = 1.0
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def certainty(self) -> float:
-        """1 - mean normalised uncertainty: a task-level score (low = most informative, served first)."""
-        return float(1 - self.uncertainty.mean()) if len(self) else 1.0
+        """Task-level score, 1 - the image's mean uncertainty (low = most informative image, served first).
+
+        The queried points themselves are by construction the most uncertain pixels (all close to 1), so their mean
+        cannot rank images; the whole image's uncertainty can.
+        """
+        return float(1 - self.image_uncertainty)
 
 
 def labelled_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -178,6 +184,7 @@ class ActiveLearner:
             flat = index[b][keep]
             rows, cols = (flat // width), (flat % width)
             asked = query_class[b][keep] if query_class is not None else torch.full_like(flat, RANDOM_QUERY)
+            image_uncertainty = 1.0
             if probabilities is None:
                 guess = torch.full_like(flat, -1)
                 uncertainty = torch.ones(flat.shape, device=flat.device)
@@ -185,8 +192,20 @@ class ActiveLearner:
                 at = probabilities[b][:, rows, cols]
                 guess = at.argmax(0)
                 uncertainty = self._point_uncertainty(at, asked)
-            out.append(Queries(*(t.cpu().numpy() for t in (rows, cols, asked, guess, uncertainty))))
+                image_uncertainty = self._image_uncertainty(probabilities[b])
+            arrays = (t.cpu().numpy() for t in (rows, cols, asked, guess, uncertainty))
+            out.append(Queries(*arrays, image_uncertainty=image_uncertainty))
         return out
+
+    def _image_uncertainty(self, probabilities: torch.Tensor) -> float:
+        """Mean over an image's pixels of the normalised uncertainty: the most uncertain class's binary entropy over
+        log 2 (OVA), or the entropy over log C (multi-class). Shape: (C, H, W) -> float in [0, 1]."""
+        if self.model.is_ova:
+            per_pixel = score_binary_entropy(probabilities).max(0).values / np.log(2)
+        else:
+            p = probabilities.clamp_min(1e-12)
+            per_pixel = -(p * p.log()).sum(0) / np.log(self.num_classes)
+        return float(per_pixel.mean().clamp(0, 1))
 
     def _point_uncertainty(self, at: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
         """Normalised uncertainty in [0, 1] of each queried point: the asking class's binary entropy (OVA) or the

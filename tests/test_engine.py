@@ -37,6 +37,7 @@ def test_queries_never_repeat_labelled_pixels(classifier, selection):
         assert not labelled_mask(points[i], *sizes[i])[q.rows, q.cols].any()
         assert len({(r, c) for r, c in zip(q.rows, q.cols)}) == 9
         assert ((q.uncertainty >= 0) & (q.uncertainty <= 1 + 1e-6)).all()
+        assert 0 <= q.certainty <= 1 and q.certainty == pytest.approx(1 - q.image_uncertainty)
         if selection == "ova":
             assert sorted(np.bincount(q.query_class, minlength=3).tolist()) == [3, 3, 3]
         else:
@@ -49,6 +50,7 @@ def test_cold_start_is_random_and_has_no_guess():
     empty = [np.zeros((0, 3), dtype=np.int64)] * 2
     queries = learner.query(images, empty, sizes, 5, random=True)
     assert all(len(q) == 5 and (q.guess == -1).all() and (q.query_class == RANDOM_QUERY).all() for q in queries)
+    assert all(q.certainty == 0.0 for q in queries), "no model: every image is equally uncertain"
 
 
 def test_excluded_pixels_are_never_queried():
@@ -75,6 +77,8 @@ def test_training_on_points_learns_the_synthetic_scenes(classifier):
     result = learner.train(images, points, sizes, progress=False)
     assert result.iterations == 25 * 2
     pred = learner.predict_class_map(images, sizes[0]).cpu().numpy()
+    trained = learner.query(images, points, sizes, 6)
+    assert all(q.certainty > 0.5 for q in trained), "a model that learned the scenes is mostly certain"
     gt = np.stack(labels)
     accuracy = (pred == gt)[gt != IGNORE_INDEX].mean()
     assert accuracy > 0.8, accuracy
