@@ -97,10 +97,6 @@ class ActiveLearner:
         self.model: SegmentationClassifier = build_classifier(config, num_classes).to(self.device).eval()
         self.trained_rounds = 0
 
-    @property
-    def train_size(self) -> tuple[int, int]:
-        return self.config.image_height, self.config.image_width
-
     def reset_model(self) -> None:
         """Start again from the pretrained encoder (PixelPick retrains from scratch every round)."""
         self.model = build_classifier(self.config, self.num_classes).to(self.device).eval()
