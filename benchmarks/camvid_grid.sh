@@ -2,6 +2,7 @@
 # The CamVid train -> val comparison of docs/benchmarks.md, with --preset cpu (2 CPU cores, lite0-offline weights).
 # Usage: benchmarks/camvid_grid.sh [RESULTS_DIR] [SEEDS...]; then: python benchmarks/report.py RESULTS_DIR
 # Each ovaal+ run also records the same final phase without the semi-supervised loss: that is the ovaal row.
+# Runs one after the other (two torch jobs on 2 cores slow each other down many times); a finished file is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CAMVID=${CAMVID:-../shared/data/camvid}
@@ -10,21 +11,30 @@ shift || true
 SEEDS=${*:-0 1 2}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
+
+simulate() {  # simulate NAME SEED FLAGS...
+  local name="$OUT/${1}_seed${2}.json" seed=$2
+  shift 2
+  [[ -f "$name" ]] && return 0
+  $PY -m ovaal_backend simulate --train "$CAMVID/train" --eval "$CAMVID/val" --out "$name" --preset cpu \
+    --encoder-weights lite0-offline --seed "$seed" --quiet "$@"
+}
+
+# The four methods (ovaal comes with every ovaal+ run).
 for seed in $SEEDS; do
   for method in ovaal+ pixelpick random; do
-    name="$OUT/${method}_seed${seed}.json"
-    [[ -f "$name" ]] && continue
-    $PY -m ovaal_backend simulate --train "$CAMVID/train" --eval "$CAMVID/val" --out "$name" \
-      --method "$method" --preset cpu --encoder-weights lite0-offline --seed "$seed" --quiet
+    simulate "$method" "$seed" --method "$method"
   done
+done
+# Ablations of OVAAL: no positive/negative balance in the per-class BCE; strict top pixels per class (no diversity step).
+for seed in $SEEDS; do
+  simulate ovaal+-no-balance "$seed" --method ovaal+ --no-balance
+  simulate ovaal+-strict-top "$seed" --method ovaal+ --diversity-top-fraction 0
 done
 # ova-separate (C networks, as in the paper) against ova-shared at one budget, on the first 24 pool images.
 for seed in $SEEDS; do
   for classifier in ova-separate ova-shared; do
-    name="$OUT/${classifier}-24img_seed${seed}.json"
-    [[ -f "$name" ]] && continue
-    $PY -m ovaal_backend simulate --train "$CAMVID/train" --eval "$CAMVID/val" --out "$name" \
-      --classifier "$classifier" --selection ova --preset cpu --encoder-weights lite0-offline --seed "$seed" \
-      --max-train-images 24 --rounds 1 --first-round-epochs 6 --epochs 3 --semi-epochs 0 --quiet
+    simulate "${classifier}-24img" "$seed" --classifier "$classifier" --selection ova --max-train-images 24 \
+      --rounds 1 --first-round-epochs 6 --epochs 3 --semi-epochs 0
   done
 done

@@ -1,7 +1,8 @@
 """Summarise simulator RESULT.json files into Markdown tables (mean ± std over seeds).
 
 Usage: python benchmarks/report.py results/camvid > /tmp/tables.md
-An ``ovaal+`` result carries the same run's final phase without the semi-supervised loss; that is reported as ``ovaal``.
+An ``ovaal+...`` result carries the same run's final phase without the semi-supervised loss; that is reported as
+``ovaal...`` (``ovaal+-no-balance`` -> ``ovaal-no-balance``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def load(folder: Path) -> dict[str, list[dict]]:
         groups[name].append(result)
         if result.get("final_without_semi"):
             twin = dict(result, rounds=result["rounds"][:-1] + [result["final_without_semi"]], method="ovaal")
-            groups["ovaal" if name == "ovaal+" else f"{name}-without-semi"].append(twin)
+            groups[name.replace("ovaal+", "ovaal", 1) if name.startswith("ovaal+") else f"{name}-without-semi"].append(twin)
     return groups
 
 

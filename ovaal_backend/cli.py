@@ -36,6 +36,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--semi-epochs", type=int, help="epochs of the final phase (with --semi: the OVAAL+ loss)")
     p.add_argument("--retrain", action="store_true", default=None, help="fresh model every round (else fine-tune)")
     p.add_argument("--no-balance", action="store_true", help="plain per-class BCE (no positive/negative balance)")
+    p.add_argument("--diversity-top-fraction", type=float,
+                   help="draw each round's pixels at random from this most uncertain fraction (per class for OVA; "
+                        "0 = strict top pixels)")
     p.add_argument("--exclude-void", action="store_true", default=None,
                    help="PixelPick's convention: never query ground-truth void pixels")
     p.add_argument("--seed", type=int)
@@ -61,7 +64,8 @@ def simulation_config(args: argparse.Namespace) -> Config:
              "first_round_epochs": args.first_round_epochs, "semi_epochs": args.semi_epochs,
              "retrain": args.retrain, "exclude_void": args.exclude_void, "seed": args.seed,
              "encoder_weights": args.encoder_weights, "encoder": args.encoder, "arch": args.arch,
-             "device": args.device, "num_threads": args.threads}
+             "device": args.device, "num_threads": args.threads,
+             "diversity_top_fraction": args.diversity_top_fraction}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_balance:
         values["ova_balance"] = False

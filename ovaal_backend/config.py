@@ -63,7 +63,7 @@ class Config:
     init_pixels: int = 22
     pixels_per_round: int = 22
     rounds: int = 4
-    diversity_top_fraction: float = 0.0
+    diversity_top_fraction: float = 0.05
     exclude_void: bool = False
 
     # --- OVAAL+ semi-supervised step ---

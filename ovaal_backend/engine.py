@@ -163,7 +163,8 @@ class ActiveLearner:
         elif selection == "ova":
             # Over a softmax (Table II (b)) each class's probability is read as its own binary problem.
             per_class = score_binary_entropy(probabilities)
-            index, query_class, valid = select_per_class(per_class, candidates, n, self.generator)
+            index, query_class, valid = select_per_class(per_class, candidates, n, self.config.diversity_top_fraction,
+                                                         self.generator)
         else:
             if self.model.is_ova:
                 # Table II (c): a multi-class scorer over OVA outputs ranks the sigmoids normalised to sum to one.

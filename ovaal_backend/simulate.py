@@ -22,10 +22,10 @@ from .metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversi
 log = logging.getLogger(__name__)
 
 METHODS: dict[str, dict[str, Any]] = {
-    "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.0},
-    "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.0},
+    "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05},
+    "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.05},
     "pixelpick": {"classifier": "multiclass", "selection": "margin", "semi": False, "diversity_top_fraction": 0.05},
-    "random": {"classifier": "multiclass", "selection": "random", "semi": False, "diversity_top_fraction": 0.0},
+    "random": {"classifier": "multiclass", "selection": "random", "semi": False},
 }
 """Shorthands for the methods compared in the paper."""
 

@@ -94,7 +94,7 @@ def test_per_class_selection_queries_each_class_uncertain_pixels_once():
     scores = score_binary_entropy(probs)
     candidates = torch.ones(1, 1, 10, dtype=torch.bool)
     for seed in range(6):  # whichever class picks first
-        index, cls, valid = select_per_class(scores, candidates, 8, torch.Generator().manual_seed(seed))
+        index, cls, valid = select_per_class(scores, candidates, 8, generator=torch.Generator().manual_seed(seed))
         picked = index[0][valid[0]].tolist()
         assert len(picked) == len(set(picked)) == 8, "a pixel is queried once"
         assert set(picked) == set(range(8)), "the overlap goes to one class, the other takes its next best"
@@ -107,3 +107,18 @@ def test_per_class_selection_respects_candidates():
     index, _, valid = select_per_class(scores, candidates, 9)
     flat = candidates.view(-1)
     assert flat[index[0][valid[0]]].all()
+
+
+def test_per_class_diversity_step_spreads_picks_off_a_plateau_edge():
+    # An untrained binary head is ~0.5 everywhere; a tiny excess at the border decides the strict top pixels
+    probs = torch.full((1, 2, 40, 40), 0.6)
+    probs[..., 0, :] = 0.5999
+    scores = score_binary_entropy(probs)
+    candidates = torch.ones(1, 40, 40, dtype=torch.bool)
+    strict, _, _ = select_per_class(scores, candidates, 20, generator=torch.Generator().manual_seed(0))
+    assert (strict[0] // 40 == 0).all(), "strict arg-max: every pick on row 0"
+    spread, cls, valid = select_per_class(scores, candidates, 20, top_fraction=0.5,
+                                          generator=torch.Generator().manual_seed(0))
+    assert valid.all() and len(set(spread[0].tolist())) == 20
+    assert (spread[0] // 40 > 0).sum() >= 15, "drawn at random from each class's top half, not its single ridge"
+    assert (cls[0] == 0).sum() == (cls[0] == 1).sum() == 10
