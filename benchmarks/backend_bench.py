@@ -33,7 +33,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # ls_server.py: the real Label Studio helper of the end-to-end test
 sys.path.insert(0, str(ROOT))
 
-from ls_server import LabelStudioServer, free_port  # noqa: E402
+from ls_server import BackendProcess, LabelStudioServer, free_port  # noqa: E402
 
 from ovaal_backend.config import Config  # noqa: E402
 from ovaal_backend.labelstudio import LabelInterface, percent_to_pixel  # noqa: E402
@@ -208,56 +207,17 @@ class CpuWindow:
 
 # ==================================================================== the backend process
 
-class Backend:
-    """``python -m ovaal_backend serve`` in its own process group, logging to a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env, self.log_path = env, log_path
-        self.url = f"http://127.0.0.1:{env['PORT']}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> float:
-        """Start and wait for /health; returns the seconds that took."""
-        t0 = time.monotonic()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "serve"], cwd=ROOT, env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        session = http()
-        while time.monotonic() - t0 < 120:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"backend exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if session.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"backend did not answer /health in 120 s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def predict(self, session: requests.Session, project: int, tasks: list[dict[str, Any]]) -> tuple[float, int]:
-        """One /predict call; (seconds, response bytes)."""
-        t0 = time.perf_counter()
-        response = session.post(f"{self.url}/predict", json={"project": str(project), "tasks": tasks}, timeout=600)
-        seconds = time.perf_counter() - t0
-        response.raise_for_status()
-        results = response.json()["results"]
-        if len(results) != len(tasks) or any(not r["result"] for r in results):
-            raise RuntimeError(f"/predict answered {len(results)} results, some empty: {response.text[:300]}")
-        return seconds, len(response.content)
+def predict(backend: BackendProcess, session: requests.Session, project: int,
+            tasks: list[dict[str, Any]]) -> tuple[float, int]:
+    """One /predict call; (seconds, response bytes)."""
+    t0 = time.perf_counter()
+    response = session.post(f"{backend.url}/predict", json={"project": str(project), "tasks": tasks}, timeout=600)
+    seconds = time.perf_counter() - t0
+    response.raise_for_status()
+    results = response.json()["results"]
+    if len(results) != len(tasks) or any(not r["result"] for r in results):
+        raise RuntimeError(f"/predict answered {len(results)} results, some empty: {response.text[:300]}")
+    return seconds, len(response.content)
 
 
 # ==================================================================== Label Studio side
@@ -459,7 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"Label Studio {ls.url} up in {ls.startup_seconds:.0f} s; work dir {work}")
         env.update(LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=ls.token,
                    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(docroot))
-        backend = Backend(env, work / "backend.log")
+        backend = BackendProcess(env, work / "backend.log")
         results["backend_start_seconds"] = backend.start()
         sampler = MemorySampler(backend.proc.pid)
         sampler.start()
@@ -561,13 +521,13 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
                    if t["id"] in truth_of]
         session = http()
         window = CpuWindow(roots)
-        cold, cold_bytes = backend.predict(session, pid, sources[:1])
+        cold, cold_bytes = predict(backend, session, pid, sources[:1])
         per_image, sizes = [], []
         for task in sources:
-            seconds, size = backend.predict(session, pid, [task])
+            seconds, size = predict(backend, session, pid, [task])
             per_image.append(seconds)
             sizes.append(size)
-        batch, batch_bytes = backend.predict(session, pid, sources)
+        batch, batch_bytes = predict(backend, session, pid, sources)
         results["predict"] = {"first_call": cold, "median": percentile(per_image, 50),
                               "p90": percentile(per_image, 90), "min": min(per_image), "max": max(per_image),
                               "batch_of_all": batch, "batch_per_image": batch / n,
@@ -580,8 +540,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         backend.stop()
         results["backend_restart_seconds"] = backend.start()
         session = http()
-        first_after_restart, _ = backend.predict(session, pid, sources[:1])
-        second, _ = backend.predict(session, pid, sources[1:2])
+        first_after_restart, _ = predict(backend, session, pid, sources[:1])
+        second, _ = predict(backend, session, pid, sources[1:2])
         results["predict"]["first_after_restart"] = first_after_restart
         results["predict"]["second_after_restart"] = second
         results["memory"]["after_restart_one_predict_mib"] = sum(

@@ -33,7 +33,8 @@ def load(folder: Path) -> dict[str, list[dict]]:
         groups[name].append(result)
         if result.get("final_without_semi"):
             twin = dict(result, rounds=result["rounds"][:-1] + [result["final_without_semi"]], method="ovaal")
-            groups[name.replace("ovaal+", "ovaal", 1) if name.startswith("ovaal+") else f"{name}-without-semi"].append(twin)
+            twin_name = name.replace("ovaal+", "ovaal", 1) if name.startswith("ovaal+") else f"{name}-without-semi"
+            groups[twin_name].append(twin)
     return groups
 
 

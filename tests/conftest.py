@@ -34,3 +34,11 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
     with LabelStudioServer(ls_bin, document_root=document_root) as server:
         print(f"\nLabel Studio started at {server.url} in {server.startup_seconds:.1f} s")
         yield server
+
+
+@pytest.fixture
+def fake():
+    """An in-memory stand-in for Label Studio's API holding one empty project (tests.fake_label_studio.P)."""
+    from .fake_label_studio import make_fake_project
+
+    return make_fake_project()[0]

@@ -1,5 +1,7 @@
 """Run a real, headless Label Studio on 127.0.0.1 for end-to-end tests.
 
+Also ``BackendProcess``: our own backend as ``python -m ovaal_backend serve`` beside it.
+
 Usage::
 
     with LabelStudioServer(ls_bin, document_root=tmp) as ls:
@@ -19,12 +21,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EMAIL = "ovaal-test@example.com"
 DEFAULT_PASSWORD = "ovaal-test-password"
 
@@ -200,3 +204,57 @@ class LabelStudioServer:
             time.sleep(1.0)
         raise LabelStudioError(f"Label Studio did not answer GET /health with 200 within {self.startup_timeout:.0f} s "
                                f"(last: {last_error}); log tail:\n{self.log_tail()}")
+
+
+class BackendError(RuntimeError):
+    """The backend did not start or died; the message carries the end of its log."""
+
+
+class BackendProcess:
+    """``python -m ovaal_backend serve`` in its own process group on 127.0.0.1, logging to a file.
+
+    Shared by the end-to-end test and benchmarks/backend_bench.py; ``env`` must set PORT (and HOST=127.0.0.1).
+    """
+
+    def __init__(self, env: dict[str, str], log_path: str | os.PathLike, startup_timeout: float = 120.0) -> None:
+        self.env = env
+        self.log_path = Path(log_path)
+        self.startup_timeout = startup_timeout
+        self.url = f"http://127.0.0.1:{env['PORT']}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        """Start the server and wait for GET /health; returns the seconds that took."""
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "serve"], cwd=REPO_ROOT,
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while time.monotonic() - t0 < self.startup_timeout:
+            if self.proc.poll() is not None:
+                raise BackendError(f"backend exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
+            try:
+                with opener.open(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - t0
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise BackendError(f"backend did not answer /health in {self.startup_timeout:.0f} s; "
+                           f"log tail:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group (gunicorn's parent and worker), SIGKILL after 30 s."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    def log_tail(self, n_chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-n_chars:] if self.log_path.exists() else ""

@@ -17,7 +17,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from ls_server import BackendError, BackendProcess, free_port
 from PIL import Image
 
 from ovaal_backend.labelstudio import LabelInterface, decode_brush, percent_to_pixel
@@ -69,50 +69,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: Backe
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- backend log ---\n{tail}")
 
 
-class BackendProcess:
-    """`python -m ovaal_backend serve` in its own process group, logging to a file."""
+def backend_metrics(backend: BackendProcess, project_id: int) -> dict[str, Any]:
+    """The backend's /metrics for one project."""
+    response = http_session().get(f"{backend.url}/metrics", auth=AUTH, timeout=10)
+    response.raise_for_status()
+    return response.json()["projects"].get(str(project_id), {})
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.url = f"http://127.0.0.1:{env['PORT']}"
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> BackendProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "serve"], cwd=ROOT, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        log.close()
-        session = http_session()
-
-        def healthy() -> bool:
-            assert self.proc.poll() is None, f"backend exited with {self.proc.returncode}:\n{self.log_tail()}"
-            try:
-                return session.get(f"{self.url}/health", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for("the backend's /health", healthy, 90, self)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def log_tail(self, n: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def metrics(self, project_id: int) -> dict[str, Any]:
-        response = http_session().get(f"{self.url}/metrics", auth=AUTH, timeout=10)
-        response.raise_for_status()
-        return response.json()["projects"].get(str(project_id), {})
+def start(backend: BackendProcess) -> None:
+    """Start the backend; a start-up failure fails the test with the backend's log."""
+    try:
+        backend.start()
+    except BackendError as e:
+        pytest.fail(str(e))
 
 
 def http_session() -> requests.Session:
@@ -147,14 +116,13 @@ def dataset(label_studio) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def backend(label_studio, tmp_path_factory):
-    from ls_server import free_port
-
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(SETTINGS, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
                PORT=str(free_port()), MODEL_DIR=str(tmp_path_factory.mktemp("ovaal-models")),
                LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
                LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
-    process = BackendProcess(env, tmp_path_factory.mktemp("ovaal-log") / "backend.log").start()
+    process = BackendProcess(env, tmp_path_factory.mktemp("ovaal-log") / "backend.log", startup_timeout=90)
+    start(process)
     yield process
     process.stop()
     print("\n--- backend log (tail) ---\n" + process.log_tail(3000))
@@ -254,7 +222,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     # The webhooks stored the clicks; the round ended; training made version 1 and published round 1 and masks.
     round1 = wait_for("round-1 query tasks", lambda: (q := query_tasks(client, pid, 1)) and len(q) == N_IMAGES and q,
                       180, backend)
-    metrics = backend.metrics(pid)
+    metrics = backend_metrics(backend, pid)
     assert metrics["model_version"] == "ovaal-1" and metrics["annotations"] == N_IMAGES
     assert metrics["points"] == 6 * N_IMAGES
     wait_for("the project on ovaal-1", lambda: client.projects.get(id=pid).model_version == "ovaal-1", 60, backend)
@@ -268,15 +236,15 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
 
     # Restart the backend mid-project: it picks up where it was.
     backend.stop()
-    backend.start()
-    assert backend.metrics(pid)["phase"] == "querying" and backend.metrics(pid)["round"] == 1
+    start(backend)
+    assert backend_metrics(backend, pid)["phase"] == "querying" and backend_metrics(backend, pid)["round"] == 1
 
     for i, task in enumerate(round1):
         answer(client, task, "ovaal-1", sources[task.data["ovaal_source_task"]], iface, skip=i == 0)
 
     # Budget spent: the final OVAAL+ training, final masks, no more queries.
-    wait_for("the final phase", lambda: backend.metrics(pid).get("phase") == "done", 180, backend)
-    metrics = backend.metrics(pid)
+    wait_for("the final phase", lambda: backend_metrics(backend, pid).get("phase") == "done", 180, backend)
+    metrics = backend_metrics(backend, pid)
     assert metrics["model_version"] == "ovaal-2" and metrics["cancelled"] == 1
     assert metrics["trainings"][-1]["final"] and metrics["trainings"][-1]["semi"]
     assert query_tasks(client, pid, 2) == []
@@ -306,6 +274,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
                          cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert f"queued {2 * N_IMAGES} annotations and 0 deletions" in run.stdout
-    wait_for("the resync events to be applied", lambda: backend.metrics(pid)["pending_events"] == 0, 30, backend)
-    assert backend.metrics(pid)["annotations"] == 2 * N_IMAGES  # nothing changed, nothing duplicated
+    wait_for("the resync events to be applied", lambda: backend_metrics(backend, pid)["pending_events"] == 0, 30,
+             backend)
+    assert backend_metrics(backend, pid)["annotations"] == 2 * N_IMAGES  # nothing changed, nothing duplicated
     print(f"\nend-to-end loop: {time.monotonic() - t_start:.0f} s after Label Studio was up")

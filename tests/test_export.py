@@ -12,20 +12,13 @@ from ovaal_backend.export import NO_CLASS, class_colours, export_project
 
 from .fake_label_studio import (
     XML,
-    FakeLabelStudio,
     P,
     add_scenes,
     answer_round,
     drain,
-    make_fake_project,
     started,
     tiny_config,
 )
-
-
-@pytest.fixture
-def fake() -> FakeLabelStudio:
-    return make_fake_project()[0]
 
 
 def test_export_before_and_after_training(tmp_path, fake):

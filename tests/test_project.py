@@ -25,22 +25,15 @@ from .fake_label_studio import (
     CLASSES,
     UID,
     XML,
-    FakeLabelStudio,
     P,
     add_scenes,
     answer_keypoints,
     answer_round,
     drain,
-    make_fake_project,
     started,
     tiny_config,
 )
 from .synthetic import make_scene
-
-
-@pytest.fixture
-def fake() -> FakeLabelStudio:
-    return make_fake_project()[0]
 
 
 @pytest.fixture
