@@ -98,3 +98,16 @@ def test_camvid_colours_match_dataset_table():
     expected = {name: "#{:02X}{:02X}{:02X}".format(*rgb) for name, rgb in pairs}
     brush = {label.get("value"): label.get("background") for label in labels_of(read("camvid"), "BrushLabels")}
     assert brush == expected
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_ignore_point_colour_stands_out(name):
+    # Round-0 points are pre-labelled "ignore": their colour must differ clearly from every class and from dark scenes
+    def rgb(hex_colour: str) -> np.ndarray:
+        return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+
+    queries = labels_of(read(name), "KeyPointLabels")
+    ignore = next(rgb(label.get("background")) for label in queries if label.get("value") == "ignore")
+    classes = [rgb(label.get("background")) for label in queries if label.get("value") != "ignore"]
+    assert ignore.max() == 255 and ignore.sum() >= 2 * 255, "bright, so a point shows on a dark image"
+    assert min(np.abs(ignore - c).sum() for c in classes) >= 150, "not mistaken for a class colour"
