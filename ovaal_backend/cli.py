@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import CLASSIFIERS, SELECTIONS, Config, ConfigError
-from .data import DatasetError
-from .weights import WeightsUnavailableError
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -110,7 +108,7 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``serve``: the ML backend under gunicorn, settings from the environment."""
-    from .server import serve
+    from .wsgi import serve
 
     serve(Config.from_env())
     return 0
@@ -159,6 +157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return handlers[args.command](args)
-    except (ConfigError, DatasetError, WeightsUnavailableError, ValueError, RuntimeError, OSError) as err:
+    except (ConfigError, ValueError, RuntimeError, OSError) as err:  # DatasetError, WeightsUnavailableError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -235,24 +235,3 @@ def _project_of(value: Any) -> tuple[int, str]:
         return parse_project_uid(value)
     except ValueError as err:
         raise BadRequest(str(err)) from None
-
-
-def serve(config: Config) -> None:
-    """Run the app under gunicorn: one worker process, ``server_threads`` threads, no request timeout."""
-    from gunicorn.app.base import BaseApplication
-
-    class _Application(BaseApplication):
-        def load_config(self) -> None:
-            options = {"bind": f"{config.host}:{config.port}", "workers": 1, "worker_class": "gthread",
-                       "threads": config.server_threads, "timeout": 0, "graceful_timeout": 30,
-                       "loglevel": config.log_level.lower(), "accesslog": "-" if config.log_level == "DEBUG" else None}
-            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 27: no control socket in $HOME
-                options["control_socket_disable"] = True
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Flask:
-            return create_app(config)  # in the worker process: threads must start after the fork
-
-    log.info("serving on %s:%d (model dir %s)", config.host, config.port, config.model_dir)
-    _Application().run()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from ovaal_backend.cli import build_parser, main
@@ -31,3 +34,10 @@ def test_bad_setting_is_one_error_line(monkeypatch, capsys):
     monkeypatch.setenv("LOG_LEVEL", "chatty")
     assert main(["resync", "--project", "1"]) == 2
     assert "log_level" in capsys.readouterr().err
+
+
+def test_gunicorn_parent_does_not_import_torch():
+    # The parent only supervises the worker; torch (and the app) load in the worker after the fork
+    code = "import sys, ovaal_backend.cli, ovaal_backend.wsgi; print(sorted({'torch', 'flask'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.strip() == "[]"
