@@ -29,8 +29,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,11 @@ import numpy as np
 import torch
 
 from .config import IGNORE_INDEX, Config
-from .data import to_tensor_resized
 from .engine import ActiveLearner, Queries
 from .labelstudio import LabelConfigError, LabelInterface, annotation_points, brush_results, keypoint_results
 from .ls_client import ImageFetcher, LabelStudioClient
-from .model import winner_takes_all
+from .project_model import PoolImage, ProjectModel
 from .store import LabelStore
-from .train import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +76,6 @@ MASK_SCORE = 1.0
 """Task score of a dense-mask prediction. Query scores (certainty) lie in [0, 1), so with uncertainty sampling Label
 Studio serves every open query task before any source task; each mask region carries its own mean confidence."""
 STATE_FILE = "labels.sqlite3"
-CHECKPOINT_FILE = "model.pt"
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 SETUP_ACTION = "OVAAL_SETUP"
 """Our own event: /setup saw a label config to apply, or a project waiting for its first round."""
@@ -133,15 +129,6 @@ def parse_project_uid(value: Any) -> tuple[int, str]:
     return int(head), text
 
 
-@dataclass
-class PoolImage:
-    """A source image kept in memory: resized for the model, with its original size for pixel coordinates."""
-
-    url: str
-    tensor: torch.Tensor  # (3, h, w) uint8 at the training size
-    size: tuple[int, int]  # (H, W) original
-
-
 class ProjectDriver:
     """Label state, model and round state machine of one Label Studio project.
 
@@ -158,14 +145,11 @@ class ProjectDriver:
         self.root = project_dir(config, project_id)
         self.client = client
         self.store = LabelStore(self.root / STATE_FILE)
-        self.images = ImageFetcher(client, self.root / "images", config.label_studio_local_files_document_root)
-        self._lock = threading.RLock()  # state and the serving model
-        self._model_lock = threading.Lock()  # one forward pass of the serving model at a time
+        self.model = ProjectModel(config, self.root, ImageFetcher(client, self.root / "images",
+                                                                  config.label_studio_local_files_document_root))
+        self._lock = threading.RLock()  # the state
         self._state: dict[str, Any] = self.store.get_state(self.key)
         self._iface: LabelInterface | None = None
-        self._serving: ActiveLearner | None = None
-        self._serving_version = -1
-        self._pool: dict[int, PoolImage] = {}
         self._queued_schema: str | None = None
 
     # ============================================================ quick calls (request threads)
@@ -453,7 +437,6 @@ class ProjectDriver:
             had_model = int(self._state.get("version", 0)) > 0
             self._state.update(classes=new, label_names=names, generation=int(self._state["generation"]) + 1,
                                fresh_model=True)
-            self._serving, self._serving_version = None, -1
             if had_model and self.phase in (PHASE_QUERYING, PHASE_PUBLISHING):
                 self._state["round_end_requested"] = "label config changed"
             elif had_model and self.phase == PHASE_DONE:
@@ -502,7 +485,7 @@ class ProjectDriver:
         """Train on every stored click, save the weights, then bump the version (in that order)."""
         plan = self._state["training"]
         version = int(self._state.get("version", 0))
-        checkpoint = self._read_checkpoint()
+        checkpoint = self.model.read_checkpoint()
         if checkpoint is not None and checkpoint["version"] == version + 1 \
                 and checkpoint["generation"] == self._state["generation"]:
             log.info("project %s: weights of %s were saved before a restart; using them", self.key,
@@ -514,11 +497,9 @@ class ProjectDriver:
         else:
             learner, record = self._train(final=bool(plan["final"]))
             if learner is not None:
-                save_checkpoint(self.root / CHECKPOINT_FILE, {
-                    "learner": learner.state_dict(), "version": version + 1, "generation": self._state["generation"],
-                    "classes": list(self._state["classes"]), "round": plan["round"], "final": bool(plan["final"])})
+                self.model.save(learner, version + 1, int(self._state["generation"]),
+                                classes=list(self._state["classes"]), round=plan["round"], final=bool(plan["final"]))
                 with self._lock:  # the new version exists only now that its weights are on disk
-                    self._serving, self._serving_version = learner, version + 1
                     self._state["version"] = version + 1
                     self._state["fresh_model"] = False
                     self._state.setdefault("history", []).append(dict(record, version=version_name(version + 1)))
@@ -598,7 +579,7 @@ class ProjectDriver:
             labelled = self._points_by_source()
             points = [labelled.get(tid, _empty_points()) for tid in todo]
             selector = learner if learner is not None else self._new_learner(fine_tune=False)
-            with self._model_lock:
+            with self.model.forward_lock:
                 queries = selector.query(images, points, sizes, n, random=use_random)
             tasks, task_sources = [], []
             for tid, (height, width), q in zip(todo, sizes, queries, strict=True):
@@ -755,32 +736,14 @@ class ProjectDriver:
 
     def _new_learner(self, fine_tune: bool) -> ActiveLearner:
         """A learner for the current class list; with ``fine_tune`` it starts from the saved weights."""
-        learner = ActiveLearner(self.config, len(self._state["classes"]))
-        checkpoint = self._read_checkpoint() if fine_tune else None
-        if checkpoint is not None and checkpoint["generation"] == self._state["generation"]:
-            learner.load_state_dict(checkpoint["learner"])
-        return learner
-
-    def _read_checkpoint(self) -> dict[str, Any] | None:
-        path = self.root / CHECKPOINT_FILE
-        return load_checkpoint(path) if path.is_file() else None
+        return self.model.new_learner(len(self._state["classes"]), int(self._state["generation"]), fine_tune)
 
     def serving_learner(self) -> ActiveLearner | None:
         """The model of the current version (loaded from disk on first use), or None before any training."""
         with self._lock:
-            version = int(self._state.get("version", 0))
-            if self._serving is not None and self._serving_version == version:
-                return self._serving
-            if version == 0:
-                return None
-            checkpoint = self._read_checkpoint()
-            if checkpoint is None or checkpoint["generation"] != self._state["generation"] \
-                    or checkpoint["version"] != version:
-                return None
-            learner = ActiveLearner(self.config, len(self._state["classes"]))
-            learner.load_state_dict(checkpoint["learner"])
-            self._serving, self._serving_version = learner, version
-            return learner
+            version, generation = int(self._state.get("version", 0)), int(self._state["generation"])
+            num_classes = len(self._state["classes"])
+        return self.model.serving(version, generation, num_classes)
 
     def _mask_predictions(self, learner: ActiveLearner, task_ids: list[int],
                           datas: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -792,45 +755,23 @@ class ProjectDriver:
 
     def predict_class_maps(self, learner: ActiveLearner, task_ids: list[int], datas: list[dict[str, Any]]
                            ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Winner-Takes-All class maps and their confidence at each image's original size.
-
-        Yields ``(task id, class map (H, W) int64, confidence (H, W) float32)``; an image that cannot be read is
-        logged and skipped. Images of equal size are predicted ``predict_batch`` at a time.
-        """
-        loaded: list[tuple[int, PoolImage]] = []
-        for task_id, data in zip(task_ids, datas, strict=True):
-            try:
-                loaded.append((task_id, self.pool_image(task_id, data)))
-            except Exception as err:  # a broken image must not fail the other tasks
-                log.error("project %s: task %d: cannot read its image: %s", self.key, task_id, err)
-        for group in _batches_by_size(loaded, self.config.predict_batch):
-            images = torch.stack([image.tensor for _, image in group])
-            with self._model_lock:
-                probabilities = learner.predict_probabilities(images, group[0][1].size)
-            class_maps = winner_takes_all(probabilities).cpu().numpy()
-            confidence = probabilities.max(1).values.float().cpu().numpy()
-            for b, (task_id, _) in enumerate(group):
-                yield task_id, class_maps[b].astype(np.int64), confidence[b]
+        """``(task id, class map, confidence)`` at each image's original size (see ProjectModel.class_maps)."""
+        return self.model.class_maps(learner, task_ids, [self._image_url(data) for data in datas])
 
     def pool_image(self, task_id: int, data: dict[str, Any]) -> PoolImage:
         """A source image resized for the model (kept in memory; the file is cached on disk)."""
-        url = data.get(self.iface.image_key)
-        if not isinstance(url, str) or not url:
-            raise ValueError(f"task data has no {self.iface.image_key!r} image URL")
-        cached = self._pool.get(task_id)
-        if cached is not None and cached.url == url:
-            return cached
-        array = self.images.load(url, task_id)
-        image = PoolImage(url, to_tensor_resized(array, self.config.image_height, self.config.image_width),
-                          (int(array.shape[0]), int(array.shape[1])))
-        self._pool[task_id] = image
-        return image
+        return self.model.image(task_id, self._image_url(data))
 
     def _pool_batch(self, ids: list[int], sources: dict[int, dict[str, Any]]
                     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """(N, 3, h, w) uint8 images and their original sizes, in ``ids`` order."""
-        images = [self.pool_image(tid, sources[tid]) for tid in ids]
-        return torch.stack([i.tensor for i in images]), [i.size for i in images]
+        return self.model.batch(ids, [self._image_url(sources[tid]) for tid in ids])
+
+    def _image_url(self, data: dict[str, Any]) -> str:
+        url = data.get(self.iface.image_key)
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"task data has no {self.iface.image_key!r} image URL")
+        return url
 
     def _list_sources(self) -> dict[int, dict[str, Any]]:
         """Source tasks (the pool): every task that is not one of our query tasks and has an image.
@@ -890,18 +831,6 @@ def _publish_plan(round_index: int, version: int, final: bool) -> dict[str, Any]
 
 def _empty_points() -> np.ndarray:
     return np.zeros((0, 3), dtype=np.int64)
-
-
-def _batches_by_size(items: list[tuple[int, PoolImage]], size: int) -> Iterable[list[tuple[int, PoolImage]]]:
-    """Consecutive runs of images with the same original size, at most ``size`` long."""
-    group: list[tuple[int, PoolImage]] = []
-    for item in items:
-        if group and (len(group) == size or item[1].size != group[0][1].size):
-            yield group
-            group = []
-        group.append(item)
-    if group:
-        yield group
 
 
 def _as_list(value: Any) -> list[Any]:

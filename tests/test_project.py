@@ -342,7 +342,7 @@ def test_class_change_remaps_clicks_by_name_and_starts_a_new_generation(tmp_path
     # The open round ended; a fresh model of the new class list was trained on the remapped clicks.
     assert driver.model_version == "ovaal-2" and state["round"] == 2
     assert state["history"][-1]["generation"] == 1
-    checkpoint = driver._read_checkpoint()
+    checkpoint = driver.model.read_checkpoint()
     assert checkpoint["classes"] == ["square", "background", "triangle"] and checkpoint["generation"] == 1
     labels = {r["value"]["brushlabels"][0] for s in truth for r in fake.predictions_of(s, "ovaal-2")[0]["result"]}
     assert labels <= {"square", "background", "triangle"}
