@@ -50,14 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # ls_server.py: the real Label Studio helper of the end-to-end test
 sys.path.insert(0, str(ROOT))
 
+from doc_section import write_section  # noqa: E402
 from ls_server import BackendProcess, LabelStudioServer, free_port  # noqa: E402
 
 from ovaal_backend.config import Config  # noqa: E402
 from ovaal_backend.labelstudio import LabelInterface, percent_to_pixel  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
-DOC = ROOT / "docs" / "benchmarks.md"
-MARK_BEGIN, MARK_END = "<!-- BACKEND-BENCH -->", "<!-- /BACKEND-BENCH -->"
 COMMAND = ".venv/bin/python benchmarks/backend_bench.py"
 SETTINGS = {  # the defaults, except a small training (the cpu preset's sizes and epochs) and one round after round 0
     "DEVICE": "cpu", "IMAGE_HEIGHT": "176", "IMAGE_WIDTH": "240", "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1",
@@ -668,18 +667,6 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(section: str) -> None:
-    """Replace the section between the markers in docs/benchmarks.md (append it when the markers are absent)."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{section.rstrip()}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line: run once, print Markdown, write the JSON and (unless --no-docs) docs/benchmarks.md."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -700,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(results)
     print("\n" + section)
     if not args.no_docs:
-        write_doc(section)
-        print(f"updated {DOC.relative_to(ROOT)}")
+        write_section("BACKEND-BENCH", section)
+        print("updated docs/benchmarks.md")
     return 0
 
 

@@ -106,7 +106,7 @@ def select_per_class(scores: torch.Tensor, candidates: torch.Tensor, n: int, top
     ``top_fraction`` > 0 applies PixelPick's diversity step per class (see ``select_top``). Without it a class's picks
     are its strict arg-max pixels, which bunch: neighbours of one blob, and, while a binary classifier is still near
     0.5 everywhere, wherever tiny numeric differences win, which on CamVid was the image border (62 % of round-1
-    picks within 4 px of the edge, against 8 % with a 5 % pool).
+    picks within 4 px of the edge, against 9 % with a 5 % pool: benchmarks/border_picks.py).
 
     Shape:
         scores (B, C, H, W), candidates (B, H, W) bool -> indices (B, n) into H*W, query class (B, n), valid (B, n).
