@@ -31,6 +31,11 @@ for seed in $SEEDS; do
   simulate ovaal+-no-balance "$seed" --method ovaal+ --no-balance
   simulate ovaal+-strict-top "$seed" --method ovaal+ --diversity-top-fraction 0
 done
+# Table II of the paper: each classifier with the other method's selection (same diversity step for all).
+for seed in $SEEDS; do
+  simulate multiclass+ova "$seed" --classifier multiclass --selection ova
+  simulate ova-shared+margin "$seed" --classifier ova-shared --selection margin
+done
 # ova-separate (C networks, as in the paper) against ova-shared at one budget, on the first 24 pool images.
 for seed in $SEEDS; do
   for classifier in ova-separate ova-shared; do
