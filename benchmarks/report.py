@@ -1,15 +1,17 @@
 """Summarise simulator RESULT.json files into Markdown tables (mean ± std over seeds).
 
-Usage: python benchmarks/report.py results/camvid > /tmp/tables.md
+Usage: python benchmarks/report.py results/camvid [--write-doc]
 An ``ovaal+...`` result carries the same run's final phase without the semi-supervised loss; that is reported as
 ``ovaal...`` (``ovaal+-no-balance`` -> ``ovaal-no-balance``).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,7 +42,9 @@ def load(folder: Path) -> dict[str, list[dict]]:
 
 def main(folder: str) -> None:
     groups = load(Path(folder))
-    order = [n for n in ("random", "pixelpick", "ovaal", "ovaal+") if n in groups]
+    first = ("random", "pixelpick", "ovaal", "ovaal+", "ovaal-strict-top", "ovaal+-strict-top", "ovaal-no-balance",
+             "ovaal+-no-balance", "multiclass+ova", "ova-shared+margin")
+    order = [n for n in first if n in groups]
     order += [n for n in sorted(groups) if n not in order]
     print("### mIoU (%) per round, mean ± std over seeds\n")
     max_rounds = max(len(r["rounds"]) for g in groups.values() for r in g)
@@ -55,6 +59,12 @@ def main(folder: str) -> None:
             phase = runs[0]["rounds"][i]["phase"] if len(runs[0]["rounds"]) > i else ""
             cells.append(f"{_fmt(vals)} ({px[0]:.0f} px{', ' + phase if phase != 'active' else ''})" if vals else "-")
         print("| " + " | ".join(cells) + " |")
+    print("\n### Final mIoU (%) per seed\n")
+    seeds = sorted({r["config"]["seed"] for g in groups.values() for r in g})
+    print("| method | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|" + "---|" * len(seeds))
+    for name in order:
+        by_seed = {r["config"]["seed"]: r["rounds"][-1]["miou"] for r in groups[name]}
+        print(f"| {name} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "-" for s in seeds) + " |")
     classes = next(iter(groups.values()))[0]["classes"]
     print("\n### Per-class IoU (%) after the last phase, mean over seeds (minority classes in bold)\n")
     print("| method | " + " | ".join(f"**{c}**" if c in MINORITY else c for c in classes) + " | minority mean |")
@@ -81,4 +91,16 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/camvid")
+    parser = argparse.ArgumentParser(description="Markdown tables of a folder of simulator results")
+    parser.add_argument("folder", nargs="?", default="results/camvid")
+    parser.add_argument("--write-doc", action="store_true",
+                        help="also write the tables into docs/benchmarks.md (section CAMVID-TABLES)")
+    args = parser.parse_args()
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main(args.folder)
+    print(buffer.getvalue(), end="")
+    if args.write_doc:
+        from doc_section import write_section
+
+        write_section("CAMVID-TABLES", buffer.getvalue())
