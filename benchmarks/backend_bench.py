@@ -354,7 +354,7 @@ def query_stats(tasks: list[dict[str, Any]], margin: int = 4) -> dict[str, Any]:
             width, height = region["original_width"], region["original_height"]
             col, row = percent_to_pixel(region["value"]["x"], region["value"]["y"], width, height)
             total += 1
-            near += min(row, col, height - 1 - row, width - 1 - col) < margin
+            near += min(row, col, height - 1 - row, width - 1 - col) <= margin
     return {"points": total, "within_4px_of_border": near, "score_min": min(scores), "score_max": max(scores)}
 
 
@@ -652,7 +652,7 @@ def markdown(r: dict[str, Any]) -> str:
         "| | MiB |", "|---|---:|",
         f"| peak RSS (VmHWM) of the gunicorn worker (the process that trains and predicts) | "
         f"**{m['worker_vmhwm_mib']:.0f}** |",
-        f"| peak RSS of the gunicorn arbiter (imports torch, then forks the worker) | {m['arbiter_vmhwm_mib']:.0f} |",
+        f"| peak RSS of the gunicorn arbiter (only supervises the worker: imports neither torch nor the app) | {m['arbiter_vmhwm_mib']:.0f} |",
         f"| peak of the two processes' summed PSS (shared pages counted once; sampled every 0.5 s) | "
         f"{m['peak_pss_sum_mib']:.0f} |",
         f"| peak RSS of the worker after a restart and one `/predict` (no training) | "
