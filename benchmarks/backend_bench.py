@@ -652,7 +652,8 @@ def markdown(r: dict[str, Any]) -> str:
         "| | MiB |", "|---|---:|",
         f"| peak RSS (VmHWM) of the gunicorn worker (the process that trains and predicts) | "
         f"**{m['worker_vmhwm_mib']:.0f}** |",
-        f"| peak RSS of the gunicorn arbiter (only supervises the worker: imports neither torch nor the app) | {m['arbiter_vmhwm_mib']:.0f} |",
+        "| peak RSS of the gunicorn arbiter (only supervises the worker: imports neither torch nor the app) | "
+        f"{m['arbiter_vmhwm_mib']:.0f} |",
         f"| peak of the two processes' summed PSS (shared pages counted once; sampled every 0.5 s) | "
         f"{m['peak_pss_sum_mib']:.0f} |",
         f"| peak RSS of the worker after a restart and one `/predict` (no training) | "
