@@ -90,11 +90,45 @@ def main(folder: str) -> None:
               f"{_fmt([r['total_seconds'] for r in runs], 0)} |")
 
 
+def plot(groups: dict[str, list[dict]], out: str, names: tuple[str, ...] = ("random", "pixelpick", "ovaal", "ovaal+")
+         ) -> None:
+    """mIoU per phase (mean over seeds, band = ± std) of the main methods."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    labels: list[str] = []
+    for name in (n for n in names if n in groups):
+        runs = groups[name]
+        phases = min(len(r["rounds"]) for r in runs)
+        means = [statistics.mean(r["rounds"][i]["miou"] for r in runs) for i in range(phases)]
+        stds = [statistics.stdev(r["rounds"][i]["miou"] for r in runs) if len(runs) > 1 else 0.0
+                for i in range(phases)]
+        xs = list(range(phases))
+        ax.plot(xs, means, marker="o", linestyle="--" if name.endswith("+") else "-",
+                label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.15)
+        if len(labels) < phases:
+            labels = [f"{r['labelled_pixels_per_image']:.0f} px" + ("" if r["phase"] == "active" else "\nfinal")
+                      for r in runs[0]["rounds"][:phases]]
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("labelled pixels per image (final: one more epoch; ovaal+ shares ovaal's rounds)")
+    ax.set_ylabel("val mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Markdown tables of a folder of simulator results")
     parser.add_argument("folder", nargs="?", default="results/camvid")
     parser.add_argument("--write-doc", action="store_true",
                         help="also write the tables into docs/benchmarks.md (section CAMVID-TABLES)")
+    parser.add_argument("--plot", help="also draw the main methods' mIoU curves into this PNG")
     args = parser.parse_args()
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
@@ -104,3 +138,5 @@ if __name__ == "__main__":
         from doc_section import write_section
 
         write_section("CAMVID-TABLES", buffer.getvalue())
+    if args.plot:
+        plot(load(Path(args.folder)), args.plot)
