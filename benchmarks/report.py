@@ -46,7 +46,7 @@ def main(folder: str) -> None:
              "ovaal+-no-balance", "multiclass+ova", "ova-shared+margin")
     order = [n for n in first if n in groups]
     order += [n for n in sorted(groups) if n not in order]
-    print("### mIoU (%) per round, mean ± std over seeds\n")
+    print("#### mIoU (%) per round, mean ± std over seeds\n")
     max_rounds = max(len(r["rounds"]) for g in groups.values() for r in g)
     header = ["method", "seeds"] + [f"round {i}" for i in range(max_rounds)]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -59,14 +59,14 @@ def main(folder: str) -> None:
             phase = runs[0]["rounds"][i]["phase"] if len(runs[0]["rounds"]) > i else ""
             cells.append(f"{_fmt(vals)} ({px[0]:.0f} px{', ' + phase if phase != 'active' else ''})" if vals else "-")
         print("| " + " | ".join(cells) + " |")
-    print("\n### Final mIoU (%) per seed\n")
+    print("\n#### Final mIoU (%) per seed\n")
     seeds = sorted({r["config"]["seed"] for g in groups.values() for r in g})
     print("| method | " + " | ".join(f"seed {s}" for s in seeds) + " |\n|---|" + "---|" * len(seeds))
     for name in order:
         by_seed = {r["config"]["seed"]: r["rounds"][-1]["miou"] for r in groups[name]}
         print(f"| {name} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "-" for s in seeds) + " |")
     classes = next(iter(groups.values()))[0]["classes"]
-    print("\n### Per-class IoU (%) after the last phase, mean over seeds (minority classes in bold)\n")
+    print("\n#### Per-class IoU (%) after the last phase, mean over seeds (minority classes in bold)\n")
     print("| method | " + " | ".join(f"**{c}**" if c in MINORITY else c for c in classes) + " | minority mean |")
     print("|---|" + "---|" * (len(classes) + 1))
     for name in order:
@@ -79,7 +79,7 @@ def main(folder: str) -> None:
         minority = [statistics.mean(r["rounds"][-1]["per_class_iou"][c] or 0 for c in MINORITY if c in classes)
                     for r in runs]
         print(f"| {name} | " + " | ".join(row) + f" | {_fmt(minority, 1)} |")
-    print("\n### Selection diversity (pixels chosen by the method, rounds 1..K) and wall time\n")
+    print("\n#### Selection diversity (pixels chosen by the method, rounds 1..K) and wall time\n")
     print("| method | spatial (std of coordinates, px) | semantic (entropy, bits) | void answers | wall time (s) |")
     print("|---|---|---|---|---|")
     for name in order:
