@@ -12,7 +12,7 @@ from .config import CLASSIFIERS, SELECTIONS, Config, ConfigError
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
-    from .simulate import METHODS, PRESETS
+    from .presets import METHODS, PRESETS
 
     p = sub.add_parser("simulate", help="offline active-learning loop with an oracle annotator",
                        description="Run the active-learning loop on a labelled dataset, answering queries from its "
@@ -52,7 +52,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
 
 def simulation_config(args: argparse.Namespace) -> Config:
     """Preset, then method shorthand, then explicit flags (flags win)."""
-    from .simulate import METHODS, PRESETS
+    from .presets import METHODS, PRESETS
 
     values: dict[str, Any] = {**PRESETS[args.preset], "semi": False}
     if args.method:

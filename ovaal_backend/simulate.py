@@ -18,33 +18,9 @@ from .config import IGNORE_INDEX, Config
 from .data import SegmentationFolder, resize_images
 from .engine import ActiveLearner, Queries
 from .metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
+from .presets import METHODS
 
 log = logging.getLogger(__name__)
-
-METHODS: dict[str, dict[str, Any]] = {
-    "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05},
-    "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.05},
-    "pixelpick": {"classifier": "multiclass", "selection": "margin", "semi": False, "diversity_top_fraction": 0.05},
-    "random": {"classifier": "multiclass", "selection": "random", "semi": False},
-}
-"""Shorthands for the methods compared in the paper."""
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {
-        "image_height": 360, "image_width": 480, "batch_size": 4, "retrain": True,
-        "first_round_epochs": 50, "epochs": 50, "semi_epochs": 50,
-        "init_pixels": 22, "pixels_per_round": 22, "rounds": 4, "scale_min": 0.5, "scale_max": 2.0,
-    },
-    "cpu": {
-        "image_height": 176, "image_width": 240, "batch_size": 8, "retrain": False,
-        "first_round_epochs": 2, "epochs": 1, "semi_epochs": 1,
-        "init_pixels": 22, "pixels_per_round": 22, "rounds": 3, "scale_min": 0.75, "scale_max": 1.5,
-        "semi_top_l": 1000, "num_threads": 2,
-    },
-}
-"""Protocols: ``paper`` is PixelPick's GPU protocol (full size, a fresh model and 50 epochs per round); ``cpu`` is the
-scaled protocol that finishes one method's loop on CamVid in minutes on 2 CPU cores (see docs/benchmarks.md for why)."""
-
 
 def method_name(config: Config) -> str:
     """The shorthand matching a config, or a description of the combination."""
