@@ -25,7 +25,9 @@ from urllib.parse import parse_qs, urljoin, urlparse
 
 import numpy as np
 import requests
-from PIL import Image
+
+from .data import load_rgb
+from .files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +271,8 @@ class ImageFetcher:
             path = self.cached_path(url)
             if not path.is_file():
                 data = self.client.download(url, task_id)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".{threading.get_ident()}.tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                write_atomically(path, lambda handle: handle.write(data))
         try:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
+            return load_rgb(path)
         except OSError as err:
             raise ValueError(f"{url} is not an image PIL can read ({err})") from err

@@ -25,8 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +36,7 @@ import torch
 
 from .config import IGNORE_INDEX, Config
 from .engine import ActiveLearner, Queries
+from .files import write_atomically
 from .labelstudio import LabelConfigError, LabelInterface, annotation_points, brush_results, keypoint_results
 from .ls_client import ImageFetcher, LabelStudioClient
 from .project_model import PoolImage, ProjectModel
@@ -855,12 +854,4 @@ def _annotator(annotation: dict[str, Any]) -> str | None:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (a reader sees the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: handle.write(json.dumps(obj).encode()))

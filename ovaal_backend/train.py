@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from tqdm import tqdm
 
 from .config import IGNORE_INDEX, Config
 from .data import Augmentation, make_batch, normalize, sample_at_points
+from .files import write_atomically
 from .losses import invert_uncertain, ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
 from .model import SegmentationClassifier
 
@@ -111,18 +110,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint dict atomically: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,30 @@
+"""Atomic file writes, shared by checkpoints, the backend's JSON files and its image cache."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` with ``write(handle)`` so a reader sees the old file or the new one, never half of one.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over ``path``; on any
+    error the temporary file is removed and ``path`` is left as it was. Concurrent writers each use their own
+    temporary file, so the last rename wins with a whole file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
