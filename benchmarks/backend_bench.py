@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # ls_server.py: the real Label Studio h
 sys.path.insert(0, str(ROOT))
 
 from doc_section import write_section  # noqa: E402
-from ls_server import BackendProcess, LabelStudioServer, free_port  # noqa: E402
+from ls_server import BackendProcess, LabelStudioServer, free_port, loopback_session  # noqa: E402
 
 from ovaal_backend.config import Config  # noqa: E402
 from ovaal_backend.labelstudio import LabelInterface, percent_to_pixel  # noqa: E402
@@ -71,12 +71,6 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\w+) ([\w.]+)
 
 
 # ==================================================================== small helpers
-
-def http() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # loopback only, whatever proxy variables say
-    return session
-
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
@@ -226,7 +220,7 @@ class Studio:
 
     def __init__(self, ls: LabelStudioServer) -> None:
         self.url = ls.url
-        self.session = http()
+        self.session = loopback_session()
         self.session.headers.update(ls.headers())
 
     def get(self, path: str, **params: Any) -> Any:
@@ -500,7 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         results["last_annotation_to"] = seen
         results["cpu_round_change"] = window.stop()
         results["breakdown"] = breakdown(read_log(backend.log_path, t_last), t_last, pid)
-        results["metrics"] = http().get(f"{backend.url}/metrics", timeout=30).json()["projects"][str(pid)]
+        results["metrics"] = loopback_session().get(f"{backend.url}/metrics", timeout=30).json()["projects"][str(pid)]
 
         # --- what importing the 20 query tasks alone costs Label Studio (same payload, a scratch project)
         full = studio.tasks(pid, full=True)
@@ -518,7 +512,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         # --- /predict: dense masks of source tasks, one per request, then all in one request
         sources = [{"id": t["id"], "data": t["data"]} for t in sorted(full, key=lambda t: t["id"])
                    if t["id"] in truth_of]
-        session = http()
+        session = loopback_session()
         window = CpuWindow(roots)
         cold, cold_bytes = predict(backend, session, pid, sources[:1])
         per_image, sizes = [], []
@@ -538,7 +532,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         # --- restart: the first /predict then loads the checkpoint and reads the image from disk
         backend.stop()
         results["backend_restart_seconds"] = backend.start()
-        session = http()
+        session = loopback_session()
         first_after_restart, _ = predict(backend, session, pid, sources[:1])
         second, _ = predict(backend, session, pid, sources[1:2])
         results["predict"]["first_after_restart"] = first_after_restart

@@ -28,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import requests
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EMAIL = "ovaal-test@example.com"
 DEFAULT_PASSWORD = "ovaal-test-password"
@@ -204,6 +206,13 @@ class LabelStudioServer:
             time.sleep(1.0)
         raise LabelStudioError(f"Label Studio did not answer GET /health with 200 within {self.startup_timeout:.0f} s "
                                f"(last: {last_error}); log tail:\n{self.log_tail()}")
+
+
+def loopback_session() -> requests.Session:
+    """A requests session for 127.0.0.1 only: proxy variables in the environment are ignored."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 class BackendError(RuntimeError):

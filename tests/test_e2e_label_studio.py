@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
-from ls_server import BackendError, BackendProcess, free_port
+from ls_server import BackendError, BackendProcess, free_port, loopback_session
 from PIL import Image
 
 from ovaal_backend.labelstudio import LabelInterface, decode_brush, percent_to_pixel
 
+from .fake_label_studio import XML as SYNTHETIC_XML
 from .synthetic import make_dataset
 
 pytestmark = pytest.mark.e2e
@@ -40,15 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "train"
 N_IMAGES = 3
 AUTH = ("ovaal", "e2e-secret")
-SYNTHETIC_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <KeyPointLabels name="query" toName="image">
-    <Label value="background"/><Label value="square"/><Label value="disc"/><Label value="ignore" ovaal="ignore"/>
-  </KeyPointLabels>
-  <BrushLabels name="mask" toName="image">
-    <Label value="background"/><Label value="square"/><Label value="disc"/>
-  </BrushLabels>
-</View>"""
 SETTINGS = {  # tiny: the whole loop in about a minute on two CPU cores
     "IMAGE_HEIGHT": "64", "IMAGE_WIDTH": "96", "INIT_PIXELS": "6", "PIXELS_PER_ROUND": "6", "ROUNDS": "1",
     "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1", "SEMI_EPOCHS": "1", "BATCH_SIZE": "4", "ENCODER_WEIGHTS": "none",
@@ -71,7 +62,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: Backe
 
 def backend_metrics(backend: BackendProcess, project_id: int) -> dict[str, Any]:
     """The backend's /metrics for one project."""
-    response = http_session().get(f"{backend.url}/metrics", auth=AUTH, timeout=10)
+    response = loopback_session().get(f"{backend.url}/metrics", auth=AUTH, timeout=10)
     response.raise_for_status()
     return response.json()["projects"].get(str(project_id), {})
 
@@ -82,12 +73,6 @@ def start(backend: BackendProcess) -> None:
         backend.start()
     except BackendError as e:
         pytest.fail(str(e))
-
-
-def http_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # loopback only, whatever proxy variables say
-    return session
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +95,7 @@ def dataset(label_studio) -> dict[str, Any]:
             label = np.asarray(Image.open(folder / "synthetic" / "labels" / path.name), dtype=np.int64)
             truth[path.name] = np.where(label == 255, -1, label)
         shutil.rmtree(folder / "synthetic")
-        config = SYNTHETIC_CONFIG
+        config = SYNTHETIC_XML
     return {"folder": folder, "truth": truth, "config": config, "iface": LabelInterface.parse(config)}
 
 
@@ -211,7 +196,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     wait_for("our basic-auth header on the webhook", lambda: [
         h for h in client.webhooks.list(project=str(pid))
         if h.url == f"{backend.url}/webhook" and (h.headers or {}).get("Authorization") == basic], 30, backend)
-    session = http_session()
+    session = loopback_session()
     session.headers.update(label_studio.headers())
     served = session.get(f"{label_studio.url}/api/projects/{pid}/next").json()
     assert served["id"] in {t.id for t in round0}  # the label stream serves query tasks
@@ -253,7 +238,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
 
     # /predict answers any task, one result per task in order.
     some = [t for t in tasks_of(client, pid) if t.id in sources][:1] + round1[:1]
-    response = http_session().post(f"{backend.url}/predict", auth=AUTH, timeout=60, json={
+    response = loopback_session().post(f"{backend.url}/predict", auth=AUTH, timeout=60, json={
         "project": f"{pid}.0", "tasks": [{"id": t.id, "data": t.data} for t in some]})
     results = response.json()["results"]
     assert [r["model_version"] for r in results] == ["ovaal-2", "ovaal-2"]
