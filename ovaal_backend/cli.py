@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CLASSIFIERS, SELECTIONS, Config, ConfigError
+from .config import CLASSIFIERS, LR_SCHEDULES, SELECTIONS, SEMI_RULES, SEMI_TEACHERS, Config, ConfigError
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +33,20 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-round-epochs", type=int)
     p.add_argument("--semi-epochs", type=int, help="epochs of the final phase (with --semi: the OVAAL+ loss)")
     p.add_argument("--retrain", action="store_true", default=None, help="fresh model every round (else fine-tune)")
-    p.add_argument("--no-balance", action="store_true", help="plain per-class BCE (no positive/negative balance)")
+    p.add_argument("--no-balance", action="store_true", help="the paper's plain loss (same as --class-balance 0)")
+    p.add_argument("--class-balance", type=float,
+                   help="0..1: how strongly each class's clicks are re-weighted to weigh the same (default: method's)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning rate within each training (cosine)")
+    p.add_argument("--keep-optimizer", action="store_true", default=None,
+                   help="keep Adam's state across rounds (else a fresh Adam per round)")
+    p.add_argument("--semi-rule", choices=SEMI_RULES, help="OVAAL+ refinement of the uncertain pixels")
+    p.add_argument("--semi-teacher", choices=SEMI_TEACHERS, help="OVAAL+ pseudo-labels: mean teacher or frozen")
+    p.add_argument("--semi-ablations", default="",
+                   help="comma-separated other OVAAL+ final phases run on the same rounds (paper)")
+    p.add_argument("--train-prefixes", default="",
+                   help="comma-separated image-name prefixes the pool keeps (CamVid sequences: 0001TP,0016E5)")
+    p.add_argument("--eval-prefixes", default="", help="comma-separated image-name prefixes evaluated on (0006R0)")
+    p.add_argument("--save-checkpoint", help="save the learner after the last active round (for diagnostics)")
     p.add_argument("--diversity-top-fraction", type=float,
                    help="draw each round's pixels at random from this most uncertain fraction (per class for OVA; "
                         "0 = strict top pixels)")
@@ -63,14 +76,20 @@ def simulation_config(args: argparse.Namespace) -> Config:
              "retrain": args.retrain, "exclude_void": args.exclude_void, "seed": args.seed,
              "encoder_weights": args.encoder_weights, "encoder": args.encoder, "arch": args.arch,
              "device": args.device, "num_threads": args.threads,
-             "diversity_top_fraction": args.diversity_top_fraction}
+             "diversity_top_fraction": args.diversity_top_fraction, "class_balance": args.class_balance,
+             "lr_schedule": args.lr_schedule, "keep_optimizer": args.keep_optimizer, "semi_rule": args.semi_rule,
+             "semi_teacher": args.semi_teacher}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_balance:
-        values["ova_balance"] = False
+        values["class_balance"] = 0.0
     multiclass_selection = values.get("selection") not in (None, "ova", "random")
     if multiclass_selection and str(values.get("classifier", "ova")).startswith("ova") and args.classifier is None:
         values["classifier"] = "multiclass"
     return Config(**values)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -79,7 +98,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     config = simulation_config(args)
     result = run_simulation(config, args.train, args.eval, args.max_train_images, args.max_eval_images,
-                            progress=not args.quiet)
+                            progress=not args.quiet, train_prefixes=_split(args.train_prefixes),
+                            eval_prefixes=_split(args.eval_prefixes), semi_ablations=_split(args.semi_ablations),
+                            checkpoint=args.save_checkpoint)
     write_result(result, args.out)
     if args.plot:
         plot_results([result], args.plot)

@@ -18,6 +18,11 @@ IGNORE_INDEX = -1
 
 CLASSIFIERS = ("ova-shared", "ova-separate", "multiclass")
 SELECTIONS = ("ova", "margin", "entropy", "least-confidence", "random")
+LR_SCHEDULES = ("cosine", "constant")
+SEMI_TEACHERS = ("ema", "frozen")
+SEMI_RULES = ("paper", "wta")
+"""How OVAAL+ refines a class's binary prediction at its most uncertain pixels: ``paper`` inverts it (eq. 3);
+``wta`` sets it to the Winner-Takes-All answer (1 where the class wins the argmax, else 0)."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -53,7 +58,9 @@ class Config:
     scale_min: float = 0.75
     scale_max: float = 1.5
     color_jitter: float = 0.3
-    ova_balance: bool = True
+    class_balance: float = 1.0  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
+    lr_schedule: str = "cosine"
+    keep_optimizer: bool = False
     amp: bool = True
     num_threads: int = 0
     seed: int = 0
@@ -71,6 +78,9 @@ class Config:
     semi_alpha: float = 1.0
     semi_top_l: int = 2000
     semi_epochs: int = 10
+    semi_rule: str = "wta"
+    semi_teacher: str = "ema"
+    semi_ema_decay: float = 0.99
 
     # --- server ---
     label_studio_url: str = "http://localhost:8080"
@@ -109,6 +119,14 @@ class Config:
             raise ConfigError(f"classifier={self.classifier!r}: choose one of {', '.join(CLASSIFIERS)}")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection={self.selection!r}: choose one of {', '.join(SELECTIONS)}")
+        for name, value, allowed in (("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+                                     ("semi_rule", self.semi_rule, SEMI_RULES),
+                                     ("semi_teacher", self.semi_teacher, SEMI_TEACHERS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+        for name in ("class_balance", "semi_ema_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.semi and not self.is_ova:
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")

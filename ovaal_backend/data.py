@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -133,9 +134,23 @@ class Augmentation:
     enabled: bool = True
 
 
+class Batch(NamedTuple):
+    """One augmented training batch.
+
+    ``images`` (B, 3, h, w) float 0..255 (the strong view, colour-jittered); ``weak`` the same crop and flip before
+    colour jitter (the OVAAL+ teacher's view); ``valid`` (B, h, w) bool, False on crop padding; ``points`` (P, 4)
+    float (batch index, y, x, label) in pixel units of the batch images.
+    """
+
+    images: torch.Tensor
+    points: torch.Tensor
+    valid: torch.Tensor
+    weak: torch.Tensor
+
+
 def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
                indices: Sequence[int], augment: Augmentation,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator) -> Batch:
     """One training batch of augmented images and their points.
 
     Args:
@@ -147,11 +162,12 @@ def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_size
         generator: CPU random generator (seeded runs are reproducible).
 
     Returns:
-        images (B, 3, h, w) float in 0..255, and points (P, 4) float: (batch index, y, x, label) in pixel units of
-        the batch images; points that the crop moved outside the image are left out of this batch only.
+        a ``Batch``; points that the crop moved outside the image are left out of this batch only.
     """
     height, width = images.shape[-2:]
     out_images = torch.zeros((len(indices), 3, height, width))
+    weak = torch.zeros_like(out_images)
+    valid = torch.zeros((len(indices), height, width), dtype=torch.bool)
     out_points = []
     for b, i in enumerate(indices):
         image = images[i].float()[None]
@@ -165,10 +181,15 @@ def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_size
         left = _random_offset(sw, width, generator) if augment.enabled else 0
         canvas = torch.zeros((3, height, width))
         src = image[0, :, max(top, 0):max(top, 0) + height, max(left, 0):max(left, 0) + width]
-        canvas[:, max(-top, 0):max(-top, 0) + src.shape[1], max(-left, 0):max(-left, 0) + src.shape[2]] = src
+        inside_rows = slice(max(-top, 0), max(-top, 0) + src.shape[1])
+        inside_cols = slice(max(-left, 0), max(-left, 0) + src.shape[2])
+        canvas[:, inside_rows, inside_cols] = src
+        valid[b, inside_rows, inside_cols] = True
         flip = augment.enabled and augment.flip and bool(torch.rand(1, generator=generator) < 0.5)
         if flip:
             canvas = canvas.flip(-1)
+            valid[b] = valid[b].flip(-1)
+        weak[b] = canvas
         if augment.enabled and augment.color_jitter > 0:
             canvas = _jitter_colour(canvas, augment.color_jitter, generator)
         out_images[b] = canvas
@@ -187,7 +208,7 @@ def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_size
         batch_col = torch.full_like(y, b)
         out_points.append(torch.stack([batch_col, y, x, labels], 1)[inside])
     packed = torch.cat(out_points) if out_points else torch.zeros((0, 4))
-    return out_images, packed
+    return Batch(out_images, packed, valid, weak)
 
 
 def _random_offset(size: int, window: int, generator: torch.Generator) -> int:

@@ -20,7 +20,7 @@ from .acquisition import get_scorer, score_binary_entropy, select_per_class, sel
 from .config import Config
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
-from .train import TrainResult, train_model
+from .train import TrainResult, build_optimizer, train_model
 from .weights import get_normalization
 
 log = logging.getLogger(__name__)
@@ -96,34 +96,47 @@ class ActiveLearner:
         torch.manual_seed(config.seed)
         self.model: SegmentationClassifier = build_classifier(config, num_classes).to(self.device).eval()
         self.trained_rounds = 0
+        self._kept_optimizer: torch.optim.Optimizer | None = None
 
     def reset_model(self) -> None:
         """Start again from the pretrained encoder (PixelPick retrains from scratch every round)."""
         self.model = build_classifier(self.config, self.num_classes).to(self.device).eval()
 
     def train(self, images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
-              semi: bool = False, epochs: int | None = None, progress: bool = True) -> TrainResult:
+              semi: bool = False, epochs: int | None = None, progress: bool = True,
+              final: bool = False) -> TrainResult:
         """Train on every labelled point so far; the number of epochs follows the config unless given.
 
         Args:
             images: (N, 3, h, w) uint8 pool images at the training size.
             points: per image, (n_i, 3) (row, col, label) at the original size.
             original_sizes: per image, (height, width).
-            semi: the OVAAL+ phase (adds the inversion loss; ``semi_epochs`` by default).
+            semi: the OVAAL+ phase (adds the semi-supervised loss; ``semi_epochs`` by default).
+            final: the phase after the last round (with or without ``semi``): it always continues the last model,
+                so OVAAL's control and OVAAL+ get the same training even when every round retrains from scratch.
         """
+        final = final or semi
         if epochs is None:
-            if semi:
+            if final:
                 epochs = self.config.semi_epochs
             elif self.trained_rounds == 0 or self.config.retrain:
                 epochs = self.config.first_round_epochs
             else:
                 epochs = self.config.epochs
-        if self.config.retrain and not semi and self.trained_rounds > 0:
+        if self.config.retrain and not final and self.trained_rounds > 0:
             self.reset_model()
+        optimizer = self._optimizer() if self.config.keep_optimizer else None
         result = train_model(self.model, images, points, original_sizes, self.config, epochs, self.device,
-                             self.normalization, self.generator, semi=semi, progress=progress)
+                             self.normalization, self.generator, semi=semi, progress=progress, optimizer=optimizer)
         self.trained_rounds += 1
         return result
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser kept across rounds (``keep_optimizer``), rebuilt when the model was rebuilt."""
+        params = list(self.model.parameters())
+        if self._kept_optimizer is None or self._kept_optimizer.param_groups[0]["params"][0] is not params[0]:
+            self._kept_optimizer = build_optimizer(self.model, self.config)
+        return self._kept_optimizer
 
     @torch.no_grad()
     def predict_probabilities(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,7 +1,12 @@
-"""Losses on sparse point labels, and the OVAAL+ semi-supervised inversion loss.
+"""Losses on sparse point labels, and the OVAAL+ pseudo-labels and semi-supervised loss.
 
 Point losses take logits already sampled at the labelled points ((P, C) logits, (P,) labels), so augmentation never
 has to rasterise a sparse mask: no click is lost or duplicated by resizing.
+
+Class re-weighting (``balance``) is OUR DEPARTURE from the paper, whose loss (method.md, L_active) is the plain mean
+over labelled pixels. Without it the minority heads of a One-vs-All model collapse to "never" on CamVid (measured in
+docs/benchmarks.md); the same strength is offered to the softmax baseline, so a comparison can tell One-vs-All
+apart from re-weighting.
 """
 
 from __future__ import annotations
@@ -10,15 +15,24 @@ import torch
 import torch.nn.functional as F
 
 from .acquisition import score_binary_entropy
-from .config import IGNORE_INDEX
+from .config import IGNORE_INDEX, SEMI_RULES
 
 
-def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: bool = True) -> torch.Tensor:
-    """Per-class binary cross-entropy on labelled points (paper eq. 2), averaged over classes.
+def _mix(plain: torch.Tensor, balanced: torch.Tensor, balance: float) -> torch.Tensor:
+    """``balance`` 0 = the plain loss, 1 = the class-balanced one, in between a linear mix."""
+    if balance <= 0:
+        return plain
+    if balance >= 1:
+        return balanced
+    return (1 - balance) * plain + balance * balanced
+
+
+def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: float = 1.0) -> torch.Tensor:
+    """Per-class binary cross-entropy on labelled points (the paper's L_active), averaged over classes.
 
     One answer is a positive for its class and a negative for every other class, so with C classes each binary problem
-    sees about C-1 negatives per positive. With ``balance`` each class's positives and negatives weigh half each
-    (classes with no positive yet use negatives only), which keeps minority classes from collapsing to "never".
+    sees about C-1 negatives per positive. Balanced, each class's positives and negatives weigh half each (classes with
+    no positive yet use negatives only), which keeps minority classes from collapsing to "never".
 
     Shape: logits (P, C), labels (P,) with IGNORE_INDEX for points that train nothing -> scalar.
     """
@@ -26,34 +40,59 @@ def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: bool = T
     logits, labels = logits[keep], labels[keep]
     if labels.numel() == 0:
         return logits.sum() * 0.0
-    targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-    per_point = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
-    if not balance:
-        return per_point.mean()
-    positives = targets.sum(0)
-    negatives = targets.shape[0] - positives
-    pos_loss = (per_point * targets).sum(0) / positives.clamp(min=1)
-    neg_loss = (per_point * (1 - targets)).sum(0) / negatives.clamp(min=1)
-    has_pos = (positives > 0).to(per_point.dtype)
-    has_neg = (negatives > 0).to(per_point.dtype)
-    per_class = (0.5 * pos_loss * has_pos + 0.5 * neg_loss * has_neg) * 2 / (has_pos + has_neg).clamp(min=1)
+    targets = F.one_hot(labels, logits.shape[1]).float()
+    per_point = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    return _mix(per_point.mean(), balanced_bce(per_point, targets, torch.ones_like(targets)), balance)
+
+
+def balanced_bce(per_pixel: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over classes of (positives' mean loss + negatives' mean loss) / 2, counting only where ``weight`` is 1.
+
+    A class with only positives or only negatives uses the side it has. Shape: (..., C) for all three -> scalar.
+    """
+    classes = per_pixel.shape[-1]
+    per_pixel, targets, weight = (t.reshape(-1, classes) for t in (per_pixel, targets, weight))
+    pos, neg = targets * weight, (1 - targets) * weight
+    positives, negatives = pos.sum(0), neg.sum(0)
+    pos_loss = (per_pixel * pos).sum(0) / positives.clamp(min=1)
+    neg_loss = (per_pixel * neg).sum(0) / negatives.clamp(min=1)
+    has_pos, has_neg = (positives > 0).float(), (negatives > 0).float()
+    per_class = (pos_loss * has_pos + neg_loss * has_neg) / (has_pos + has_neg).clamp(min=1)
     return per_class.mean()
 
 
-def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Multi-class cross-entropy on labelled points (the PixelPick baseline). Shape: (P, C), (P,) -> scalar."""
+def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balance: float = 0.0) -> torch.Tensor:
+    """Multi-class cross-entropy on labelled points (the PixelPick baseline).
+
+    Balanced, every class present among the points weighs the same (the mean over classes of each class's mean
+    loss): class weights from the clicks' class counts, the softmax's counterpart of the OVA balance.
+    Shape: (P, C), (P,) -> scalar.
+    """
     keep = labels != IGNORE_INDEX
     if not keep.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep].float(), labels[keep])
+    logits, labels = logits[keep].float(), labels[keep]
+    per_point = F.cross_entropy(logits, labels, reduction="none")
+    if balance <= 0:
+        return per_point.mean()
+    counts = torch.bincount(labels, minlength=logits.shape[1]).float()
+    present = (counts > 0).sum()
+    weights = 1.0 / (counts[labels] * present)
+    return _mix(per_point.mean(), (per_point * weights).sum(), balance)
 
 
-def invert_uncertain(teacher_probs: torch.Tensor, top_l: int) -> torch.Tensor:
-    """OVAAL+ pseudo-labels (paper eq. 3): each class's binary prediction, inverted at its ``top_l`` most uncertain
-    pixels.
+def refine_pseudo_labels(teacher_probs: torch.Tensor, top_l: int, rule: str = "paper") -> torch.Tensor:
+    """OVAAL+ pseudo-labels: each class's thresholded binary prediction, refined at its ``top_l`` most uncertain
+    pixels by ``rule``.
+
+    Why ``wta``: on CamVid the paper's inversion flips pixels the model had right about half the time (measured by
+    benchmarks/inversion_diagnostic.py), so it adds noise; where a head's threshold disagrees with the argmax over all
+    heads, the argmax is the better-informed answer.
 
     Shape: (B, C, H, W) probabilities -> (B, C, H, W) float targets in {0, 1}.
     """
+    if rule not in SEMI_RULES:
+        raise ValueError(f"unknown OVAAL+ rule {rule!r}: choose one of {', '.join(SEMI_RULES)}")
     pseudo = (teacher_probs > 0.5).to(teacher_probs.dtype)
     if top_l <= 0:
         return pseudo
@@ -61,13 +100,27 @@ def invert_uncertain(teacher_probs: torch.Tensor, top_l: int) -> torch.Tensor:
     flat = pseudo.reshape(batch, classes, -1)
     uncertain = score_binary_entropy(teacher_probs).reshape(batch, classes, -1)
     index = uncertain.topk(min(top_l, flat.shape[-1]), dim=-1).indices
-    flat.scatter_(-1, index, 1 - flat.gather(-1, index))
+    if rule == "paper":
+        refined = 1 - flat.gather(-1, index)
+    else:
+        winner = F.one_hot(teacher_probs.argmax(1), classes).movedim(-1, 1).to(flat.dtype).reshape(batch, classes, -1)
+        refined = winner.gather(-1, index)
+    flat.scatter_(-1, index, refined)
     return flat.reshape_as(pseudo)
 
 
-def ova_semi_loss(logits: torch.Tensor, pseudo_targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy between the student's sigmoid outputs and refined pseudo-labels, over all pixels (eq. 3).
+def ova_semi_loss(logits: torch.Tensor, pseudo_targets: torch.Tensor, weight: torch.Tensor | None = None,
+                  balance: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy between the student's sigmoid outputs and pseudo-labels (the paper's L_semi).
 
+    ``weight`` (B, 1 or C, H, W) in {0, 1} leaves pixels out (crop padding, clicked pixels); ``balance`` weighs each
+    class's pseudo-positives and pseudo-negatives like the active loss does.
     Shape: logits (B, C, H, W), pseudo_targets (B, C, H, W) -> scalar.
     """
-    return F.binary_cross_entropy_with_logits(logits.float(), pseudo_targets.float())
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), pseudo_targets.float(), reduction="none")
+    weight = torch.ones_like(per_pixel) if weight is None else weight.float().expand_as(per_pixel)
+    plain = (per_pixel * weight).sum() / weight.sum().clamp(min=1)
+    if balance <= 0:
+        return plain
+    channels_last = (t.movedim(1, -1) for t in (per_pixel, pseudo_targets.float(), weight))
+    return _mix(plain, balanced_bce(*channels_last), balance)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 METHODS: dict[str, dict[str, Any]] = {
-    "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05},
-    "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.05},
-    "pixelpick": {"classifier": "multiclass", "selection": "margin", "semi": False, "diversity_top_fraction": 0.05},
-    "random": {"classifier": "multiclass", "selection": "random", "semi": False},
+    "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
+              "class_balance": 1.0},
+    "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.05,
+               "class_balance": 1.0},
+    "pixelpick": {"classifier": "multiclass", "selection": "margin", "semi": False, "diversity_top_fraction": 0.05,
+                  "class_balance": 0.0},
+    "pixelpick-balanced": {"classifier": "multiclass", "selection": "margin", "semi": False,
+                           "diversity_top_fraction": 0.05, "class_balance": 1.0},
+    "random": {"classifier": "multiclass", "selection": "random", "semi": False, "class_balance": 0.0},
 }
-"""Shorthands for the methods compared in the paper."""
+"""Shorthands for the compared methods: the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax with the
+same class re-weighting as our OVA loss), which tells One-vs-All apart from re-weighting."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -20,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "image_height": 176, "image_width": 240, "batch_size": 8, "retrain": False,
-        "first_round_epochs": 2, "epochs": 1, "semi_epochs": 1,
+        "first_round_epochs": 2, "epochs": 1, "semi_epochs": 2,
         "init_pixels": 22, "pixels_per_round": 22, "rounds": 3, "scale_min": 0.75, "scale_max": 1.5,
         "semi_top_l": 1000, "num_threads": 2,
     },

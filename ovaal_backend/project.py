@@ -532,7 +532,7 @@ class ProjectDriver:
         if final and self.config.semi_epochs > 0:
             semi = self.config.semi
             log.info("project %s: budget spent; final %s epochs", self.key, "OVAAL+ semi-supervised" if semi else "")
-            result = learner.train(images, points, sizes, semi=semi, epochs=self.config.semi_epochs, progress=False)
+            result = learner.train(images, points, sizes, semi=semi, progress=False, final=True)
         record = {"round": int(self._state["training"]["round"]), "generation": int(self._state["generation"]),
                   "final": final, "semi": semi, "points": trainable,
                   "images": sum(1 for p in points if (p[:, 2] >= 0).any()), "loss": result.last_loss,

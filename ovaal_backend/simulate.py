@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from .data import SegmentationFolder, resize_images
 from .engine import ActiveLearner, Queries
 from .metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
 from .presets import METHODS
+from .train import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,25 @@ class Oracle:
         return np.stack([queries.rows, queries.cols, labels], 1).astype(np.int64)
 
 
-def _load_split(folder: SegmentationFolder, limit: int, config: Config, desc: str, progress: bool):
-    count = len(folder) if limit <= 0 else min(limit, len(folder))
+SEMI_ABLATIONS: dict[str, dict[str, Any]] = {"paper": {"semi_rule": "paper", "semi_teacher": "frozen"}}
+"""Other OVAAL+ final phases a simulation can run on the same rounds: ``paper`` = the paper's inversion rule with
+pseudo-labels from the frozen model."""
+
+
+def select_images(folder: SegmentationFolder, limit: int = 0, prefixes: Sequence[str] = ()) -> list[int]:
+    """Indices of the images whose file name starts with one of ``prefixes`` (all when empty), the first ``limit``.
+
+    CamVid names its images by sequence (``0016E5_07959``), so prefixes give splits held out by sequence.
+    """
+    chosen = [i for i, key in enumerate(folder.keys) if not prefixes or key.startswith(tuple(prefixes))]
+    if not chosen:
+        raise ValueError(f"{folder.root}: no image name starts with {', '.join(prefixes)}")
+    return chosen if limit <= 0 else chosen[:limit]
+
+
+def _load_split(folder: SegmentationFolder, chosen: list[int], config: Config, desc: str, progress: bool):
     images, labels, sizes = [], [], []
-    for i in tqdm(range(count), desc=f"load {desc}", disable=not progress, leave=False):
+    for i in tqdm(chosen, desc=f"load {desc}", disable=not progress, leave=False):
         image = folder.load_image(i)
         images.append(image)
         labels.append(folder.load_label(i))
@@ -71,18 +87,29 @@ def evaluate(learner: ActiveLearner, images: torch.Tensor, labels: list[np.ndarr
 
 def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, max_train: int = 0,
                    max_eval: int = 0, progress: bool = True,
-                   on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   on_round: Callable[[dict[str, Any]], None] | None = None, train_prefixes: Sequence[str] = (),
+                   eval_prefixes: Sequence[str] = (), semi_ablations: Sequence[str] = (),
+                   checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Run the whole loop: random round 0, then ``rounds`` acquisition rounds, then the final (OVAAL+) phase.
 
-    Returns the RESULT.json dictionary (mIoU in percent).
+    ``train_prefixes`` / ``eval_prefixes`` keep only images whose names start with one of them (a split by sequence);
+    ``semi_ablations`` (names of SEMI_ABLATIONS) run other OVAAL+ final phases on the same rounds; ``checkpoint``
+    saves the learner after the last active round. Returns the RESULT.json dictionary (mIoU in percent).
     """
+    for name in semi_ablations:
+        if name not in SEMI_ABLATIONS:
+            raise ValueError(f"unknown OVAAL+ ablation {name!r}: choose from {', '.join(SEMI_ABLATIONS)}")
     train_folder, eval_folder = SegmentationFolder(train_dir), SegmentationFolder(eval_dir)
     classes = train_folder.info.classes
     if eval_folder.info.classes != classes:
         raise ValueError(f"{train_dir} and {eval_dir} list different classes")
     learner = ActiveLearner(config, len(classes))
-    train_images, train_labels, train_sizes = _load_split(train_folder, max_train, config, "train", progress)
-    eval_images, eval_labels, eval_sizes = _load_split(eval_folder, max_eval, config, "eval", progress)
+    train_chosen = select_images(train_folder, max_train, train_prefixes)
+    eval_chosen = select_images(eval_folder, max_eval, eval_prefixes)
+    if Path(train_dir).resolve() == Path(eval_dir).resolve() and set(train_chosen) & set(eval_chosen):
+        raise ValueError("the training pool and the evaluation set share images: use disjoint prefixes")
+    train_images, train_labels, train_sizes = _load_split(train_folder, train_chosen, config, "train", progress)
+    eval_images, eval_labels, eval_sizes = _load_split(eval_folder, eval_chosen, config, "eval", progress)
     oracle = Oracle(train_labels)
     excluded = [label == IGNORE_INDEX for label in train_labels] if config.exclude_void else None
     points = [np.zeros((0, 3), dtype=np.int64) for _ in train_labels]
@@ -129,16 +156,22 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
         select_seconds = time.perf_counter() - t0
         result = learner.train(train_images, points, train_sizes, progress=progress)
         record(round_index, "active", result.seconds, select_seconds)
-    without_semi = None
+    if checkpoint:
+        save_checkpoint(checkpoint, learner.state_dict())
+
+    def final_twin(semi: bool, changes: dict[str, Any]) -> dict[str, Any]:
+        """The same final phase on a copy of the learner (identical weights and random state): a paired ablation."""
+        twin = copy.deepcopy(learner)
+        twin.config = config.replace(**changes)
+        result = twin.train(train_images, points, train_sizes, semi=semi, final=True, progress=progress)
+        return measure(twin, config.rounds + 1, "semi" if semi else "final", result.seconds, 0.0)
+
+    without_semi, variants = None, {}
     if config.semi_epochs > 0:
         if config.semi:
-            # Ablation on the same rounds: the same final phase without the semi-supervised loss (that is OVAAL).
-            twin = copy.deepcopy(learner)
-            result = twin.train(train_images, points, train_sizes, epochs=config.semi_epochs, progress=progress)
-            without_semi = measure(twin, config.rounds + 1, "final", result.seconds, 0.0)
-            del twin
-        result = learner.train(train_images, points, train_sizes, semi=config.semi, epochs=config.semi_epochs,
-                               progress=progress)
+            without_semi = final_twin(False, {})  # OVAAL: the same final epochs without the semi-supervised loss
+            variants = {name: final_twin(True, SEMI_ABLATIONS[name]) for name in semi_ablations}
+        result = learner.train(train_images, points, train_sizes, semi=config.semi, final=True, progress=progress)
         record(config.rounds + 1, "semi" if config.semi else "final", result.seconds, 0.0)
 
     chosen = [np.concatenate(a) if a else np.zeros((0, 3), dtype=np.int64) for a in acquired]
@@ -148,12 +181,14 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
         "config": config.to_dict(),
         "classes": list(classes),
         "train_images": len(train_labels), "eval_images": len(eval_labels),
+        "train_prefixes": list(train_prefixes), "eval_prefixes": list(eval_prefixes),
         "void_policy": "excluded from candidates (PixelPick)" if config.exclude_void
         else "queried, answered void, costs budget, trains nothing",
         "rounds": rounds,
         "diversity": {"spatial": spatial_diversity(chosen), "semantic": semantic_diversity(all_labels, len(classes)),
                       "pixels": int(len(all_labels))},
         "final_without_semi": without_semi,
+        "semi_ablations": variants,
         "device": str(learner.device),
         "total_seconds": time.perf_counter() - started,
     }

@@ -30,7 +30,7 @@ def test_points_follow_the_image_through_augmentation(seed):
     images = resize_images([_marker_image(height, width, points)], height, width)
     gen = torch.Generator().manual_seed(seed)
     augment = Augmentation(scale_min=1.0, scale_max=1.0, flip=True, color_jitter=0.0)
-    batch, packed = make_batch(images, [points], [(height, width)], [0], augment, gen)
+    batch, packed, _, _ = make_batch(images, [points], [(height, width)], [0], augment, gen)
     assert len(packed) == len(points), "no click lost or duplicated without scaling"
     for _, y, x, _label in packed.tolist():
         assert batch[0, 0, round(y), round(x)] == 255
@@ -46,9 +46,21 @@ def test_points_map_through_resize_and_scale():
     images = resize_images([image], 20, 30)  # training at half size
     gen = torch.Generator().manual_seed(0)
     augment = Augmentation(scale_min=1.5, scale_max=1.5, flip=False, color_jitter=0.0)
-    batch, packed = make_batch(images, [points], [(height, width)], [0], augment, gen)
+    batch, packed, _, _ = make_batch(images, [points], [(height, width)], [0], augment, gen)
     for _, y, x, _ in packed.tolist():
         assert batch[0, 0, round(y), round(x)] > 128
+
+
+def test_batch_marks_crop_padding_and_keeps_an_unjittered_view():
+    height, width = 40, 60
+    images = resize_images([np.full((height, width, 3), 200, dtype=np.uint8)], height, width)
+    gen = torch.Generator().manual_seed(0)
+    augment = Augmentation(scale_min=0.5, scale_max=0.5, flip=True, color_jitter=0.5)
+    batch = make_batch(images, [np.zeros((0, 3), dtype=np.int64)], [(height, width)], [0], augment, gen)
+    assert batch.valid[0].sum() == 20 * 30, "a half-size image covers a quarter of the canvas"
+    assert torch.all(batch.weak[0][:, batch.valid[0]] == 200), "the weak view has no colour jitter"
+    assert torch.all(batch.weak[0][:, ~batch.valid[0]] == 0)
+    assert not torch.allclose(batch.images[0][:, batch.valid[0]], batch.weak[0][:, batch.valid[0]])
 
 
 def test_sample_at_points_reads_exact_pixels():

@@ -5,24 +5,24 @@ import torch
 import torch.nn.functional as F
 
 from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.losses import invert_uncertain, ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
+from ovaal_backend.losses import ova_semi_loss, refine_pseudo_labels, sparse_cross_entropy, sparse_ova_bce
 
 
 def test_ova_bce_unbalanced_matches_manual_one_hot():
     logits = torch.randn(5, 3)
     labels = torch.tensor([0, 2, 1, 1, 0])
     expected = F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, 3).float())
-    assert sparse_ova_bce(logits, labels, balance=False).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert sparse_ova_bce(logits, labels, balance=0.0).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_ova_bce_balanced_weighs_positives_and_negatives_equally():
     # class 0 has one positive (loss log 2 each) and three negatives at logit 0 too; give negatives a tiny loss instead
     logits = torch.tensor([[0.0, -20.0], [-20.0, 0.0], [-20.0, 0.0], [-20.0, 0.0]])
     labels = torch.tensor([0, 1, 1, 1])
-    loss = sparse_ova_bce(logits, labels, balance=True)
+    loss = sparse_ova_bce(logits, labels, balance=1.0)
     # class 0: positive loss log2, negatives ~0 -> 0.5*log2; class 1: positives log2, negative ~0 -> 0.5*log2
     assert loss.item() == pytest.approx(0.5 * math.log(2), abs=1e-4)
-    unbalanced = sparse_ova_bce(logits, labels, balance=False)
+    unbalanced = sparse_ova_bce(logits, labels, balance=0.0)
     assert unbalanced.item() == pytest.approx(4 * math.log(2) / 8, abs=1e-4)
 
 
@@ -43,12 +43,47 @@ def test_sparse_ce_matches_torch():
         F.cross_entropy(logits[keep], labels[keep]).item())
 
 
-def test_invert_uncertain_flips_exactly_top_l_per_class():
+def test_paper_rule_flips_exactly_top_l_per_class():
     probs = torch.tensor([0.9, 0.55, 0.45, 0.02, 0.6, 0.99]).view(1, 1, 2, 3)
-    pseudo = invert_uncertain(probs, top_l=2)
+    pseudo = refine_pseudo_labels(probs, top_l=2, rule="paper")
     # plain argmax would be [1, 1, 0, 0, 1, 1]; the two most uncertain are 0.55 and 0.45 -> flipped
     assert pseudo.flatten().tolist() == [1, 0, 1, 0, 1, 1]
-    assert invert_uncertain(probs, 0).flatten().tolist() == [1, 1, 0, 0, 1, 1]
+    assert refine_pseudo_labels(probs, 0, rule="paper").flatten().tolist() == [1, 1, 0, 0, 1, 1]
+
+
+def test_wta_rule_takes_the_argmax_at_uncertain_pixels_only():
+    # two classes, three pixels; class 0's head says 0.55 at pixel 0 but class 1 (0.9) wins there
+    probs = torch.tensor([[0.55, 0.45, 0.05], [0.9, 0.3, 0.5]]).view(1, 2, 1, 3)
+    pseudo = refine_pseudo_labels(probs, top_l=2, rule="wta")
+    # class 0: uncertain pixels 0 (0.55) and 1 (0.45); argmax winners are 1, 0, 1 -> targets 0, 1; pixel 2 keeps 0
+    assert pseudo[0, 0, 0].tolist() == [0, 1, 0]
+    # class 1: uncertain pixels 2 (0.5) and 1 (0.3): winners say 1 at pixel 2, 0 at pixel 1; pixel 0 keeps 1
+    assert pseudo[0, 1, 0].tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="unknown OVAAL"):
+        refine_pseudo_labels(probs, 1, rule="nope")
+
+
+def test_balanced_cross_entropy_weighs_each_present_class_the_same():
+    logits = torch.tensor([[5.0, 0.0], [5.0, 0.0], [5.0, 0.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    per_point = F.cross_entropy(logits, labels, reduction="none")
+    balanced = sparse_cross_entropy(logits, labels, balance=1.0)
+    assert balanced.item() == pytest.approx((per_point[:3].mean() + per_point[3]).item() / 2, rel=1e-6)
+    assert sparse_cross_entropy(logits, labels, balance=0.0).item() == pytest.approx(per_point.mean().item())
+    half = sparse_cross_entropy(logits, labels, balance=0.5).item()
+    assert half == pytest.approx((balanced.item() + per_point.mean().item()) / 2, rel=1e-6)
+
+
+def test_semi_loss_leaves_out_weighted_pixels_and_balances():
+    logits = torch.tensor([[[[4.0, -4.0, 0.0]]]])  # one class, three pixels
+    pseudo = torch.tensor([[[[1.0, 0.0, 1.0]]]])
+    weight = torch.tensor([[[[1.0, 1.0, 0.0]]]])
+    kept = F.binary_cross_entropy_with_logits(logits[..., :2], pseudo[..., :2])
+    assert ova_semi_loss(logits, pseudo, weight).item() == pytest.approx(kept.item(), rel=1e-6)
+    # balanced: the two positives (one of them weighted out) and one negative -> (pos + neg) / 2
+    pos = F.binary_cross_entropy_with_logits(torch.tensor(4.0), torch.tensor(1.0))
+    neg = F.binary_cross_entropy_with_logits(torch.tensor(-4.0), torch.tensor(0.0))
+    assert ova_semi_loss(logits, pseudo, weight, balance=1.0).item() == pytest.approx(((pos + neg) / 2).item())
 
 
 def test_semi_loss_is_bce_on_pseudo_labels():

@@ -56,7 +56,7 @@ def test_table_ii_grid_combinations_are_accepted(folders, tmp_path):
     train, val = folders
     out = tmp_path / "r.json"
     assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
-                 "--classifier", "multiclass", "--selection", "random", *FAST]) == 0
+                 "--classifier", "multiclass", "--selection", "random", "--class-balance", "0", *FAST]) == 0
     assert json.loads(out.read_text())["method"] == "random"
     assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
                  "--classifier", "ova-shared", "--selection", "random", *FAST]) == 0
