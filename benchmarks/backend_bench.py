@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 from doc_section import write_section  # noqa: E402
 from ls_server import BackendProcess, LabelStudioServer, free_port, loopback_session  # noqa: E402
 
+from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
-from ovaal_backend.labelstudio import LabelInterface, percent_to_pixel  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 COMMAND = ".venv/bin/python benchmarks/backend_bench.py"

@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 from doc_section import write_section  # noqa: E402
 
 from ovaal_backend.config import Config  # noqa: E402
-from ovaal_backend.data import SegmentationFolder, resize_images  # noqa: E402
-from ovaal_backend.engine import ActiveLearner, labelled_mask  # noqa: E402
-from ovaal_backend.presets import METHODS, PRESETS  # noqa: E402
-from ovaal_backend.simulate import Oracle  # noqa: E402
+from ovaal_backend.engine.data import SegmentationFolder, resize_images  # noqa: E402
+from ovaal_backend.engine.learner import ActiveLearner, labelled_mask  # noqa: E402
+from ovaal_backend.simulator.loop import Oracle  # noqa: E402
+from ovaal_backend.simulator.presets import METHODS, PRESETS  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "train"
 FRACTIONS = (0.0, 0.01, 0.05)

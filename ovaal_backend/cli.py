@@ -12,7 +12,7 @@ from .config import CLASSIFIERS, LR_SCHEDULES, SELECTIONS, SEMI_RULES, SEMI_TEAC
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
-    from .presets import METHODS, PRESETS
+    from .simulator.presets import METHODS, PRESETS
 
     p = sub.add_parser("simulate", help="offline active-learning loop with an oracle annotator",
                        description="Run the active-learning loop on a labelled dataset, answering queries from its "
@@ -65,7 +65,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
 
 def simulation_config(args: argparse.Namespace) -> Config:
     """Preset, then method shorthand, then explicit flags (flags win)."""
-    from .presets import METHODS, PRESETS
+    from .simulator.presets import METHODS, PRESETS
 
     values: dict[str, Any] = {**PRESETS[args.preset], "semi": False}
     if args.method:
@@ -94,7 +94,7 @@ def _split(text: str) -> list[str]:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``simulate``: run the loop, write RESULT.json (and the plot), print a one-line summary."""
-    from .simulate import plot_results, run_simulation, write_result
+    from .simulator.loop import plot_results, run_simulation, write_result
 
     config = simulation_config(args)
     result = run_simulation(config, args.train, args.eval, args.max_train_images, args.max_eval_images,
@@ -129,7 +129,7 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``serve``: the ML backend under gunicorn, settings from the environment."""
-    from .wsgi import serve
+    from .backend.wsgi import serve
 
     serve(Config.from_env())
     return 0
@@ -137,8 +137,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``export``: label maps and previews of one project's source images."""
-    from .export import export_project
-    from .server import Backend
+    from .backend.app import Backend
+    from .backend.export import export_project
 
     config = Config.from_env()
     written = export_project(config, args.project, args.out, Backend(config, start_workers=False).client)
@@ -148,7 +148,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_resync(args: argparse.Namespace) -> int:
     """``resync``: queue Label Studio's annotations of one project as events for the backend to apply."""
-    from .server import Backend
+    from .backend.app import Backend
 
     config = Config.from_env()
     driver = Backend(config, start_workers=False).driver(args.project)

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ovaal_backend.backend.client import LabelStudioError
+from ovaal_backend.backend.convert import percent_to_pixel
+from ovaal_backend.backend.project.driver import ProjectDriver
+from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import Config
-from ovaal_backend.labelstudio import percent_to_pixel
-from ovaal_backend.ls_client import LabelStudioError
-from ovaal_backend.project import ProjectDriver
-from ovaal_backend.worker import ProjectWorker
 
 from .synthetic import make_scene
 

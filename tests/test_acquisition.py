@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ovaal_backend.acquisition import (
+from ovaal_backend.engine.acquisition import (
     get_scorer,
     score_binary_entropy,
     score_entropy,

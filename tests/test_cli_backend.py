@@ -38,7 +38,7 @@ def test_bad_setting_is_one_error_line(monkeypatch, capsys):
 
 def test_gunicorn_parent_does_not_import_torch():
     # The parent only supervises the worker; torch (and the app) load in the worker after the fork
-    code = ("import sys, ovaal_backend.cli as c, ovaal_backend.wsgi; c.build_parser().parse_args(['serve']); "
+    code = ("import sys, ovaal_backend.cli as c, ovaal_backend.backend.wsgi; c.build_parser().parse_args(['serve']); "
             "print(sorted({'torch', 'flask'} & set(sys.modules)))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert run.stdout.strip() == "[]"

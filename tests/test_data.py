@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ovaal_backend.data import (
+from ovaal_backend.engine.data import (
     Augmentation,
     DatasetError,
     SegmentationFolder,

@@ -22,10 +22,10 @@ def test_every_setting_is_in_the_readme_table():
 
 def test_public_functions_and_classes_have_docstrings():
     undocumented = []
-    for info in pkgutil.iter_modules(ovaal_backend.__path__):
-        if info.name.startswith("_"):
+    for info in pkgutil.walk_packages(ovaal_backend.__path__, prefix="ovaal_backend."):
+        if info.name.rsplit(".", 1)[-1].startswith("_"):
             continue
-        module = importlib.import_module(f"ovaal_backend.{info.name}")
+        module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue

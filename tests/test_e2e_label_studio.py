@@ -29,7 +29,7 @@ import pytest
 from ls_server import BackendError, BackendProcess, free_port, loopback_session
 from PIL import Image
 
-from ovaal_backend.labelstudio import LabelInterface, decode_brush, percent_to_pixel
+from ovaal_backend.backend.convert import LabelInterface, decode_brush, percent_to_pixel
 
 from .fake_label_studio import XML as SYNTHETIC_XML
 from .synthetic import make_dataset

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from ovaal_backend.config import IGNORE_INDEX, Config
-from ovaal_backend.data import resize_images
-from ovaal_backend.engine import RANDOM_QUERY, ActiveLearner, labelled_mask
-from ovaal_backend.train import load_checkpoint, save_checkpoint
+from ovaal_backend.engine.data import resize_images
+from ovaal_backend.engine.learner import RANDOM_QUERY, ActiveLearner, labelled_mask
+from ovaal_backend.engine.train import load_checkpoint, save_checkpoint
 
 from .synthetic import make_scene
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovaal_backend.export import NO_CLASS, class_colours, export_project
+from ovaal_backend.backend.export import NO_CLASS, class_colours, export_project
 
 from .fake_label_studio import (
     XML,

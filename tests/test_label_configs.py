@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 
-from ovaal_backend.labelstudio import LabelInterface, brush_results, keypoint_results
+from ovaal_backend.backend.convert import LabelInterface, brush_results, keypoint_results
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "label_config"
 CAMVID_CLASSES = Path("/work/shared/data/camvid/classes.json")

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 
-from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.labelstudio import (
+from ovaal_backend.backend.convert import (
     LabelConfigError,
     LabelInterface,
     annotation_points,
@@ -21,6 +20,7 @@ from ovaal_backend.labelstudio import (
     percent_to_pixel,
     pixel_to_percent,
 )
+from ovaal_backend.config import IGNORE_INDEX
 
 CONFIG = """
 <View>
@@ -289,7 +289,7 @@ def keypoint(x: float, y: float, labels: list[str], width: int = 10, height: int
 def test_annotation_points_ignore_and_unknown_labels(iface, caplog):
     results = [keypoint(5, 5, ["Can't tell"]), keypoint(15, 5, ["bus"]), keypoint(25, 5, ["sky"]),
                keypoint(35, 5, [])]
-    with caplog.at_level(logging.WARNING, logger="ovaal_backend.labelstudio"):
+    with caplog.at_level(logging.WARNING, logger="ovaal_backend.backend.convert"):
         points = annotation_points(results, iface)
     assert points == [(0, 0, IGNORE_INDEX), (0, 1, IGNORE_INDEX), (0, 2, 2), (0, 3, IGNORE_INDEX)]
     assert "'bus'" in caplog.text

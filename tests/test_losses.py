@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.losses import ova_semi_loss, refine_pseudo_labels, sparse_cross_entropy, sparse_ova_bce
+from ovaal_backend.engine.losses import ova_semi_loss, refine_pseudo_labels, sparse_cross_entropy, sparse_ova_bce
 
 
 def test_ova_bce_unbalanced_matches_manual_one_hot():

@@ -10,7 +10,7 @@ import requests
 import requests_mock
 from PIL import Image
 
-from ovaal_backend.ls_client import ImageFetcher, LabelStudioClient, LabelStudioError
+from ovaal_backend.backend.client import ImageFetcher, LabelStudioClient, LabelStudioError
 
 URL = "http://ls.test:8080"
 LEGACY = "a" * 40

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
+from ovaal_backend.engine.metrics import (
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    semantic_diversity,
+    spatial_diversity,
+)
 
 
 def test_confusion_and_iou_known_answer():

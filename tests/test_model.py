@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ovaal_backend.config import Config
-from ovaal_backend.model import SegmentationClassifier, build_classifier, winner_takes_all
+from ovaal_backend.engine.model import SegmentationClassifier, build_classifier, winner_takes_all
 
 
 @pytest.mark.parametrize("kind", ["ova-shared", "ova-separate", "multiclass"])

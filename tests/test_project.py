@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.labelstudio import LabelConfigError, decode_brush, percent_to_pixel
-from ovaal_backend.ls_client import LabelStudioError
-from ovaal_backend.project import (
+from ovaal_backend.backend.client import LabelStudioError
+from ovaal_backend.backend.convert import LabelConfigError, decode_brush, percent_to_pixel
+from ovaal_backend.backend.project.driver import (
     PHASE_DONE,
     PHASE_NEW,
     PHASE_QUERYING,
@@ -19,7 +18,8 @@ from ovaal_backend.project import (
     parse_project_uid,
     remap_points,
 )
-from ovaal_backend.worker import ProjectWorker
+from ovaal_backend.backend.worker import ProjectWorker
+from ovaal_backend.config import IGNORE_INDEX
 
 from .fake_label_studio import (
     CLASSES,

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.config import Config
-from ovaal_backend.server import Backend, create_app
 
 from .fake_label_studio import TINY, UID, XML, FakeLabelStudio, P, add_scenes, answer_keypoints, make_fake_project
 

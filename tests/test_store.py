@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
+from ovaal_backend.backend.store import LabelStore
 from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.store import LabelStore
 
 P = "7.1700000000"
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ovaal_backend.config import Config
-from ovaal_backend.model import SegmentationClassifier, build_classifier
-from ovaal_backend.weights import WeightsUnavailableError, get_normalization, load_encoder_weights
+from ovaal_backend.engine.model import SegmentationClassifier, build_classifier
+from ovaal_backend.engine.weights import WeightsUnavailableError, get_normalization, load_encoder_weights
 
 
 def test_lite0_offline_weights_load_into_every_encoder():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from ovaal_backend.worker import ProjectWorker
+from ovaal_backend.backend.worker import ProjectWorker
 
 
 class FakeStore:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def serve(config: Config) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
-            from .server import create_app
+            from .app import create_app
 
             return create_app(config)
 

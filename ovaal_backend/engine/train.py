@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import IGNORE_INDEX, Config
+from ..config import IGNORE_INDEX, Config
+from ..files import write_atomically
 from .data import Augmentation, Batch, make_batch, normalize, sample_at_points
-from .files import write_atomically
 from .losses import ova_semi_loss, refine_pseudo_labels, sparse_cross_entropy, sparse_ova_bce
 from .model import SegmentationClassifier
 

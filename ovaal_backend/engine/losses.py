@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import IGNORE_INDEX, SEMI_RULES
 from .acquisition import score_binary_entropy
-from .config import IGNORE_INDEX, SEMI_RULES
 
 
 def _mix(plain: torch.Tensor, balanced: torch.Tensor, balance: float) -> torch.Tensor:

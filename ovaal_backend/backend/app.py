@@ -20,11 +20,11 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__
-from .config import Config
-from .labelstudio import LabelConfigError
-from .ls_client import LabelStudioClient
-from .project import ProjectDriver, ProjectMismatchError, known_projects, parse_project_uid
+from .. import __version__
+from ..config import Config
+from .client import LabelStudioClient
+from .convert import LabelConfigError
+from .project.driver import ProjectDriver, ProjectMismatchError, known_projects, parse_project_uid
 from .worker import ProjectWorker
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLASSIFIERS, Config
+from ..config import CLASSIFIERS, Config
 
 OVA_SHARED = "ova-shared"
 """One network, C binary (sigmoid) output channels: per-class losses and queries for the cost of one network."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from .config import IGNORE_INDEX
+from ..config import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import IGNORE_INDEX
+from ..config import IGNORE_INDEX
 
 _SCHEMA_VERSION = 1
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Config
 from .acquisition import get_scorer, score_binary_entropy, select_per_class, select_random, select_top
-from .config import Config
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
 from .train import TrainResult, build_optimizer, train_model

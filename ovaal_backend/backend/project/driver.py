@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import IGNORE_INDEX, Config
-from .engine import ActiveLearner, Queries
-from .files import write_atomically
-from .labelstudio import LabelConfigError, LabelInterface, annotation_points, brush_results, keypoint_results
-from .ls_client import ImageFetcher, LabelStudioClient
-from .project_model import PoolImage, ProjectModel
-from .store import LabelStore
+from ...config import IGNORE_INDEX, Config
+from ...engine.learner import ActiveLearner, Queries
+from ...files import write_atomically
+from ..client import ImageFetcher, LabelStudioClient
+from ..convert import LabelConfigError, LabelInterface, annotation_points, brush_results, keypoint_results
+from ..store import LabelStore
+from .pool import PoolImage, ProjectModel
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import IGNORE_INDEX, Config
-from .data import SegmentationFolder, resize_images
-from .engine import ActiveLearner, Queries
-from .metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
+from ..config import IGNORE_INDEX, Config
+from ..engine.data import SegmentationFolder, resize_images
+from ..engine.learner import ActiveLearner, Queries
+from ..engine.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
+from ..engine.train import save_checkpoint
 from .presets import METHODS
-from .train import save_checkpoint
 
 log = logging.getLogger(__name__)
 

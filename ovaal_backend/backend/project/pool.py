@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config
-from .data import to_tensor_resized
-from .engine import ActiveLearner
-from .ls_client import ImageFetcher
-from .model import winner_takes_all
-from .train import load_checkpoint, save_checkpoint
+from ...config import Config
+from ...engine.data import to_tensor_resized
+from ...engine.learner import ActiveLearner
+from ...engine.model import winner_takes_all
+from ...engine.train import load_checkpoint, save_checkpoint
+from ..client import ImageFetcher
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import numpy as np
 import requests
 
-from .data import load_rgb
-from .files import write_atomically
+from ..engine.data import load_rgb
+from ..files import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from .project import ProjectDriver
+from .project.driver import ProjectDriver
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .config import IGNORE_INDEX, Config
-from .project import ProjectDriver, project_dir, remap_points
+from ..config import IGNORE_INDEX, Config
+from .project.driver import ProjectDriver, project_dir, remap_points
 
 log = logging.getLogger(__name__)
 

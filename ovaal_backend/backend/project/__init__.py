@@ -1,0 +1,1 @@
+"""One Label Studio project's round state machine and its collaborators."""
