@@ -4,16 +4,17 @@ Measures what the issue asks for:
 
 1. the time from the LAST annotation of round 0 to the round-1 batch being visible in Label Studio (query tasks with
    their predictions listed; dense masks on every source task; the project switched to the new version; the label
-   stream serving a round-1 task), with a breakdown from the backend's log (webhook, training, selection, import,
-   masks);
+   stream serving a round-1 task), with a breakdown from the backend's ``/metrics`` (polled: when its phase, round,
+   version and query tasks changed; the training's own record in ``trainings`` gives the loop's length and end);
 2. ``/predict`` latency per image (dense masks of source tasks, one task per request: the first call separately, then
    median and p90 over all the images) and for one request with every image, plus the first call after a restart;
 3. the backend's peak memory (VmHWM of its processes from /proc, and the peak sum of PSS sampled every 0.5 s).
 
 Set-up is what an admin does (tests/test_e2e_label_studio.py): a project with label_config/camvid.xml, a local
 storage over a temporary document root holding copies of the first N CamVid training images (never the repo), the
-backend started as ``python -m ovaal_backend serve`` and connected as the project's model. A scripted annotator
-answers every round-0 query point from the ground truth through Label Studio's API.
+backend started as ``python -m ovaal_backend serve`` and connected as the project's model. The scripted annotator of
+the tests (tests/annotator.py) answers every round-0 query point from the ground truth through Label Studio's API.
+Every Label Studio call goes through the backend's own client (``LabelStudioClient``).
 
 Usage::
 
@@ -31,13 +32,13 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,14 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # ls_server.py: the real Label Studio helper of the end-to-end test
+sys.path.insert(0, str(ROOT / "tests"))  # ls_server.py and annotator.py: the helpers of the end-to-end test
 sys.path.insert(0, str(ROOT))
 
+from annotator import answer_keypoints  # noqa: E402
 from doc_section import write_section  # noqa: E402
-from ls_server import BackendProcess, LabelStudioServer, free_port, loopback_session  # noqa: E402
+from ls_server import BackendProcess, LabelStudioServer, free_port, wait_for  # noqa: E402
 
+from ovaal_backend.backend.client import LabelStudioClient  # noqa: E402
 from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
 
@@ -62,12 +65,13 @@ SETTINGS = {  # the defaults, except a small training (the cpu preset's sizes an
     "DEVICE": "cpu", "IMAGE_HEIGHT": "176", "IMAGE_WIDTH": "240", "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1",
     "ROUNDS": "1", "SEMI_EPOCHS": "1", "INIT_PIXELS": "22", "PIXELS_PER_ROUND": "22",
 }
-RUN_SETTINGS = {  # how the bench runs the server, not model settings: loopback only; DEBUG logs every HTTP call
-    "HOST": "127.0.0.1", "LOG_LEVEL": "DEBUG",
-}
+RUN_SETTINGS = {"HOST": "127.0.0.1"}  # how the bench runs the server, not a model setting: loopback only
 POLL = 0.5
 """Seconds between two looks at Label Studio while waiting for the next batch (the resolution of those times)."""
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) (\w+) ([\w.]+): (.*)$")
+METRICS_POLL = 0.2
+"""Seconds between two looks at the backend's /metrics during the round change (the resolution of the breakdown)."""
+ANY_STATUS = range(200, 600)
+"""``expect`` for a Label Studio call whose every answer is looked at (the label stream's ``next``)."""
 
 
 # ==================================================================== small helpers
@@ -198,7 +202,278 @@ class CpuWindow:
                 "other_share": other / (wall * (os.cpu_count() or 1))}
 
 
-# ==================================================================== the backend process
+# ==================================================================== the stack under test
+
+@dataclass
+class Stack:
+    """What a run set up: Label Studio, the backend, the client, the project and its ground truth."""
+
+    ls: LabelStudioServer
+    backend: BackendProcess
+    client: LabelStudioClient
+    project: int
+    truth_of: dict[int, np.ndarray]
+    """Source task id -> ground-truth class map (void = -1)."""
+    iface: LabelInterface
+    config_xml: str
+    timeout: float
+    full_listing: bool = False
+    """Read every prediction instead of the Data Manager filter (set when the two disagree)."""
+    next_task: int | None = None
+    """The round-1 query task the label stream served."""
+
+    @property
+    def n(self) -> int:
+        return len(self.truth_of)
+
+
+def copy_images(camvid: Path, count: int, folder: Path) -> dict[str, np.ndarray]:
+    """Copies of the first ``count`` CamVid training images in ``folder``; file name -> ground truth (void = -1)."""
+    folder.mkdir(parents=True)
+    n_classes = len(json.loads((camvid / "classes.json").read_text())["classes"])
+    truth: dict[str, np.ndarray] = {}
+    for path in sorted((camvid / "train" / "images").glob("*.jpg"))[:count]:
+        shutil.copy(path, folder / path.name)  # copies in a temp dir, never in the repo
+        label = np.asarray(Image.open(camvid / "train" / "labels" / f"{path.stem}.png"), dtype=np.int64)
+        truth[path.name] = np.where(label >= n_classes, -1, label)
+    return truth
+
+
+def describe(env: dict[str, str], images: int) -> dict[str, Any]:
+    """The start of the results: what runs where, with which settings (printed too)."""
+    cfg = Config.from_env(env)
+    print("settings (environment overrides):", " ".join(f"{k}={v}" for k, v in SETTINGS.items()))
+    print("resolved engine settings:", json.dumps({k: v for k, v in cfg.to_dict().items()
+                                                     if k not in ("label_studio_api_key", "basic_auth_pass")}))
+    keys = ("arch", "encoder", "encoder_weights", "classifier", "selection", "batch_size", "predict_batch",
+            "server_threads", "num_threads", "semi")
+    return {"images": images, "settings": dict(SETTINGS), "machine": machine(),
+            "date": datetime.date.today().isoformat(), "config": {k: getattr(cfg, k) for k in keys}}
+
+
+def create_project(client: LabelStudioClient, ls: LabelStudioServer, folder: Path, truth: dict[str, np.ndarray],
+                   config_xml: str) -> tuple[int, dict[int, np.ndarray]]:
+    """What an admin does before connecting the model: project, local storage, one task per image."""
+    project = client.request("POST", "/api/projects", json={"title": "OVAAL backend bench",
+                                                            "label_config": config_xml}).json()["id"]
+    client.request("POST", "/api/storages/localfiles/", json={
+        "project": project, "path": str(folder), "title": "camvid", "use_blob_urls": True})
+    names = sorted(truth)
+    ids = client.import_tasks(project, [{"data": {"image": ls.local_files_url(folder / name)}} for name in names])
+    return project, dict(zip(ids, (truth[name] for name in names), strict=True))
+
+
+def query_round(task: dict[str, Any]) -> int | None:
+    data = task.get("data") or {}
+    return int(data["ovaal_round"]) if data.get("ovaal_query") else None
+
+
+def versions_of(task: dict[str, Any]) -> set[str]:
+    """Model versions of a task's predictions (from a full listing)."""
+    return {str(p.get("model_version")) for p in task.get("predictions") or []}
+
+
+def ids_with_version(stack: Stack, version: str) -> set[int]:
+    """Ids of the tasks that have a prediction of ``version``, without downloading predictions.
+
+    Uses the Data Manager filter on ``predictions_model_versions``; with ``stack.full_listing`` (the filter did not
+    agree with a full listing) reads every prediction instead.
+    """
+    if stack.full_listing:
+        return {t["id"] for t in stack.client.iter_tasks(stack.project, all_fields=True) if version in versions_of(t)}
+    query = {"filters": {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
+         "value": [version]}]}}
+    body = stack.client.request("GET", "/api/tasks", params={
+        "project": stack.project, "page_size": 1000, "include": "id", "query": json.dumps(query)}).json()
+    return {t["id"] for t in body["tasks"]}
+
+
+def connect_model(stack: Stack) -> tuple[list[dict[str, Any]], float]:
+    """Connect the backend as the project's model; round 0 then appears by itself. Its tasks, and the seconds."""
+    t_connect = time.time()
+    stack.client.request("POST", "/api/ml/", json={"project": stack.project, "url": stack.backend.url,
+                                                   "title": "OVAAL"})
+
+    def round0_visible() -> list[dict[str, Any]] | None:
+        tasks = [t for t in stack.client.iter_tasks(stack.project, all_fields=True) if query_round(t) == 0]
+        return tasks if len(tasks) == stack.n and all("ovaal-0" in versions_of(t) for t in tasks) else None
+
+    round0 = wait_for("round 0", round0_visible, stack.timeout, stack.backend, POLL)
+    seconds = time.time() - t_connect
+    print(f"round 0: {stack.n} query tasks visible {seconds:.1f} s after connecting")
+    if ids_with_version(stack, "ovaal-0") != {t["id"] for t in round0}:
+        print("the Data Manager filter on prediction versions disagrees with the full listing: polling full "
+              "listings instead (heavier on Label Studio)")
+        stack.full_listing = True
+    return round0, seconds
+
+
+def annotate(stack: Stack, tasks: list[dict[str, Any]], version: str) -> tuple[float, list[float]]:
+    """The scripted annotator submits every task; (time.time() after the last submit, seconds of each submit)."""
+    submit, t_last = [], time.time()
+    for task in sorted(tasks, key=lambda t: t["id"]):
+        prediction = next(p for p in task["predictions"] if p["model_version"] == version)
+        truth = stack.truth_of[task["data"]["ovaal_source_task"]]
+        result = answer_keypoints(prediction["result"], truth, stack.iface.classes, stack.iface.ignore_label)
+        t0 = time.time()
+        stack.client.request("POST", f"/api/tasks/{task['id']}/annotations/",
+                             json={"result": result, "was_cancelled": False})
+        t_last = time.time()
+        submit.append(t_last - t0)
+    return t_last, submit
+
+
+# ==================================================================== watching the round change
+
+def note(seen: dict[str, float], key: str, seconds: float, what: str) -> None:
+    seen[key] = seconds
+    print(f"  {seconds:6.1f} s: {what}")
+
+
+def look(stack: Stack, seen: dict[str, float], t_last: float) -> None:
+    """One look at Label Studio: note each part of the round-1 batch seen for the first time."""
+    client, project = stack.client, stack.project
+    round1 = {t["id"] for t in client.iter_tasks(project) if query_round(t) == 1}
+    with_v1 = ids_with_version(stack, "ovaal-1")
+    now = time.time() - t_last
+    if "queries" not in seen and len(round1) == stack.n and round1 <= with_v1:
+        note(seen, "queries", now, f"{stack.n} round-1 query tasks with ovaal-1 predictions listed")
+    if "masks" not in seen and set(stack.truth_of) <= with_v1:
+        note(seen, "masks", now, "every source task has an ovaal-1 mask")
+    if "project" not in seen and client.get_project(project).get("model_version") == "ovaal-1":
+        note(seen, "project", time.time() - t_last, "project switched to ovaal-1")
+    if "next" not in seen and "project" in seen:  # asked earlier, the stream could serve a source task
+        response = client.request("GET", f"/api/projects/{project}/next", expect=ANY_STATUS)
+        if response.status_code == 200 and query_round(response.json()) == 1:
+            stack.next_task = response.json()["id"]
+            note(seen, "next", time.time() - t_last, f"the label stream serves round-1 task {stack.next_task}")
+
+
+def watch_label_studio(stack: Stack, t_last: float) -> dict[str, float]:
+    """Poll Label Studio until the whole round-1 batch is there; seconds after ``t_last`` each part was first seen."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + stack.timeout
+    while len(seen) < 4:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"round 1 not complete after {stack.timeout} s (seen {seen}):\n"
+                               f"{stack.backend.log_tail()}")
+        look(stack, seen, t_last)
+        time.sleep(POLL)
+    return seen
+
+
+STEPS = ("round_end", "saved", "queries_imported", "open")
+"""The round change's steps as /metrics shows them (see ``steps_done``)."""
+
+
+def steps_done(metrics: dict[str, Any], n: int) -> set[str]:
+    """The steps of the change from round 0 to round 1 that one /metrics answer of the project shows as done."""
+    if not metrics:
+        return set()
+    round_index, phase = int(metrics.get("round", 0)), metrics.get("phase")
+    done = set()
+    if round_index >= 1 or phase == "training":  # the round-0 end was detected: training (or later)
+        done.add("round_end")
+    if metrics.get("model_version") == "ovaal-1":  # the weights are saved, the version bumped
+        done.add("saved")
+    if round_index == 1 and int(metrics.get("query_tasks", 0)) >= n:  # round 1's query tasks were imported
+        done.add("queries_imported")
+    if round_index == 1 and phase == "querying":  # masks pushed, project switched: the round is open
+        done.add("open")
+    return done
+
+
+class MetricsWatcher(threading.Thread):
+    """Polls the backend's /metrics every METRICS_POLL s; notes the time.time() each step was first seen."""
+
+    def __init__(self, backend: BackendProcess, project: int, n: int) -> None:
+        super().__init__(daemon=True)
+        self.backend, self.project, self.n = backend, project, n
+        self.seen: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
+        self._all_seen, self._stop_event = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        session = self.backend.session()
+        while not self._stop_event.is_set():
+            try:
+                metrics = self.backend.metrics(self.project, session)
+            except requests.RequestException:
+                metrics = {}
+            now = time.time()
+            for step in steps_done(metrics, self.n):
+                self.seen.setdefault(step, now)
+            self.last = metrics or self.last
+            if len(self.seen) == len(STEPS):
+                self._all_seen.set()
+                return
+            self._stop_event.wait(METRICS_POLL)
+
+    def stop(self, wait: float = 60.0) -> tuple[dict[str, float], dict[str, Any]]:
+        """Wait (at most ``wait`` s) for every step, stop; (first-seen times, the last /metrics answer)."""
+        self._all_seen.wait(wait)
+        self._stop_event.set()
+        self.join(10)
+        return dict(self.seen), self.last
+
+
+def breakdown(seen: dict[str, float], training: dict[str, Any], t_last: float) -> dict[str, Any]:
+    """Timeline of the round change (seconds after the last annotation) from /metrics and the training's record."""
+    if set(seen) != set(STEPS) or not training:
+        return {"error": f"/metrics showed only the steps {sorted(seen)} and training {training}"}
+    t = {step: seen[step] - t_last for step in STEPS}
+    return {
+        "webhook_to_round_end": t["round_end"],
+        "round_end_to_saved": t["saved"] - t["round_end"],
+        "train_loop_seconds": float(training["seconds"]),
+        "train_points": int(training["points"]), "train_images": int(training["images"]),
+        "saved_to_queries_imported": t["queries_imported"] - t["saved"],
+        "queries_imported_to_open": t["open"] - t["queries_imported"],
+        "t_round_end": t["round_end"], "t_trained": float(training["finished_at"]) - t_last, "t_saved": t["saved"],
+        "t_queries_imported": t["queries_imported"], "t_open": t["open"],
+    }
+
+
+def round_change(stack: Stack, round0: list[dict[str, Any]], results: dict[str, Any]) -> None:
+    """Answer round 0 (the last answer starts the clock) and time the round-1 batch in Label Studio and /metrics."""
+    window = CpuWindow([os.getpid()])  # this script's tree: the backend and Label Studio are its children
+    watcher = MetricsWatcher(stack.backend, stack.project, stack.n)
+    watcher.start()
+    t_last, submit = annotate(stack, round0, "ovaal-0")
+    results["annotation_submit_seconds"] = {"median": percentile(submit, 50), "max": max(submit)}
+    print(f"answered {stack.n} round-0 tasks; the last annotation was stored at t=0")
+    results["last_annotation_to"] = watch_label_studio(stack, t_last)
+    results["cpu_round_change"] = window.stop()
+    seen, metrics = watcher.stop()
+    training = next((t for t in metrics.get("trainings", []) if t.get("version") == "ovaal-1"), {})
+    results["breakdown"] = breakdown(seen, training, t_last)
+    results["metrics"] = stack.backend.metrics(stack.project)
+
+
+# ==================================================================== after the round change
+
+def round1_payload(stack: Stack) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every task with its predictions, and the round-1 query tasks as an import payload (as the backend sent it)."""
+    full = list(stack.client.iter_tasks(stack.project, all_fields=True))
+    payload = [{"data": t["data"], "predictions": [
+        {k: p[k] for k in ("result", "score", "model_version")} for p in t["predictions"]
+        if p["model_version"] == "ovaal-1"]} for t in full if query_round(t) == 1]
+    return full, payload
+
+
+def time_query_import(stack: Stack, payload: list[dict[str, Any]]) -> dict[str, Any]:
+    """What importing the round's query tasks alone costs Label Studio (same payload, a scratch project)."""
+    client = stack.client
+    scratch = client.request("POST", "/api/projects", json={"title": "scratch",
+                                                            "label_config": stack.config_xml}).json()["id"]
+    t0 = time.perf_counter()
+    body = client.request("POST", f"/api/projects/{scratch}/import", params={"return_task_ids": "true"},
+                          json=payload).json()
+    seconds = time.perf_counter() - t0
+    client.request("DELETE", f"/api/projects/{scratch}/", expect=(200, 204))
+    return {"client": seconds, "label_studio": body.get("duration")}
+
 
 def predict(backend: BackendProcess, session: requests.Session, project: int,
             tasks: list[dict[str, Any]]) -> tuple[float, int]:
@@ -213,129 +488,31 @@ def predict(backend: BackendProcess, session: requests.Session, project: int,
     return seconds, len(response.content)
 
 
-# ==================================================================== Label Studio side
-
-class Studio:
-    """Plain REST calls to Label Studio with the legacy token (what the scripted annotator and the observer use)."""
-
-    def __init__(self, ls: LabelStudioServer) -> None:
-        self.url = ls.url
-        self.session = loopback_session()
-        self.session.headers.update(ls.headers())
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = self.session.get(f"{self.url}{path}", params=params, timeout=120)
-        response.raise_for_status()
-        return response.json()
-
-    def post(self, path: str, body: Any, **params: Any) -> Any:
-        response = self.session.post(f"{self.url}{path}", params=params, json=body, timeout=300)
-        if response.status_code not in (200, 201):
-            raise RuntimeError(f"POST {path} -> {response.status_code}: {response.text[:500]}")
-        return response.json()
-
-    def tasks(self, project: int, full: bool = False) -> list[dict[str, Any]]:
-        """Every task; ``full`` adds annotations and predictions (heavy once brush masks exist)."""
-        params: dict[str, Any] = {"project": project, "page_size": 1000, "resolve_uri": "false"}
-        if full:
-            params["fields"] = "all"
-        else:
-            params["include"] = "id,data"
-        return self.get("/api/tasks", **params)["tasks"]
-
-    def ids_with_version(self, project: int, version: str) -> set[int]:
-        """Ids of the tasks that have a prediction of ``version``, without downloading predictions.
-
-        Uses the Data Manager filter on ``predictions_model_versions``; when ``self.full_listing`` is set (the
-        filter did not agree with a full listing), reads every prediction instead.
-        """
-        if self.full_listing:
-            return {t["id"] for t in self.tasks(project, full=True) if version in versions_of(t)}
-        query = {"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
-             "value": [version]}]}}
-        return {t["id"] for t in self.get("/api/tasks", project=project, page_size=1000, include="id",
-                                          query=json.dumps(query))["tasks"]}
-
-    full_listing = False
+def measure_predict(backend: BackendProcess, project: int, sources: list[dict[str, Any]]) -> dict[str, float]:
+    """/predict of source tasks: a first call, one request per image, then all of them in one request."""
+    session = backend.session()
+    cold, _ = predict(backend, session, project, sources[:1])
+    per_image, sizes = [], []
+    for task in sources:
+        seconds, size = predict(backend, session, project, [task])
+        per_image.append(seconds)
+        sizes.append(size)
+    batch, _ = predict(backend, session, project, sources)
+    return {"first_call": cold, "median": percentile(per_image, 50), "p90": percentile(per_image, 90),
+            "min": min(per_image), "max": max(per_image), "batch_of_all": batch,
+            "batch_per_image": batch / len(sources), "response_kib_per_image": float(np.mean(sizes)) / 1024}
 
 
-def versions_of(task: dict[str, Any]) -> set[str]:
-    """Model versions of a task's predictions (from a full listing)."""
-    return {str(p.get("model_version")) for p in task.get("predictions") or []}
-
-
-def query_round(task: dict[str, Any]) -> int | None:
-    data = task.get("data") or {}
-    return int(data["ovaal_round"]) if data.get("ovaal_query") else None
-
-
-def answer(prediction: dict[str, Any], truth: np.ndarray, iface: LabelInterface) -> list[dict[str, Any]]:
-    """The scripted annotator: every pre-labelled point relabelled from the ground truth (void -> ignore)."""
-    result = []
-    for region in prediction["result"]:
-        col, row = percent_to_pixel(region["value"]["x"], region["value"]["y"], region["original_width"],
-                                    region["original_height"])
-        label = int(truth[row, col])
-        value = dict(region["value"], keypointlabels=[iface.classes[label] if label >= 0 else iface.ignore_label])
-        keep = ("id", "from_name", "to_name", "type", "original_width", "original_height", "image_rotation")
-        result.append({k: region[k] for k in keep if k in region} | {"value": value})
-    return result
-
-
-# ==================================================================== the backend's log
-
-def read_log(path: Path, since: float) -> list[tuple[float, str, str]]:
-    """``(epoch seconds, logger, message)`` of every log line at or after ``since`` (log times are local)."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        m = LOG_LINE.match(line)
-        if not m:
-            continue
-        t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-        if t >= since - 1.0:
-            out.append((t, m.group(4), m.group(5)))
-    return out
-
-
-def first(lines: list[tuple[float, str, str]], pattern: str, after: float = 0.0) -> tuple[float, re.Match] | None:
-    for t, _, message in lines:
-        m = re.search(pattern, message)
-        if m and t >= after:
-            return t, m
-    return None
-
-
-def breakdown(log: list[tuple[float, str, str]], t_last: float, pid: int) -> dict[str, Any]:
-    """Timeline of the round change from the backend's log (seconds after the last annotation)."""
-    out: dict[str, Any] = {}
-    end = first(log, r"round 0 ends", t_last - 1)
-    saved = first(log, r"ovaal-1 saved \(round 0.*?(\d+) points on (\d+) images, ([\d.]+) s\)", t_last - 1)
-    imported = first(log, r"round 1: imported (\d+) query tasks", t_last - 1)
-    masks = first(log, r"dense masks of ovaal-1 pushed", t_last - 1)
-    opened = first(log, r"round 1 is open", t_last - 1)
-    if not (end and saved and imported and masks and opened):
-        return {"error": "the backend's log lacks some round-change lines"}
-    # urllib3 logs each HTTP answer at DEBUG: the pool listing just before the import starts the selection
-    http_lines = [(t, msg) for t, name, msg in log if name.startswith("urllib3") and '"' in msg]
-    listing = [t for t, msg in http_lines if saved[0] <= t <= imported[0] and "GET /api/tasks" in msg]
-    import_answer = [t for t, msg in http_lines
-                     if saved[0] <= t <= imported[0] + 0.01 and f"POST /api/projects/{pid}/import" in msg]
-    out.update(
-        webhook_to_round_end=end[0] - t_last,
-        round_end_to_saved=saved[0] - end[0],
-        train_loop_seconds=float(saved[1].group(3)),
-        train_points=int(saved[1].group(1)), train_images=int(saved[1].group(2)),
-        saved_to_queries_imported=imported[0] - saved[0],
-        queries_imported_to_masks_pushed=masks[0] - imported[0],
-        masks_pushed_to_open=opened[0] - masks[0],
-        t_round_end=end[0] - t_last, t_saved=saved[0] - t_last, t_queries_imported=imported[0] - t_last,
-        t_masks_pushed=masks[0] - t_last, t_open=opened[0] - t_last,
-    )
-    if listing and import_answer:
-        out["selection_and_import"] = import_answer[-1] - listing[0]
-        out["pool_listing_before_selection"] = listing[0] - saved[0]
-    return out
+def measure_restart(backend: BackendProcess, project: int, sources: list[dict[str, Any]],
+                    results: dict[str, Any]) -> None:
+    """Restart the backend: its start, the first two /predict calls (checkpoint load, image from disk), memory."""
+    backend.stop()
+    results["backend_restart_seconds"] = backend.start()
+    session = backend.session()
+    results["predict"]["first_after_restart"], _ = predict(backend, session, project, sources[:1])
+    results["predict"]["second_after_restart"], _ = predict(backend, session, project, sources[1:2])
+    results["memory"]["after_restart_one_predict_mib"] = sum(
+        proc_kib(p).get("VmHWM", 0) for p in process_tree(backend.proc.pid)[1:]) / 1024
 
 
 def query_stats(tasks: list[dict[str, Any]], margin: int = 4) -> dict[str, Any]:
@@ -364,7 +541,8 @@ def take_screenshot(ls: LabelStudioServer, project: int, task: int, out: str) ->
 
 # ==================================================================== the run
 
-def run(args: argparse.Namespace) -> dict[str, Any] | None:
+def label_studio_binary(args: argparse.Namespace) -> str | None:
+    """Label Studio's executable, or None (with a message) when it or CamVid is missing."""
     ls_bin = os.environ.get("OVAAL_LS_BIN") or str(ROOT / ".venv-ls" / "bin" / "label-studio")
     camvid = Path(args.camvid)
     if not (camvid / "train" / "images").is_dir() or not (camvid / "classes.json").is_file():
@@ -374,39 +552,49 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"SKIPPED: no Label Studio executable at {ls_bin} (run `make install-ls` or set OVAAL_LS_BIN)",
               file=sys.stderr)
         return None
+    return ls_bin
+
+
+def measure(stack: Stack, args: argparse.Namespace, results: dict[str, Any], sampler: MemorySampler) -> None:
+    """Everything measured once the project exists: round 0, the round change, /predict, memory, a restart."""
+    round0, results["connect_to_round0_visible"] = connect_model(stack)
+    if args.screenshot_round0:
+        results["screenshot_round0"] = take_screenshot(stack.ls, stack.project, min(t["id"] for t in round0),
+                                                       args.screenshot_round0)
+    round_change(stack, round0, results)
+    full, payload = round1_payload(stack)
+    results["round1_queries"] = query_stats(payload)
+    print(f"round-1 queries: {results['round1_queries']}")
+    results["query_import_seconds"] = time_query_import(stack, payload)
+
+    sources = [{"id": t["id"], "data": t["data"]} for t in sorted(full, key=lambda t: t["id"])
+               if t["id"] in stack.truth_of]
+    window = CpuWindow([os.getpid()])
+    results["predict"] = measure_predict(stack.backend, stack.project, sources)
+    results["cpu_predict"] = window.stop()
+    results["memory"] = sampler.stop()
+    measure_restart(stack.backend, stack.project, sources, results)
+    if args.screenshot:
+        task = stack.next_task or min(t["id"] for t in full if query_round(t) == 1)
+        results["screenshot"] = take_screenshot(stack.ls, stack.project, task, args.screenshot)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Start Label Studio and the backend, set the project up as an admin would, measure; None when skipped."""
+    ls_bin = label_studio_binary(args)
+    if ls_bin is None:
+        return None
     for key in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         os.environ.pop(key, None)
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
-
     work = Path(tempfile.mkdtemp(prefix="ovaal-bench-"))
     docroot = work / "files"
-    folder = docroot / "camvid"
-    folder.mkdir(parents=True)
-    meta = json.loads((camvid / "classes.json").read_text())
-    truth: dict[str, np.ndarray] = {}
-    for path in sorted((camvid / "train" / "images").glob("*.jpg"))[:args.images]:
-        shutil.copy(path, folder / path.name)  # copies in a temp dir, never in the repo
-        label = np.asarray(Image.open(camvid / "train" / "labels" / f"{path.stem}.png"), dtype=np.int64)
-        truth[path.name] = np.where(label >= len(meta["classes"]), -1, label)
-    n = len(truth)
-    config_xml = (ROOT / "label_config" / "camvid.xml").read_text()
-    iface = LabelInterface.parse(config_xml)
-
-    env = {k: v for k, v in os.environ.items()}
-    env.update(SETTINGS, **RUN_SETTINGS, PORT=str(free_port()), MODEL_DIR=str(work / "model_dir"))
-    cfg = Config.from_env(env)
-    print("settings (environment overrides):", " ".join(f"{k}={v}" for k, v in SETTINGS.items()))
-    print("resolved engine settings:", json.dumps({k: v for k, v in cfg.to_dict().items()
-                                                     if k not in ("label_studio_api_key", "basic_auth_pass")}))
-    results: dict[str, Any] = {"images": n, "settings": dict(SETTINGS), "machine": machine(),
-                               "date": datetime.date.today().isoformat(),
-                               "config": {k: getattr(cfg, k) for k in (
-                                   "arch", "encoder", "encoder_weights", "classifier", "selection", "batch_size",
-                                   "predict_batch", "server_threads", "num_threads", "semi")}}
+    truth = copy_images(Path(args.camvid), args.images, docroot / "camvid")
+    env = dict(os.environ, **SETTINGS, **RUN_SETTINGS, PORT=str(free_port()), MODEL_DIR=str(work / "model_dir"))
+    results = describe(env, len(truth))
     t_run = time.monotonic()
     ls = LabelStudioServer(ls_bin, document_root=docroot, keep_data=args.keep)
-    backend = None
-    sampler = None
+    backend = sampler = None
     try:
         ls.start()
         print(f"Label Studio {ls.url} up in {ls.startup_seconds:.0f} s; work dir {work}")
@@ -416,137 +604,17 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         results["backend_start_seconds"] = backend.start()
         sampler = MemorySampler(backend.proc.pid)
         sampler.start()
-        studio = Studio(ls)
-        client = ls.client()
-
-        # --- what an admin does
-        project = client.projects.create(title="OVAAL backend bench", label_config=config_xml)
-        pid = project.id
-        client.import_storage.local.create(project=pid, path=str(folder), title="camvid", use_blob_urls=True)
-        names = sorted(truth)
-        imported = client.projects.import_tasks(
-            id=pid, request=[{"data": {"image": ls.local_files_url(folder / name)}} for name in names],
-            return_task_ids=True)
-        truth_of = dict(zip(imported.task_ids, (truth[name] for name in names), strict=True))
-        t_connect = time.time()
-        client.ml.create(project=pid, url=backend.url, title="OVAAL")
-
-        # --- round 0 appears by itself
-        deadline = time.monotonic() + args.timeout
-        while True:
-            round0 = [t for t in studio.tasks(pid, full=True) if query_round(t) == 0]
-            if len(round0) == n and all("ovaal-0" in versions_of(t) for t in round0):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no round 0 after {args.timeout} s:\n{backend.log_tail()}")
-            time.sleep(POLL)
-        results["connect_to_round0_visible"] = time.time() - t_connect
-        print(f"round 0: {n} query tasks visible {results['connect_to_round0_visible']:.1f} s after connecting")
-        if studio.ids_with_version(pid, "ovaal-0") != {t["id"] for t in round0}:
-            print("the Data Manager filter on prediction versions disagrees with the full listing: polling full "
-                  "listings instead (heavier on Label Studio)")
-            studio.full_listing = True
-
-        if args.screenshot_round0:
-            results["screenshot_round0"] = take_screenshot(ls, pid, min(t["id"] for t in round0),
-                                                           args.screenshot_round0)
-
-        # --- the scripted annotator answers every round-0 task; the last answer starts the clock
-        roots = [os.getpid()]  # this script's tree: the backend and Label Studio are its children
-        window = CpuWindow(roots)
-        submit = []
-        for task in sorted(round0, key=lambda t: t["id"]):
-            prediction = next(p for p in task["predictions"] if p["model_version"] == "ovaal-0")
-            result = answer(prediction, truth_of[task["data"]["ovaal_source_task"]], iface)
-            t0 = time.time()
-            client.annotations.create(id=task["id"], result=result, was_cancelled=False)
-            t_last = time.time()
-            submit.append(t_last - t0)
-        results["annotation_submit_seconds"] = {"median": percentile(submit, 50), "max": max(submit)}
-        print(f"answered {n} round-0 tasks; the last annotation was stored at t=0")
-
-        # --- watch Label Studio until the round-1 batch is there
-        seen: dict[str, float] = {}
-        next_task = None
-        deadline = time.monotonic() + args.timeout
-        while len(seen) < 4:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"round 1 not complete after {args.timeout} s (seen {seen}):\n{backend.log_tail()}")
-            round1 = {t["id"] for t in studio.tasks(pid) if query_round(t) == 1}
-            with_v1 = studio.ids_with_version(pid, "ovaal-1")
-            now = time.time() - t_last
-            if "queries" not in seen and len(round1) == n and round1 <= with_v1:
-                seen["queries"] = now
-                print(f"  {now:6.1f} s: {n} round-1 query tasks with ovaal-1 predictions listed")
-            if "masks" not in seen and set(truth_of) <= with_v1:
-                seen["masks"] = now
-                print(f"  {now:6.1f} s: every source task has an ovaal-1 mask")
-            if "project" not in seen and studio.get(f"/api/projects/{pid}").get("model_version") == "ovaal-1":
-                seen["project"] = time.time() - t_last
-                print(f"  {seen['project']:6.1f} s: project switched to ovaal-1")
-            if "next" not in seen and "project" in seen:  # asked earlier, the stream could serve a source task
-                response = studio.session.get(f"{studio.url}/api/projects/{pid}/next", timeout=60)
-                if response.status_code == 200 and query_round(response.json()) == 1:
-                    seen["next"] = time.time() - t_last
-                    next_task = response.json()["id"]
-                    print(f"  {seen['next']:6.1f} s: the label stream serves round-1 task {next_task}")
-            time.sleep(POLL)
-        results["last_annotation_to"] = seen
-        results["cpu_round_change"] = window.stop()
-        results["breakdown"] = breakdown(read_log(backend.log_path, t_last), t_last, pid)
-        results["metrics"] = loopback_session().get(f"{backend.url}/metrics", timeout=30).json()["projects"][str(pid)]
-
-        # --- what importing the 20 query tasks alone costs Label Studio (same payload, a scratch project)
-        full = studio.tasks(pid, full=True)
-        payload = [{"data": t["data"], "predictions": [
-            {k: p[k] for k in ("result", "score", "model_version")} for p in t["predictions"]
-            if p["model_version"] == "ovaal-1"]} for t in full if query_round(t) == 1]
-        results["round1_queries"] = query_stats(payload)
-        print(f"round-1 queries: {results['round1_queries']}")
-        scratch = studio.post("/api/projects", {"title": "scratch", "label_config": config_xml})["id"]
-        t0 = time.perf_counter()
-        body = studio.post(f"/api/projects/{scratch}/import", payload, return_task_ids="true")
-        results["query_import_seconds"] = {"client": time.perf_counter() - t0, "label_studio": body.get("duration")}
-        studio.session.delete(f"{studio.url}/api/projects/{scratch}/", timeout=60)
-
-        # --- /predict: dense masks of source tasks, one per request, then all in one request
-        sources = [{"id": t["id"], "data": t["data"]} for t in sorted(full, key=lambda t: t["id"])
-                   if t["id"] in truth_of]
-        session = loopback_session()
-        window = CpuWindow(roots)
-        cold, cold_bytes = predict(backend, session, pid, sources[:1])
-        per_image, sizes = [], []
-        for task in sources:
-            seconds, size = predict(backend, session, pid, [task])
-            per_image.append(seconds)
-            sizes.append(size)
-        batch, batch_bytes = predict(backend, session, pid, sources)
-        results["predict"] = {"first_call": cold, "median": percentile(per_image, 50),
-                              "p90": percentile(per_image, 90), "min": min(per_image), "max": max(per_image),
-                              "batch_of_all": batch, "batch_per_image": batch / n,
-                              "response_kib_per_image": float(np.mean(sizes)) / 1024}
-        results["cpu_predict"] = window.stop()
-        results["memory"] = sampler.stop()
-        sampler = None
-
-        # --- restart: the first /predict then loads the checkpoint and reads the image from disk
-        backend.stop()
-        results["backend_restart_seconds"] = backend.start()
-        session = loopback_session()
-        first_after_restart, _ = predict(backend, session, pid, sources[:1])
-        second, _ = predict(backend, session, pid, sources[1:2])
-        results["predict"]["first_after_restart"] = first_after_restart
-        results["predict"]["second_after_restart"] = second
-        results["memory"]["after_restart_one_predict_mib"] = sum(
-            proc_kib(p).get("VmHWM", 0) for p in process_tree(backend.proc.pid)[1:]) / 1024
-
-        if args.screenshot:
-            results["screenshot"] = take_screenshot(ls, pid, next_task or min(round1), args.screenshot)
+        client = LabelStudioClient(ls.url, ls.token, timeout=300)
+        config_xml = (ROOT / "label_config" / "camvid.xml").read_text()
+        project, truth_of = create_project(client, ls, docroot / "camvid", truth, config_xml)
+        stack = Stack(ls, backend, client, project, truth_of, LabelInterface.parse(config_xml), config_xml,
+                      args.timeout)
+        measure(stack, args, results, sampler)
         results["total_seconds"] = time.monotonic() - t_run
         results["backend_log_tail"] = backend.log_tail(1500)
         return results
     finally:
-        if sampler is not None:
+        if sampler is not None and sampler.is_alive():
             sampler.stop()
         if backend is not None:
             backend.stop()
@@ -569,11 +637,10 @@ def load_note(r: dict[str, Any]) -> str:
     return "Other processes on the machine used " + " and ".join(parts) + "."
 
 
-def markdown(r: dict[str, Any]) -> str:
-    seen, b, p, m, q = r["last_annotation_to"], r["breakdown"], r["predict"], r["memory"], r["round1_queries"]
+def md_intro(r: dict[str, Any]) -> list[str]:
     settings = " ".join(f"{k}={v}" for k, v in r["settings"].items())
     c = r["config"]
-    lines = [
+    return [
         f"## 2. Backend on CPU, {r['images']} CamVid images", "",
         "```bash",
         f"{COMMAND}    # ~{r['total_seconds'] / 60:.1f} min; starts its own Label Studio 1.23.2 and backend on "
@@ -582,15 +649,20 @@ def markdown(r: dict[str, Any]) -> str:
         f"Measured {r['date']} on {r['machine']}. {load_note(r)} A real Label Studio 1.23.2 "
         "(`tests/ls_server.py`) and the backend as `python -m ovaal_backend serve` (gunicorn, one worker process), "
         f"set up as an admin would: `label_config/camvid.xml`, a local storage over copies of the first {r['images']} "
-        "CamVid training images (360x480), the model connected. A scripted annotator answers every round-0 point from "
-        "the ground truth through Label Studio's API.", "",
+        "CamVid training images (360x480), the model connected. The tests' scripted annotator (`tests/annotator.py`) "
+        "answers every round-0 point from the ground truth through Label Studio's API.", "",
         f"Settings: the defaults ({c['classifier']}, {c['arch']} on {c['encoder']} with `{c['encoder_weights']}` "
         f"weights, batch {c['batch_size']}, PREDICT_BATCH={c['predict_batch']}, SERVER_THREADS={c['server_threads']}, "
         f"NUM_THREADS={c['num_threads']} = torch's default) except `{settings}`. The bench also sets HOST=127.0.0.1 "
-        "and LOG_LEVEL=DEBUG (every HTTP call to Label Studio is then logged with its time, for the breakdown).", "",
+        "(loopback only).", "",
+    ]
+
+
+def md_round_change(r: dict[str, Any]) -> list[str]:
+    seen = r["last_annotation_to"]
+    return [
         "### From the last annotation of round 0 to the round-1 batch", "",
-        f"Label Studio polled every {POLL} s (times below are when a poll first saw the state; the backend's log "
-        "times are exact to the millisecond).", "",
+        f"Label Studio polled every {POLL} s (times below are when a poll first saw the state).", "",
         "| seen in Label Studio | seconds after the last annotation |", "|---|---:|",
         f"| {r['images']} round-1 query tasks listed, each with its `ovaal-1` keypoint prediction | "
         f"**{seen['queries']:.1f}** |",
@@ -599,35 +671,39 @@ def markdown(r: dict[str, Any]) -> str:
         f"**{seen['project']:.1f}** |",
         f"| `/api/projects/<id>/next` serves a round-1 query task | {seen['next']:.1f} |", "",
     ]
-    if "error" not in b:
-        train_other = b["round_end_to_saved"] - b["train_loop_seconds"]
-        lines += [
-            "Where the time goes (backend log):", "",
-            "| step | seconds | ends at |", "|---|---:|---:|",
-            f"| the last annotation's webhook applied, round end detected | {max(b['webhook_to_round_end'], 0):.1f} "
-            f"| {max(b['t_round_end'], 0):.1f} |",
-            f"| training: {r['settings']['FIRST_ROUND_EPOCHS']} epochs over {b['train_images']} images, "
-            f"{b['train_points']} labelled points (the loop alone: {b['train_loop_seconds']:.1f} s; the rest is "
-            f"listing the pool, building the model, saving the checkpoint: {train_other:.1f} s) | "
-            f"{b['round_end_to_saved']:.1f} | {b['t_saved']:.1f} |",
-        ]
-        if "selection_and_import" in b:
-            imp = r["query_import_seconds"]["client"]
-            lines.append(f"| pixel selection over the pool (predict {r['images']} images, OVA entropy ranking) | "
-                         f"~{b['selection_and_import'] - imp:.1f} | |")
-            lines.append(f"| import of the {r['images']} query tasks with their predictions (timed separately with "
-                         f"the same payload: {imp:.2f} s) | ~{imp:.1f} | |")
-            lines.append(f"| (listing the pool, selection and import together) | {b['saved_to_queries_imported']:.1f} "
-                         f"| {b['t_queries_imported']:.1f} |")
-        else:
-            lines.append(f"| selection and import of the query tasks | {b['saved_to_queries_imported']:.1f} | "
-                         f"{b['t_queries_imported']:.1f} |")
-        lines += [
-            f"| dense masks: predict, RLE-encode and push {r['images']} masks | "
-            f"{b['queries_imported_to_masks_pushed']:.1f} | {b['t_masks_pushed']:.1f} |",
-            f"| switch the project to the new version | {b['masks_pushed_to_open']:.1f} | {b['t_open']:.1f} |", "",
-        ]
-    lines += [
+
+
+def md_breakdown(r: dict[str, Any]) -> list[str]:
+    b = r["breakdown"]
+    if "error" in b:
+        return [f"(No breakdown: {b['error']}.)", ""]
+    imp = r["query_import_seconds"]["client"]
+    train_other = b["round_end_to_saved"] - b["train_loop_seconds"]
+    return [
+        f"Where the time goes (the backend's `/metrics`, polled every {METRICS_POLL} s: a step ends when a poll first "
+        "showed its phase, round, version or query tasks; the training loop's length and end are exact, from its "
+        "`trainings` record):", "",
+        "| step | seconds | ends at |", "|---|---:|---:|",
+        f"| the last annotation's webhook applied, round end detected | {max(b['webhook_to_round_end'], 0):.1f} "
+        f"| {max(b['t_round_end'], 0):.1f} |",
+        f"| training: {r['settings']['FIRST_ROUND_EPOCHS']} epochs over {b['train_images']} images, "
+        f"{b['train_points']} labelled points (the loop alone: {b['train_loop_seconds']:.1f} s, ended at "
+        f"{b['t_trained']:.1f}; the rest is listing the pool, building the model, saving the checkpoint: "
+        f"{train_other:.1f} s) | {b['round_end_to_saved']:.1f} | {b['t_saved']:.1f} |",
+        f"| listing the pool and pixel selection (predict {r['images']} images, OVA entropy ranking) | "
+        f"~{b['saved_to_queries_imported'] - imp:.1f} | |",
+        f"| import of the {r['images']} query tasks with their predictions (timed separately with the same payload: "
+        f"{imp:.2f} s) | ~{imp:.1f} | |",
+        f"| (listing the pool, selection and import together) | {b['saved_to_queries_imported']:.1f} "
+        f"| {b['t_queries_imported']:.1f} |",
+        f"| dense masks: predict, RLE-encode and push {r['images']} masks; switch the project to the new version | "
+        f"{b['queries_imported_to_open']:.1f} | {b['t_open']:.1f} |", "",
+    ]
+
+
+def md_predict(r: dict[str, Any]) -> list[str]:
+    p = r["predict"]
+    return [
         "### `/predict` (dense masks of source tasks)", "",
         f"One POST per image over the {r['images']} source tasks, after the model of round 0 was trained (the "
         "serving model is in memory and the images are cached: what Label Studio gets when it asks for a task's "
@@ -642,6 +718,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"{p['first_after_restart']:.2f} |",
         f"| second call after the restart (another image) | {p['second_after_restart']:.2f} |", "",
         f"A response carries about {p['response_kib_per_image']:.0f} KiB of Label Studio brush RLE per image.", "",
+    ]
+
+
+def md_memory(r: dict[str, Any]) -> list[str]:
+    m, q = r["memory"], r["round1_queries"]
+    return [
         "### Memory of the backend", "",
         "| | MiB |", "|---|---:|",
         f"| peak RSS (VmHWM) of the gunicorn worker (the process that trains and predicts) | "
@@ -659,6 +741,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{q['within_4px_of_border']} lie within 4 px of the image border; the query tasks' scores (certainty, "
         f"what uncertainty sampling orders by) range from {q['score_min']:.4f} to {q['score_max']:.4f}.",
     ]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The doc section (docs/benchmarks.md, BACKEND-BENCH) of one run's results."""
+    lines = md_intro(r) + md_round_change(r) + md_breakdown(r) + md_predict(r) + md_memory(r)
     return "\n".join(lines) + "\n"
 
 

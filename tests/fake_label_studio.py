@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image
 
 from ovaal_backend.backend.client import LabelStudioError
-from ovaal_backend.backend.convert import percent_to_pixel
 from ovaal_backend.backend.project.driver import ProjectDriver
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import Config
 
+from .annotator import answer_keypoints
 from .synthetic import make_scene
 
 XML = """<View>
@@ -192,19 +192,6 @@ class FakeLabelStudio:
         return view
 
 
-def answer_keypoints(prediction: dict[str, Any], truth: np.ndarray, classes: list[str] = CLASSES,
-                     ignore: str = "ignore") -> list[dict[str, Any]]:
-    """A scripted annotator: each pre-labelled keypoint relabelled from the ground-truth map (void -> ignore)."""
-    height, width = truth.shape
-    result = []
-    for region in prediction["result"]:
-        col, row = percent_to_pixel(region["value"]["x"], region["value"]["y"], width, height)
-        label = int(truth[row, col])
-        answer = classes[label] if 0 <= label < len(classes) else ignore
-        result.append(dict(copy.deepcopy(region), value=dict(region["value"], keypointlabels=[answer])))
-    return result
-
-
 # --------------------------------------------------------------------------- shared set-up of the unit tests
 
 P = 1
@@ -255,7 +242,7 @@ def answer_round(fake: FakeLabelStudio, driver: ProjectDriver, truth: dict[int, 
     payloads = []
     for task in fake.query_tasks(P, round_index)[:only]:
         source = task["data"]["ovaal_source_task"]
-        result = [] if cancelled else answer_keypoints(task["predictions"][0], truth[source])
+        result = [] if cancelled else answer_keypoints(task["predictions"][0]["result"], truth[source], CLASSES)
         payload = fake.annotate(task["id"], result, cancelled=cancelled)
         assert driver.add_event(payload["action"], payload) is not None
         payloads.append(payload)

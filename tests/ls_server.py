@@ -1,6 +1,7 @@
 """Run a real, headless Label Studio on 127.0.0.1 for end-to-end tests.
 
-Also ``BackendProcess``: our own backend as ``python -m ovaal_backend serve`` beside it.
+Also ``BackendProcess``: our own backend as ``python -m ovaal_backend serve`` beside it, and ``wait_for`` (poll
+until a condition holds). Shared by the end-to-end test and benchmarks/backend_bench.py.
 
 Usage::
 
@@ -26,7 +27,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -230,6 +233,8 @@ class BackendProcess:
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
         self.url = f"http://127.0.0.1:{env['PORT']}"
+        user, password = env.get("BASIC_AUTH_USER", ""), env.get("BASIC_AUTH_PASS", "")
+        self.auth = (user, password) if user else None  # the basic-auth pair the backend was started with
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> float:
@@ -267,3 +272,33 @@ class BackendProcess:
 
     def log_tail(self, n_chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-n_chars:] if self.log_path.exists() else ""
+
+    def session(self) -> requests.Session:
+        """A loopback session that sends the backend's basic-auth pair (if any) with every call."""
+        session = loopback_session()
+        session.auth = self.auth
+        return session
+
+    def metrics(self, project_id: int, session: requests.Session | None = None) -> dict[str, Any]:
+        """``/metrics`` of one project (phase, round, model_version, trainings, ...; {} before its /setup)."""
+        response = (session or self.session()).get(f"{self.url}/metrics", timeout=30)
+        response.raise_for_status()
+        return response.json()["projects"].get(str(project_id), {})
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: BackendProcess | None = None,
+             interval: float = 0.5) -> Any:
+    """Call ``check`` every ``interval`` s until it returns something truthy, and return that.
+
+    Raises:
+        TimeoutError: ``timeout`` s passed; the message carries the backend's log tail when ``backend`` is given.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = backend.log_tail() if backend is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n--- backend log ---\n{tail}")
+        time.sleep(interval)

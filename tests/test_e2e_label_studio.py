@@ -20,17 +20,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from ls_server import BackendError, BackendProcess, free_port, loopback_session
+from ls_server import BackendError, BackendProcess, free_port, loopback_session, wait_for
 from PIL import Image
 
 from ovaal_backend.backend.convert import LabelInterface, decode_brush, percent_to_pixel
 
+from .annotator import answer_keypoints
 from .fake_label_studio import XML as SYNTHETIC_XML
 from .synthetic import make_dataset
 
@@ -46,25 +46,6 @@ SETTINGS = {  # tiny: the whole loop in about a minute on two CPU cores
     "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SERVER_THREADS": "4",
     "HOST": "127.0.0.1", "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1], "LOG_LEVEL": "INFO",
 }
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: BackendProcess | None = None) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the backend's log tail on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    tail = backend.log_tail() if backend is not None else ""
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- backend log ---\n{tail}")
-
-
-def backend_metrics(backend: BackendProcess, project_id: int) -> dict[str, Any]:
-    """The backend's /metrics for one project."""
-    response = loopback_session().get(f"{backend.url}/metrics", auth=AUTH, timeout=10)
-    response.raise_for_status()
-    return response.json()["projects"].get(str(project_id), {})
 
 
 def start(backend: BackendProcess) -> None:
@@ -134,15 +115,10 @@ def keypoint_pixels(prediction: Any) -> list[tuple[int, int]]:
 
 
 def answer(client, task: Any, version: str, truth: np.ndarray, iface: LabelInterface, skip: bool = False) -> None:
-    """The scripted annotator: relabel every pre-labelled point from the ground truth (void -> ignore)."""
-    result = []
-    for region, (row, col) in zip(prediction_of(task, version).result, keypoint_pixels(prediction_of(task, version)),
-                                  strict=True):
-        label = int(truth[row, col])
-        value = dict(region["value"], keypointlabels=[iface.classes[label] if label >= 0 else iface.ignore_label])
-        result.append({k: region[k] for k in ("id", "from_name", "to_name", "type", "original_width",
-                                              "original_height", "image_rotation")} | {"value": value})
-    client.annotations.create(id=task.id, result=[] if skip else result, was_cancelled=skip)
+    """The scripted annotator submits the task (every point relabelled from the ground truth), or skips it."""
+    result = [] if skip else answer_keypoints(prediction_of(task, version).result, truth, iface.classes,
+                                              iface.ignore_label)
+    client.annotations.create(id=task.id, result=result, was_cancelled=skip)
 
 
 def check_masks(client, project_id: int, version: str, sources: dict[int, np.ndarray], iface: LabelInterface) -> None:
@@ -207,7 +183,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     # The webhooks stored the clicks; the round ended; training made version 1 and published round 1 and masks.
     round1 = wait_for("round-1 query tasks", lambda: (q := query_tasks(client, pid, 1)) and len(q) == N_IMAGES and q,
                       180, backend)
-    metrics = backend_metrics(backend, pid)
+    metrics = backend.metrics(pid)
     assert metrics["model_version"] == "ovaal-1" and metrics["annotations"] == N_IMAGES
     assert metrics["points"] == 6 * N_IMAGES
     wait_for("the project on ovaal-1", lambda: client.projects.get(id=pid).model_version == "ovaal-1", 60, backend)
@@ -222,14 +198,14 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     # Restart the backend mid-project: it picks up where it was.
     backend.stop()
     start(backend)
-    assert backend_metrics(backend, pid)["phase"] == "querying" and backend_metrics(backend, pid)["round"] == 1
+    assert backend.metrics(pid)["phase"] == "querying" and backend.metrics(pid)["round"] == 1
 
     for i, task in enumerate(round1):
         answer(client, task, "ovaal-1", sources[task.data["ovaal_source_task"]], iface, skip=i == 0)
 
     # Budget spent: the final OVAAL+ training, final masks, no more queries.
-    wait_for("the final phase", lambda: backend_metrics(backend, pid).get("phase") == "done", 180, backend)
-    metrics = backend_metrics(backend, pid)
+    wait_for("the final phase", lambda: backend.metrics(pid).get("phase") == "done", 180, backend)
+    metrics = backend.metrics(pid)
     assert metrics["model_version"] == "ovaal-2" and metrics["cancelled"] == 1
     assert metrics["trainings"][-1]["final"] and metrics["trainings"][-1]["semi"]
     assert query_tasks(client, pid, 2) == []
@@ -238,7 +214,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
 
     # /predict answers any task, one result per task in order.
     some = [t for t in tasks_of(client, pid) if t.id in sources][:1] + round1[:1]
-    response = loopback_session().post(f"{backend.url}/predict", auth=AUTH, timeout=60, json={
+    response = backend.session().post(f"{backend.url}/predict", timeout=60, json={
         "project": f"{pid}.0", "tasks": [{"id": t.id, "data": t.data} for t in some]})
     results = response.json()["results"]
     assert [r["model_version"] for r in results] == ["ovaal-2", "ovaal-2"]
@@ -259,7 +235,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
                          cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert f"queued {2 * N_IMAGES} annotations and 0 deletions" in run.stdout
-    wait_for("the resync events to be applied", lambda: backend_metrics(backend, pid)["pending_events"] == 0, 30,
+    wait_for("the resync events to be applied", lambda: backend.metrics(pid)["pending_events"] == 0, 30,
              backend)
-    assert backend_metrics(backend, pid)["annotations"] == 2 * N_IMAGES  # nothing changed, nothing duplicated
+    assert backend.metrics(pid)["annotations"] == 2 * N_IMAGES  # nothing changed, nothing duplicated
     print(f"\nend-to-end loop: {time.monotonic() - t_start:.0f} s after Label Studio was up")

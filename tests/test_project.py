@@ -21,13 +21,13 @@ from ovaal_backend.backend.project.driver import (
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import IGNORE_INDEX
 
+from .annotator import answer_keypoints
 from .fake_label_studio import (
     CLASSES,
     UID,
     XML,
     P,
     add_scenes,
-    answer_keypoints,
     answer_round,
     drain,
     started,
@@ -173,7 +173,7 @@ def test_train_after_annotations(tmp_path, fake, truth):
     drain(driver)
     assert driver.state()["round"] == 0
     task = fake.query_tasks(P, 0)[1]
-    result = answer_keypoints(task["predictions"][0], truth[task["data"]["ovaal_source_task"]])
+    result = answer_keypoints(task["predictions"][0]["result"], truth[task["data"]["ovaal_source_task"]], CLASSES)
     payload = fake.annotate(task["id"], result)
     driver.add_event(payload["action"], payload)
     drain(driver)
@@ -306,7 +306,8 @@ def test_resync_recovers_lost_webhooks(tmp_path, fake, truth):
     drain(driver)
     # Then Label Studio loses touch: a new annotation and a deletion whose webhooks never arrive.
     task = fake.query_tasks(P, 0)[2]
-    fake.annotate(task["id"], answer_keypoints(task["predictions"][0], truth[task["data"]["ovaal_source_task"]]))
+    source = task["data"]["ovaal_source_task"]
+    fake.annotate(task["id"], answer_keypoints(task["predictions"][0]["result"], truth[source], CLASSES))
     fake.tasks[first["task"]["id"]]["annotations"].clear()
     assert driver.resync() == (2, 1)
     drain(driver)

@@ -11,7 +11,8 @@ import pytest
 from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.config import Config
 
-from .fake_label_studio import TINY, UID, XML, FakeLabelStudio, P, add_scenes, answer_keypoints, make_fake_project
+from .annotator import answer_keypoints
+from .fake_label_studio import CLASSES, TINY, UID, XML, FakeLabelStudio, P, add_scenes, make_fake_project
 
 
 @pytest.fixture
@@ -117,7 +118,8 @@ def test_webhook_persists_before_answering_and_ignores_unused_actions(client, ap
     backend = app_and_backend[1]
     backend.worker(P).run_pending()
     task = fake.query_tasks(P, 0)[0]
-    result = answer_keypoints(task["predictions"][0], fake.truth[task["data"]["ovaal_source_task"]])
+    result = answer_keypoints(task["predictions"][0]["result"], fake.truth[task["data"]["ovaal_source_task"]],
+                              CLASSES)
     payload = fake.annotate(task["id"], result)
     response = client.post("/webhook", json=payload)
     assert response.status_code == 201 and response.json["status"] == "queued"
