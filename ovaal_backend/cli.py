@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CLASSIFIERS, LR_SCHEDULES, SELECTIONS, SEMI_RULES, SEMI_TEACHERS, Config, ConfigError
+from .config import CLASSIFIERS, LR_SCHEDULES, SELECTIONS, SEMI_RULES, SEMI_TEACHERS, Config, ConfigError, is_ova
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -83,7 +83,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
     if args.no_balance:
         values["class_balance"] = 0.0
     multiclass_selection = values.get("selection") not in (None, "ova", "random")
-    if multiclass_selection and str(values.get("classifier", "ova")).startswith("ova") and args.classifier is None:
+    if multiclass_selection and is_ova(values.get("classifier", Config.classifier)) and args.classifier is None:
         values["classifier"] = "multiclass"
     return Config(**values)
 

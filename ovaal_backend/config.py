@@ -16,7 +16,9 @@ from typing import Any
 IGNORE_INDEX = -1
 """Label of a point that trains nothing: void, "can't tell", or a class the label config no longer has."""
 
-CLASSIFIERS = ("ova-shared", "ova-separate", "multiclass")
+OVA_CLASSIFIERS = ("ova-shared", "ova-separate")
+"""One-vs-All kinds: C independent sigmoids (one network with C outputs, or C networks as in the paper)."""
+CLASSIFIERS = (*OVA_CLASSIFIERS, "multiclass")
 SELECTIONS = ("ova", "margin", "entropy", "least-confidence", "random")
 LR_SCHEDULES = ("cosine", "constant")
 SEMI_TEACHERS = ("ema", "frozen")
@@ -24,6 +26,11 @@ SEMI_RULES = ("paper", "wta")
 """How OVAAL+ refines a class's binary prediction at its most uncertain pixels: ``paper`` inverts it (eq. 3);
 ``wta`` sets it to the Winner-Takes-All answer (1 where the class wins the argmax, else 0)."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def is_ova(classifier: str) -> bool:
+    """Whether a classifier kind is One-vs-All (per-class sigmoids) rather than the multi-class softmax baseline."""
+    return classifier in OVA_CLASSIFIERS
 
 
 class ConfigError(ValueError):
@@ -109,10 +116,6 @@ class Config:
         """Pixels per image when every round has been answered."""
         return self.init_pixels + self.rounds * self.pixels_per_round
 
-    @property
-    def is_ova(self) -> bool:
-        return self.classifier.startswith("ova")
-
     def validate(self) -> None:
         """Raise ConfigError for values that cannot work, naming the setting."""
         if self.classifier not in CLASSIFIERS:
@@ -127,7 +130,7 @@ class Config:
         for name in ("class_balance", "semi_ema_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.semi and not self.is_ova:
+        if self.semi and not is_ova(self.classifier):
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch",

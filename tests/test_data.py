@@ -1,6 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ovaal_backend.engine.data import (
     Augmentation,
@@ -90,3 +93,37 @@ def test_folder_errors_name_the_problem(tmp_path):
         SegmentationFolder(root)
     with pytest.raises(DatasetError, match="classes.json"):
         read_class_info(tmp_path / "nowhere" / "x")
+
+
+def _tiny_folder(root, labels, ignore_index=None):
+    """A dataset folder with one 2x3 image per label map and a classes.json with two classes."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i, label in enumerate(labels):
+        Image.fromarray(np.zeros((2, 3, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
+        Image.fromarray(np.array(label, dtype=np.uint8)).save(root / "labels" / f"im{i}.png")
+    meta = {"classes": ["a", "b"]} if ignore_index is None else {"classes": ["a", "b"], "ignore_index": ignore_index}
+    (root / "classes.json").write_text(json.dumps(meta))
+    return SegmentationFolder(root)
+
+
+def test_label_void_value_comes_from_classes_json(tmp_path):
+    folder = _tiny_folder(tmp_path / "camvid_like", [[[0, 1, 11], [11, 1, 0]]], ignore_index=11)
+    np.testing.assert_array_equal(folder.load_label(0), [[0, 1, -1], [-1, 1, 0]])
+    default = _tiny_folder(tmp_path / "default", [[[0, 255, 1], [1, 1, 255]]])
+    assert default.info.ignore_index == 255
+    np.testing.assert_array_equal(default.load_label(0), [[0, -1, 1], [1, 1, -1]])
+
+
+@pytest.mark.parametrize("ignore_index,bad", [(11, 255), (11, 2), (255, 11)])
+def test_label_value_neither_class_nor_void_is_an_error(tmp_path, ignore_index, bad):
+    folder = _tiny_folder(tmp_path / "d", [[[0, 1, 0], [1, 0, 1]], [[0, 1, ignore_index], [bad, 0, 1]]],
+                          ignore_index=ignore_index)
+    assert folder.load_label(0).tolist() == [[0, 1, 0], [1, 0, 1]]
+    with pytest.raises(DatasetError, match=rf"im1\.png: label value\(s\) \[{bad}\] .*void value {ignore_index}"):
+        folder.load_label(1)
+
+
+def test_void_value_that_is_a_class_index_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match="ignore_index 1 is the index of class 'b'"):
+        _tiny_folder(tmp_path / "d", [[[0, 1, 0]]], ignore_index=1)

@@ -13,7 +13,9 @@ from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 from ovaal_backend.backend.convert import LabelInterface, brush_results, keypoint_results
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "label_config"
-CAMVID_CLASSES = Path("/work/shared/data/camvid/classes.json")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+"""The shared folder beside the repository (datasets), present on the project's machines only."""
+CAMVID_CLASSES = SHARED / "data" / "camvid" / "classes.json"
 
 CAMVID = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
           "bicyclist")
@@ -91,7 +93,7 @@ def test_cityscapes_official_colours():
     assert brush == CITYSCAPES
 
 
-@pytest.mark.skipif(not CAMVID_CLASSES.exists(), reason="CamVid class table not present")
+@pytest.mark.skipif(not CAMVID_CLASSES.is_file(), reason=f"no CamVid class table at {CAMVID_CLASSES}")
 def test_camvid_colours_match_dataset_table():
     table = json.loads(CAMVID_CLASSES.read_text())
     pairs = zip(table["classes"], table["colors"], strict=True)

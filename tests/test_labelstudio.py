@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 
+from ovaal_backend import cli
 from ovaal_backend.backend.convert import (
     LabelConfigError,
     LabelInterface,
@@ -159,8 +160,15 @@ def test_parse_named_control_not_found():
         LabelInterface.parse(CONFIG, mask_from_name="nope")
 
 
-def test_label_config_error_is_a_value_error():
-    assert issubclass(LabelConfigError, ValueError)
+def test_label_config_error_reaches_the_cli_as_one_error_line(monkeypatch, capsys):
+    # cli.main turns ValueErrors into "error: ..." and exit status 2; a bad label config must be one of them
+    def resync_with_a_broken_config(args):
+        LabelInterface.parse("<View><Image")
+
+    monkeypatch.setattr(cli, "run_resync", resync_with_a_broken_config)
+    assert cli.main(["resync", "--project", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not valid XML" in err and "Traceback" not in err
 
 
 # --- keypoint results ------------------------------------------------------------------------------------------
@@ -168,7 +176,7 @@ def test_label_config_error_is_a_value_error():
 def test_keypoint_result_fields(iface):
     (result,) = keypoint_results([(2, 3, 1, 2, 0.25)], width=8, height=4, iface=iface, point_size=0.6)
     assert result == {
-        "id": result["id"],
+        "id": "q0r2c3",
         "from_name": "pts",
         "to_name": "img",
         "type": "keypointlabels",

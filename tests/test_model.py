@@ -13,11 +13,15 @@ def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
     assert logits.shape == (2, 3, 40, 50)
     probs = model.probabilities(logits)
     assert ((probs >= 0) & (probs <= 1)).all()
+    assert model.is_ova == (kind != "multiclass")
     if kind == "multiclass":
+        assert torch.allclose(probs, torch.softmax(logits, dim=1))
         assert torch.allclose(probs.sum(1), torch.ones(2, 40, 50), atol=1e-5)
-    else:
-        assert model.is_ova
-    assert winner_takes_all(probs).shape == (2, 40, 50)
+    else:  # C independent sigmoids: each class's probability depends on its own logit only
+        assert torch.allclose(probs, torch.sigmoid(logits))
+        shifted = model.probabilities(logits + torch.tensor([5.0, 0.0, 0.0]).view(1, 3, 1, 1))
+        assert torch.allclose(shifted[:, 1:], probs[:, 1:]) and (shifted[:, 0] > probs[:, 0]).all()
+    assert torch.equal(winner_takes_all(probs), logits.argmax(1))
 
 
 def test_ova_separate_has_one_network_per_class():

@@ -85,5 +85,7 @@ def test_camvid_smoke(tmp_path):
                  "--max-eval-images", "2", "--rounds", "1", "--first-round-epochs", "1", "--epochs", "1",
                  "--semi-epochs", "0", "--quiet"]) == 0
     result = json.loads(out.read_text())
-    assert len(result["per_class_iou"] if "per_class_iou" in result else result["rounds"][0]["per_class_iou"]) == 11
+    assert result["classes"] == json.loads((CAMVID / "classes.json").read_text())["classes"]
+    for r in result["rounds"]:
+        assert list(r["per_class_iou"]) == result["classes"] and 0 <= r["miou"] <= 100
     assert result["rounds"][-1]["labelled_pixels"] == 4 * 44

@@ -42,12 +42,22 @@ def test_missing_file_and_mismatched_file_are_clear_errors(tmp_path):
         load_encoder_weights(model, str(bad))
 
 
-def test_imagenet_without_internet_says_what_to_do(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_imagenet_without_internet_says_what_to_do(monkeypatch, tmp_path):
+    # The real hub client, made to fail the same way on every machine: offline mode, an empty cache, and an endpoint
+    # that refuses connections should offline mode be ignored. HF_HUB_OFFLINE is read when huggingface_hub is
+    # imported, so setting the environment variable here would be too late: patch the constants it reads per call.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     model = SegmentationClassifier("ova-shared", 2, encoder="resnet18")
-    try:
+    before = model.networks[0].encoder.conv1.weight.clone()
+    with pytest.raises(WeightsUnavailableError) as caught:
         load_encoder_weights(model, "imagenet")
-    except WeightsUnavailableError as err:
-        assert "lite0-offline" in str(err) and "Traceback" not in str(err)
-    else:
-        pytest.skip("ImageNet weights were available (cached or online); nothing to check")
+    message = str(caught.value)
+    assert "'resnet18'" in message and "could not be downloaded (LocalEntryNotFoundError: " in message
+    assert "ENCODER_WEIGHTS=lite0-offline" in message and "ENCODER=timm-tf_efficientnet_lite0" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert caught.value.__suppress_context__, "the hub client's exception is not chained into the report"
+    assert torch.equal(model.networks[0].encoder.conv1.weight, before), "the encoder is left as it was"

@@ -30,29 +30,26 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """Class names, display colours and the label value that means void in ground-truth masks."""
+    """Class names and the label value that means void in ground-truth masks."""
 
     classes: tuple[str, ...]
     ignore_index: int
-    colors: tuple[tuple[int, int, int], ...]
 
 
 def read_class_info(folder: str | Path) -> ClassInfo:
-    """Read ``classes.json`` (keys ``classes``, ``ignore_index``, optional ``colors``) from ``folder`` or its parent."""
+    """Read ``classes.json`` (keys ``classes``, ``ignore_index`` (default 255)) from ``folder`` or its parent."""
     folder = Path(folder)
     for candidate in (folder / "classes.json", folder.parent / "classes.json"):
         if candidate.is_file():
             meta = json.loads(candidate.read_text())
             classes = tuple(meta["classes"])
-            colors = meta.get("colors") or _default_colors(len(classes))
-            return ClassInfo(classes, int(meta.get("ignore_index", 255)), tuple(tuple(c) for c in colors))
+            ignore_index = int(meta.get("ignore_index", 255))
+            if 0 <= ignore_index < len(classes):
+                raise DatasetError(f"{candidate}: ignore_index {ignore_index} is the index of class "
+                                   f"{classes[ignore_index]!r}; the void value must lie outside 0..{len(classes) - 1}")
+            return ClassInfo(classes, ignore_index)
     raise DatasetError(f"no classes.json in {folder} or its parent: write one with "
                        '{"classes": [...], "ignore_index": 255}')
-
-
-def _default_colors(n: int) -> list[tuple[int, int, int]]:
-    rng = np.random.default_rng(0)
-    return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(n)]
 
 
 class SegmentationFolder:
@@ -86,12 +83,24 @@ class SegmentationFolder:
         return load_rgb(self.image_paths[index])
 
     def load_label(self, index: int) -> np.ndarray:
-        """Ground-truth class map (H, W) int64 with void mapped to IGNORE_INDEX."""
-        label = np.asarray(Image.open(self.label_paths[index]), dtype=np.int64)
+        """Ground-truth class map (H, W) int64: class indices 0..C-1, classes.json's ``ignore_index`` as IGNORE_INDEX.
+
+        Raises:
+            DatasetError: The file is not single-channel, or holds a value that is neither a class nor void.
+        """
+        path = self.label_paths[index]
+        with Image.open(path) as img:
+            label = np.asarray(img, dtype=np.int64)
         if label.ndim != 2:
-            raise DatasetError(f"{self.label_paths[index]}: labels must be single-channel class indices")
-        invalid = (label < 0) | (label >= len(self.info.classes))
-        return np.where(invalid, IGNORE_INDEX, label)
+            raise DatasetError(f"{path}: labels must be single-channel class indices")
+        void = label == self.info.ignore_index
+        unknown = ~void & ((label < 0) | (label >= len(self.info.classes)))
+        if unknown.any():
+            values = np.unique(label[unknown]).tolist()
+            raise DatasetError(f"{path}: label value(s) {values[:10]} are neither a class index "
+                               f"(0..{len(self.info.classes) - 1}) nor the void value {self.info.ignore_index} "
+                               "that classes.json declares as ignore_index")
+        return np.where(void, IGNORE_INDEX, label)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -131,7 +140,6 @@ class Augmentation:
     scale_max: float = 1.5
     flip: bool = True
     color_jitter: float = 0.3
-    enabled: bool = True
 
 
 class Batch(NamedTuple):
@@ -171,26 +179,24 @@ def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_size
     out_points = []
     for b, i in enumerate(indices):
         image = images[i].float()[None]
-        scale = 1.0
-        if augment.enabled:
-            scale = float(torch.empty(1).uniform_(augment.scale_min, augment.scale_max, generator=generator))
+        scale = float(torch.empty(1).uniform_(augment.scale_min, augment.scale_max, generator=generator))
         sh, sw = max(1, round(height * scale)), max(1, round(width * scale))
         if (sh, sw) != (height, width):
             image = F.interpolate(image, size=(sh, sw), mode="bilinear", align_corners=False)
-        top = _random_offset(sh, height, generator) if augment.enabled else 0
-        left = _random_offset(sw, width, generator) if augment.enabled else 0
+        top = _random_offset(sh, height, generator)
+        left = _random_offset(sw, width, generator)
         canvas = torch.zeros((3, height, width))
         src = image[0, :, max(top, 0):max(top, 0) + height, max(left, 0):max(left, 0) + width]
         inside_rows = slice(max(-top, 0), max(-top, 0) + src.shape[1])
         inside_cols = slice(max(-left, 0), max(-left, 0) + src.shape[2])
         canvas[:, inside_rows, inside_cols] = src
         valid[b, inside_rows, inside_cols] = True
-        flip = augment.enabled and augment.flip and bool(torch.rand(1, generator=generator) < 0.5)
+        flip = augment.flip and bool(torch.rand(1, generator=generator) < 0.5)
         if flip:
             canvas = canvas.flip(-1)
             valid[b] = valid[b].flip(-1)
         weak[b] = canvas
-        if augment.enabled and augment.color_jitter > 0:
+        if augment.color_jitter > 0:
             canvas = _jitter_colour(canvas, augment.color_jitter, generator)
         out_images[b] = canvas
         pts = points[i]

@@ -12,14 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLASSIFIERS, Config
+from ..config import CLASSIFIERS, Config, is_ova
 
-OVA_SHARED = "ova-shared"
-"""One network, C binary (sigmoid) output channels: per-class losses and queries for the cost of one network."""
 OVA_SEPARATE = "ova-separate"
-"""C independent binary networks, as in the paper (C times the cost)."""
-MULTICLASS = "multiclass"
-"""One network, softmax over C: the PixelPick baseline."""
+"""C independent binary networks, as in the paper (C times the cost); ``ova-shared`` is one network with C binary
+(sigmoid) outputs, ``multiclass`` one network with a softmax over C (the PixelPick baseline)."""
 
 INPUT_MULTIPLE = 16
 """smp encoders need heights and widths divisible by this; inputs are padded to it and logits cropped back."""
@@ -65,7 +62,7 @@ class SegmentationClassifier(nn.Module):
 
     @property
     def is_ova(self) -> bool:
-        return self.kind != MULTICLASS
+        return is_ova(self.kind)
 
     def encoders(self) -> list[nn.Module]:
         """The encoder of every network (one, or C for ``ova-separate``), for loading pretrained weights."""
