@@ -148,14 +148,15 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_resync(args: argparse.Namespace) -> int:
     """``resync``: queue Label Studio's annotations of one project as events for the backend to apply."""
-    from .backend.app import Backend
+    from .backend.client import client_from_config
+    from .backend.project.context import known_projects
+    from .backend.project.driver import ProjectDriver
 
     config = Config.from_env()
-    driver = Backend(config, start_workers=False).driver(args.project)
-    if driver is None:
+    if args.project not in known_projects(config):
         raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}: connect the model to it "
                          "in Label Studio first")
-    queued, deleted = driver.resync()
+    queued, deleted = ProjectDriver(config, args.project, client_from_config(config)).resync()
     print(f"project {args.project}: queued {queued} annotations and {deleted} deletions")
     return 0
 

@@ -10,7 +10,8 @@ import requests
 import requests_mock
 from PIL import Image
 
-from ovaal_backend.backend.client import ImageFetcher, LabelStudioClient, LabelStudioError
+from ovaal_backend.backend.client import LabelStudioClient, LabelStudioError
+from ovaal_backend.backend.images import ImageFetcher
 
 URL = "http://ls.test:8080"
 LEGACY = "a" * 40

@@ -5,19 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ovaal_backend.backend.app import parse_project_uid
 from ovaal_backend.backend.client import LabelStudioError
 from ovaal_backend.backend.convert import LabelConfigError, decode_brush, percent_to_pixel
-from ovaal_backend.backend.project.driver import (
-    PHASE_DONE,
-    PHASE_NEW,
-    PHASE_QUERYING,
-    PHASE_TRAINING,
-    ProjectDriver,
-    ProjectMismatchError,
-    known_projects,
-    parse_project_uid,
-    remap_points,
-)
+from ovaal_backend.backend.project.context import known_projects, remap_points
+from ovaal_backend.backend.project.driver import ProjectDriver, ProjectMismatchError
+from ovaal_backend.backend.project.state import PHASE_DONE, PHASE_NEW, PHASE_QUERYING, PHASE_TRAINING
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import IGNORE_INDEX
 
@@ -54,7 +47,7 @@ def queried_pixels(task: dict) -> set[tuple[int, int]]:
 
 def test_full_loop_round0_round1_final(tmp_path, fake, truth):
     driver = started(tmp_path, fake)
-    assert driver.phase == PHASE_QUERYING and driver.state()["round"] == 0
+    assert driver.phase == PHASE_QUERYING and driver.state().round == 0
 
     # Round 0: one query task per source image, random pixels pre-labelled "ignore", no model yet.
     round0 = fake.query_tasks(P, 0)
@@ -75,7 +68,7 @@ def test_full_loop_round0_round1_final(tmp_path, fake, truth):
 
     # Training happened: version 1, round 1 queries chosen by the model, dense masks on every source task.
     state = driver.state()
-    assert state["phase"] == PHASE_QUERYING and state["round"] == 1 and driver.model_version == "ovaal-1"
+    assert state.phase == PHASE_QUERYING and state.round == 1 and driver.model_version == "ovaal-1"
     assert fake.projects[P]["model_version"] == "ovaal-1"
     assert (driver.root / "model.pt").is_file()
     round1 = fake.query_tasks(P, 1)
@@ -103,9 +96,9 @@ def test_full_loop_round0_round1_final(tmp_path, fake, truth):
 
     # Budget spent: final (semi-supervised) training, final masks, no more queries.
     state = driver.state()
-    assert state["phase"] == PHASE_DONE and driver.model_version == "ovaal-2"
+    assert state.phase == PHASE_DONE and driver.model_version == "ovaal-2"
     assert fake.query_tasks(P, 2) == []
-    assert state["history"][-1]["final"] and state["history"][-1]["semi"]
+    assert driver.metrics()["trainings"][-1]["final"] and driver.metrics()["trainings"][-1]["semi"]
     assert all(len(fake.predictions_of(s, "ovaal-2")) == 1 for s in truth)
     assert fake.projects[P]["model_version"] == "ovaal-2"
     counts = driver.store.counts(driver.key)
@@ -128,7 +121,7 @@ def test_same_delivery_twice_changes_nothing(tmp_path, fake, truth):
     driver.add_event(payload["action"], payload)
     drain(driver)
     assert driver.store.counts(driver.key)["annotations"] == 1
-    assert driver.state()["new_annotations"] == 1
+    assert driver.state().new_annotations == 1
     points = driver.store.labelled_points(driver.key)
     assert sum(len(p) for p in points.values()) == 5
 
@@ -139,7 +132,7 @@ def test_skipped_tasks_count_as_answered_and_store_nothing(tmp_path, fake, truth
     drain(driver)
     # The round ended, but with no click there is nothing to train: round 1 is random again, same version.
     assert driver.store.counts(driver.key) == {"annotations": 3, "cancelled": 3, "points": 0, "ignored_points": 0}
-    assert driver.phase == PHASE_QUERYING and driver.state()["round"] == 1 and driver.model_version == "ovaal-0"
+    assert driver.phase == PHASE_QUERYING and driver.state().round == 1 and driver.model_version == "ovaal-0"
     assert len(fake.query_tasks(P, 1)) == 3
 
 
@@ -155,7 +148,7 @@ def test_update_and_delete(tmp_path, fake, truth):
     driver.add_event("ANNOTATIONS_DELETED", {"annotations": [{"id": payload["annotation"]["id"]}]})
     drain(driver)
     assert driver.store.counts(driver.key)["annotations"] == 0
-    assert driver.phase == PHASE_QUERYING and driver.state()["round"] == 0
+    assert driver.phase == PHASE_QUERYING and driver.state().round == 0
 
 
 def test_start_training_ends_the_round_early(tmp_path, fake, truth):
@@ -163,21 +156,21 @@ def test_start_training_ends_the_round_early(tmp_path, fake, truth):
     answer_round(fake, driver, truth, 0, only=1)
     driver.add_event("START_TRAINING", {"project": {"id": P}})
     drain(driver)
-    assert driver.state()["round"] == 1 and driver.model_version == "ovaal-1"
-    assert driver.state()["history"][-1]["images"] == 1
+    assert driver.state().round == 1 and driver.model_version == "ovaal-1"
+    assert driver.metrics()["trainings"][-1]["images"] == 1
 
 
 def test_train_after_annotations(tmp_path, fake, truth):
     driver = started(tmp_path, fake, train_after_annotations=2)
     answer_round(fake, driver, truth, 0, only=1)
     drain(driver)
-    assert driver.state()["round"] == 0
+    assert driver.state().round == 0
     task = fake.query_tasks(P, 0)[1]
     result = answer_keypoints(task["predictions"][0]["result"], truth[task["data"]["ovaal_source_task"]], CLASSES)
     payload = fake.annotate(task["id"], result)
     driver.add_event(payload["action"], payload)
     drain(driver)
-    assert driver.state()["round"] == 1 and driver.model_version == "ovaal-1"
+    assert driver.state().round == 1 and driver.model_version == "ovaal-1"
 
 
 def test_keypoints_on_source_tasks_count_brush_is_ignored(tmp_path, fake, truth):
@@ -231,23 +224,23 @@ def test_setup_validates_the_label_config_and_project(tmp_path, fake):
 def test_project_version_is_set_back_after_label_studio_changes_it(tmp_path, fake, truth):
     driver = started(tmp_path, fake)
     fake.projects[P]["model_version"] = "ovaal"  # what connecting a model does to a project without a version
-    driver._update(check_project_at=0.0)
+    driver.ctx.update(check_project_at=0.0)
     assert driver.needs_step()
     drain(driver)
     assert fake.projects[P]["model_version"] == "ovaal-0"
-    assert driver.state()["check_project_at"] is None
+    assert driver.state().check_project_at is None
 
 
 def test_basic_auth_header_is_added_to_our_webhook_only(tmp_path, fake, truth):
     fake.connect_backend(P, "http://ovaal:9090", basic_auth_user="ls")
     fake.connect_backend(P, "http://other:9090", basic_auth_user="someone-else")
     driver = started(tmp_path, fake, basic_auth_user="ls", basic_auth_pass="pw")
-    driver._update(check_project_at=0.0)
+    driver.ctx.update(check_project_at=0.0)
     drain(driver)
     ours, other = fake.projects[P]["webhooks"]
     assert ours["headers"] == {"Authorization": "Basic bHM6cHc="} and other["headers"] == {}
     calls = len(fake.calls)
-    driver._update(check_project_at=0.0)
+    driver.ctx.update(check_project_at=0.0)
     drain(driver)
     assert not [c for c in fake.calls[calls:] if c[0] == "update_webhook"]  # already right: left alone
 
@@ -261,7 +254,7 @@ def test_restart_replays_pending_events_and_resumes(tmp_path, fake, truth):
     again = ProjectDriver(tiny_config(tmp_path), P, fake)
     assert len(again.store.pending_events(again.key)) == 3
     drain(again)
-    assert again.model_version == "ovaal-1" and again.state()["round"] == 1
+    assert again.model_version == "ovaal-1" and again.state().round == 1
     assert again.store.pending_events(again.key) == []
 
 
@@ -284,7 +277,7 @@ def test_lost_import_answer_adopts_the_created_tasks(tmp_path, fake, truth):
     assert not ProjectWorker(driver).run_pending()
     drain(driver)
     assert len(fake.query_tasks(P, 0)) == 3
-    assert set(driver.store.query_tasks(driver.key, 0)) == {t["id"] for t in fake.query_tasks(P, 0)}
+    assert set(driver.ctx.rounds.query_tasks(driver.key, 0)) == {t["id"] for t in fake.query_tasks(P, 0)}
     assert driver.predict([fake.query_tasks(P, 0)[0]])[0]["result"]
 
 
@@ -292,12 +285,12 @@ def test_weights_saved_before_a_crash_are_used(tmp_path, fake, truth):
     driver = started(tmp_path, fake)
     answer_round(fake, driver, truth, 0)
     drain(driver)
-    trainings = len(driver.state()["history"])
+    trainings = len(driver.metrics()["trainings"])
     # Pretend the process died after saving the checkpoint of version 1 but before recording it.
-    driver._update(version=0, phase=PHASE_TRAINING, training={"round": 0, "final": False}, round=0)
+    driver.ctx.update(version=0, phase=PHASE_TRAINING, training_round=0, final=False, round=0)
     again = ProjectDriver(tiny_config(tmp_path), P, fake)
     again.step()
-    assert again.model_version == "ovaal-1" and len(again.state()["history"]) == trainings
+    assert again.model_version == "ovaal-1" and len(again.metrics()["trainings"]) == trainings
 
 
 def test_resync_recovers_lost_webhooks(tmp_path, fake, truth):
@@ -325,7 +318,7 @@ def test_class_change_remaps_clicks_by_name_and_starts_a_new_generation(tmp_path
     answer_round(fake, driver, truth, 0)
     drain(driver)
     assert driver.model_version == "ovaal-1"
-    before = driver._points_by_source()
+    before = driver.ctx.points_by_source()
     changed = """<View><Image name="image" value="$image"/>
       <KeyPointLabels name="query" toName="image"><Label value="square"/><Label value="background"/>
         <Label value="triangle"/><Label value="ignore"/></KeyPointLabels>
@@ -334,16 +327,16 @@ def test_class_change_remaps_clicks_by_name_and_starts_a_new_generation(tmp_path
     assert driver.setup(UID, changed) == "ovaal-1"
     drain(driver)
     state = driver.state()
-    assert state["classes"] == ["square", "background", "triangle"] and state["generation"] == 1
-    assert state["label_names"] == ["background", "square", "disc", "triangle"]
-    after = driver._points_by_source()
+    assert state.classes == ["square", "background", "triangle"] and state.generation == 1
+    assert state.label_names == ["background", "square", "disc", "triangle"]
+    after = driver.ctx.points_by_source()
     for source, table in before.items():
         expected = {0: 1, 1: 0, 2: IGNORE_INDEX, IGNORE_INDEX: IGNORE_INDEX}  # by name; disc was removed
         assert after[source][:, 2].tolist() == [expected[v] for v in table[:, 2].tolist()]
     # The open round ended; a fresh model of the new class list was trained on the remapped clicks.
-    assert driver.model_version == "ovaal-2" and state["round"] == 2
-    assert state["history"][-1]["generation"] == 1
-    checkpoint = driver.model.read_checkpoint()
+    assert driver.model_version == "ovaal-2" and state.round == 2
+    assert driver.metrics()["trainings"][-1]["generation"] == 1
+    checkpoint = driver.ctx.model.read_checkpoint()
     assert checkpoint["classes"] == ["square", "background", "triangle"] and checkpoint["generation"] == 1
     labels = {r["value"]["brushlabels"][0] for s in truth for r in fake.predictions_of(s, "ovaal-2")[0]["result"]}
     assert labels <= {"square", "background", "triangle"}
@@ -354,7 +347,7 @@ def test_unusable_new_label_config_keeps_the_old_one(tmp_path, fake, truth):
     broken = "<View><Image name='i' value='$i'/></View>"
     driver.add_event("PROJECT_UPDATED", {"project": {"id": P, "label_config": broken}})
     drain(driver)
-    assert driver.state()["classes"] == CLASSES and driver.phase == PHASE_QUERYING
+    assert driver.state().classes == CLASSES and driver.phase == PHASE_QUERYING
 
 
 def test_remap_points_keeps_ignore():

@@ -58,7 +58,7 @@ def test_setup_returns_model_version_and_registers_the_project(client, app_and_b
     assert setup_project(client) == "ovaal-0"
     backend = app_and_backend[1]
     driver = backend.driver(P)
-    assert driver is not None and driver.state()["uid"] == UID
+    assert driver is not None and driver.state().uid == UID
     assert [a for _, _, a, _ in driver.store.pending_events(driver.key)] == ["OVAAL_SETUP"]
 
 

@@ -107,17 +107,6 @@ def test_cancelled_records_answer_without_points(store):
     assert table(store, 3) == [[5, 9, 2]]
 
 
-def test_query_tasks(store):
-    store.add_query_tasks(P, 0, [(10, 3), (11, 4)])
-    store.add_query_tasks(P, 1, [(12, 3)])
-    assert store.query_tasks(P, 0) == {10: 3, 11: 4}
-    assert store.query_tasks(P, 1) == {12: 3}
-    assert store.query_tasks(P, 2) == {}
-    assert store.query_task_round(P, 12) == (1, 3)
-    assert store.query_task_round(P, 99) is None
-    assert store.query_task_round("other", 10) is None
-
-
 def test_state_round_trip(store):
     assert store.get_state(P) == {}
     store.set_state(P, {"round": 2, "model_version": "r2", "sources": [3, 4]})
@@ -128,14 +117,12 @@ def test_state_round_trip(store):
 
 def test_everything_persists_across_reopen(path, store):
     put(store, 1, [(5, 9, 2)])
-    store.add_query_tasks(P, 0, [(10, 3)])
     store.set_state(P, {"round": 1})
     first = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 1}})
     second = store.add_event("other", "START_TRAINING", {})
     store.mark_event_done(first)
     reopened = LabelStore(path)
     assert table(reopened, 3) == [[5, 9, 2]]
-    assert reopened.query_tasks(P, 0) == {10: 3}
     assert reopened.get_state(P) == {"round": 1}
     assert reopened.pending_events() == [(second, "other", "START_TRAINING", {})]
     assert put(reopened, 1, [(5, 9, 2)]) is False

@@ -22,9 +22,11 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__
 from ..config import Config
-from .client import LabelStudioClient
+from ..engine.runtime import configure_torch
+from .client import client_from_config
 from .convert import LabelConfigError
-from .project.driver import ProjectDriver, ProjectMismatchError, known_projects, parse_project_uid
+from .project.context import known_projects
+from .project.driver import ProjectDriver, ProjectMismatchError
 from .worker import ProjectWorker
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Backend:
     def __init__(self, config: Config, client_factory: Callable[[Config], Any] | None = None,
                  start_workers: bool = True) -> None:
         self.config = config
-        self.client = (client_factory or _default_client)(config)
+        self.client = (client_factory or client_from_config)(config)
         self.start_workers = start_workers
         self._drivers: dict[int, ProjectDriver] = {}
         self._workers: dict[int, ProjectWorker] = {}
@@ -69,7 +71,7 @@ class Backend:
             driver = self.driver(project_id)
             if driver is not None:
                 log.info("project %d: resuming (phase %s, round %s, %s)", project_id, driver.phase,
-                         driver.state().get("round"), driver.model_version)
+                         driver.state().round, driver.model_version)
         return ids
 
     def driver(self, project_id: int, create: bool = False) -> ProjectDriver | None:
@@ -104,21 +106,23 @@ class Backend:
             worker.stop(timeout)
 
 
-def _default_client(config: Config) -> LabelStudioClient:
-    if not config.label_studio_api_key:
-        log.warning("LABEL_STUDIO_API_KEY is empty: the backend cannot import query tasks or read images from "
-                    "Label Studio; set it to an API token of a Label Studio user with access to the projects")
-    return LabelStudioClient(config.label_studio_url, config.label_studio_api_key)
-
-
 def create_app(config: Config | None = None, backend: Backend | None = None, recover: bool = True) -> Flask:
     """The Flask app. ``config`` defaults to ``Config.from_env()``; ``recover`` resumes projects under MODEL_DIR."""
     config = config or Config.from_env()
+    configure_torch(config)
     backend = backend or Backend(config)
     app = Flask(__name__)
     app.extensions["ovaal"] = backend
     if recover:
         backend.recover()
+    _add_guards(app, config)
+    _add_status_routes(app, backend)
+    _add_routes(app, backend)
+    return app
+
+
+def _add_guards(app: Flask, config: Config) -> None:
+    """Basic auth before every route but ``/`` and ``/health``, and JSON bodies for every error."""
 
     @app.before_request
     def _check_auth() -> Response | None:
@@ -148,10 +152,25 @@ def create_app(config: Config | None = None, backend: Backend | None = None, rec
         log.exception("%s %s failed", request.method, request.path)
         return jsonify(error=f"internal error: {type(err).__name__}: {err}"), 500
 
+
+def _add_status_routes(app: Flask, backend: Backend) -> None:
+    """``/`` and ``/health`` (open: Label Studio checks them before it has credentials) and ``/metrics``."""
+
     @app.get("/")
     @app.get("/health")
     def health() -> Response:
         return jsonify(status="UP", model_class=MODEL_CLASS, version=__version__)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        projects = {}
+        for project_id, driver in sorted(backend.projects().items()):
+            projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
+        return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects)
+
+
+def _add_routes(app: Flask, backend: Backend) -> None:
+    """label-studio-ml's project routes (/setup, /predict, /webhook, /train): parse, hand over, answer."""
 
     @app.post("/setup")
     def setup() -> Response:
@@ -206,21 +225,12 @@ def create_app(config: Config | None = None, backend: Backend | None = None, rec
         backend.wake(project_id)
         return jsonify(status="queued", action="START_TRAINING", event=event_id), 201
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        projects = {}
-        for project_id, driver in sorted(backend.projects().items()):
-            projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
-        return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects)
-
     def _known_driver(project_id: int) -> ProjectDriver:
         driver = backend.driver(project_id)
         if driver is None:
             raise BadRequest(f"unknown project {project_id}: connect the model to the project in Label Studio "
                              "(its /setup call registers the project)", 404)
         return driver
-
-    return app
 
 
 def _json_body() -> dict[str, Any]:
@@ -235,3 +245,16 @@ def _project_of(value: Any) -> tuple[int, str]:
         return parse_project_uid(value)
     except ValueError as err:
         raise BadRequest(str(err)) from None
+
+
+def parse_project_uid(value: Any) -> tuple[int, str]:
+    """Label Studio's ``"<id>.<created timestamp>"`` (or a bare id) as ``(id, uid)``.
+
+    Raises:
+        ValueError: It does not start with a positive integer id.
+    """
+    text = str(value if value is not None else "").strip()
+    head = text.split(".", 1)[0]
+    if not head.isdigit() or int(head) < 1:
+        raise ValueError(f"project must be Label Studio's '<id>.<timestamp>' or an id, got {value!r}")
+    return int(head), text

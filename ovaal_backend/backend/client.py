@@ -13,21 +13,15 @@ See docs/label-studio-notes.md for the measured behaviour of each call.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-import os
-import posixpath
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlparse
+from urllib.parse import urljoin, urlparse
 
-import numpy as np
 import requests
 
-from ..engine.data import load_rgb
-from ..files import write_atomically
+from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -225,54 +219,9 @@ class LabelStudioClient:
         return response.content
 
 
-class ImageFetcher:
-    """Task images as RGB arrays: straight from disk when possible, else downloaded once and cached.
-
-    Args:
-        client: For downloads.
-        cache_dir: Where downloaded files are kept (``MODEL_DIR/<project>/images``).
-        document_root: Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT`` as seen by the backend ("" = not shared).
-    """
-
-    def __init__(self, client: LabelStudioClient, cache_dir: str | Path, document_root: str = "") -> None:
-        self.client = client
-        self.cache_dir = Path(cache_dir)
-        self.document_root = Path(document_root).resolve() if document_root else None
-
-    def local_path(self, url: str) -> Path | None:
-        """The file a ``/data/local-files/?d=...`` URL names under the shared document root, if it exists there."""
-        if self.document_root is None or LOCAL_FILES_PREFIX not in url:
-            return None
-        values = parse_qs(urlparse(url).query, keep_blank_values=True).get("d")
-        if not values or not values[-1]:
-            return None
-        relative = posixpath.normpath(values[-1]).lstrip("/")
-        path = (self.document_root / relative).resolve()
-        if os.path.commonpath([path, self.document_root]) != str(self.document_root):
-            log.warning("ignoring local-files path %r: it leaves the document root", values[-1])
-            return None
-        return path if path.is_file() else None
-
-    def cached_path(self, url: str) -> Path:
-        """Where a download of ``url`` is cached (the name keeps the suffix so PIL can guess the format)."""
-        suffix = Path(urlparse(url).path).suffix or Path(parse_qs(urlparse(url).query).get("d", [""])[-1]).suffix
-        digest = hashlib.sha1(url.encode()).hexdigest()[:20]
-        return self.cache_dir / f"{digest}{suffix.lower()[:8]}"
-
-    def load(self, url: str, task_id: int | None = None) -> np.ndarray:
-        """The image as (H, W, 3) uint8 RGB.
-
-        Raises:
-            LabelStudioError: It could not be downloaded.
-            ValueError: The bytes are not an image.
-        """
-        path = self.local_path(url)
-        if path is None:
-            path = self.cached_path(url)
-            if not path.is_file():
-                data = self.client.download(url, task_id)
-                write_atomically(path, lambda handle: handle.write(data))
-        try:
-            return load_rgb(path)
-        except OSError as err:
-            raise ValueError(f"{url} is not an image PIL can read ({err})") from err
+def client_from_config(config: Config) -> LabelStudioClient:
+    """The client for LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY (a warning when the key is empty)."""
+    if not config.label_studio_api_key:
+        log.warning("LABEL_STUDIO_API_KEY is empty: the backend cannot import query tasks or read images from "
+                    "Label Studio; set it to an API token of a Label Studio user with access to the projects")
+    return LabelStudioClient(config.label_studio_url, config.label_studio_api_key)

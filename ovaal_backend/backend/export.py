@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import IGNORE_INDEX, Config
-from .project.driver import ProjectDriver, project_dir, remap_points
+from .project.context import ProjectContext, known_projects, project_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,60 +32,72 @@ NO_CLASS = 255
 def export_project(config: Config, project_id: int, out_dir: str | Path, client: Any) -> list[Path]:
     """Write label maps and previews of every source image; returns the label map paths.
 
+    Reads the project's state, clicks and source list from MODEL_DIR; Label Studio is asked only for images not
+    cached there.
+
     Raises:
         FileNotFoundError: MODEL_DIR has no state for this project, or it never listed its source tasks.
     """
-    driver = ProjectDriver(config, project_id, client)
-    if not driver.is_set_up:
+    if project_id not in known_projects(config):
         raise FileNotFoundError(f"{project_dir(config, project_id)} holds no project: is MODEL_DIR right, and was "
                                 "the model connected to this project?")
-    sources_file = driver.root / "sources.json"
-    if not sources_file.is_file():
-        raise FileNotFoundError(f"{sources_file} is missing: the backend has not seen this project's images yet")
-    sources = {int(k): v for k, v in json.loads(sources_file.read_text()).items()}
-    state = driver.state()
-    classes = list(state["classes"])
-    if len(classes) >= NO_CLASS:
-        raise ValueError(f"{len(classes)} classes do not fit an 8-bit label map with {NO_CLASS} as 'none'")
-    colours = class_colours(state["label_config"], classes)
-    palette = np.array(colours + [(0, 0, 0)] * (256 - len(colours)), dtype=np.uint8)
-    clicks = remap_points(driver.store.labelled_points(driver.key), state["label_names"], classes)
-    learner = driver.serving_learner()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = ProjectContext(config, project_id, client)
+    state = ctx.state
+    sources = ctx.rounds.sources(ctx.key)
+    if not state.is_set_up or not sources:
+        raise FileNotFoundError(f"{ctx.root}: the backend has not seen this project's images yet")
+    if len(state.classes) >= NO_CLASS:
+        raise ValueError(f"{len(state.classes)} classes do not fit an 8-bit label map with {NO_CLASS} as 'none'")
+    colours = class_colours(state.label_config, state.classes)
+    learner = ctx.model.serving(state.version, state.generation, len(state.classes))
     ids = sorted(sources)
     predicted: dict[int, np.ndarray] = {}
     if learner is not None:
-        predicted = {tid: class_map for tid, class_map, _ in
-                     driver.predict_class_maps(learner, ids, [sources[tid] for tid in ids])}
-    written, files = [], {}
+        urls = [ctx.image_url(sources[tid]) for tid in ids]
+        predicted = {tid: class_map for tid, class_map, _ in ctx.model.class_maps(learner, ids, urls)}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clicks = ctx.points_by_source()
+    files = {}
     for tid in ids:
         label_map = predicted.get(tid)
         if label_map is None:
-            try:
-                height, width = driver.pool_image(tid, sources[tid]).size
-            except Exception as err:
-                log.error("task %d: cannot read its image, skipped: %s", tid, err)
+            label_map = _empty_map(ctx, tid, sources[tid])
+            if label_map is None:
                 continue
-            label_map = np.full((height, width), NO_CLASS, dtype=np.int64)
-        label_map = label_map.astype(np.uint8)
-        table = clicks.get(tid)
-        if table is not None:
-            keep = table[:, 2] != IGNORE_INDEX
-            label_map[table[keep, 0], table[keep, 1]] = table[keep, 2]
-        stem = f"task{tid}_{_image_stem(sources[tid].get(driver.iface.image_key, ''))}"
-        path = out / f"{stem}.png"
-        Image.fromarray(label_map).save(path)
-        Image.fromarray(palette[label_map]).save(out / f"{stem}_color.png")
-        written.append(path)
-        files[path.name] = tid
+        files[_write_maps(out, tid, sources[tid].get(ctx.iface.image_key, ""), label_map, clicks.get(tid),
+                          colours)] = tid
+    version = ctx.model_version if learner is not None else None
     (out / "classes.json").write_text(json.dumps({
-        "classes": classes, "ignore_index": NO_CLASS, "colors": [list(c) for c in colours],
-        "model_version": driver.model_version if learner is not None else None, "phase": state["phase"],
-        "files": files}, indent=2))
-    log.info("exported %d label maps of project %d (%s) to %s", len(written), project_id,
-             driver.model_version if learner is not None else "no model", out)
-    return written
+        "classes": state.classes, "ignore_index": NO_CLASS, "colors": [list(c) for c in colours],
+        "model_version": version, "phase": state.phase, "files": files}, indent=2))
+    log.info("exported %d label maps of project %d (%s) to %s", len(files), project_id, version or "no model", out)
+    return [out / name for name in files]
+
+
+def _empty_map(ctx: ProjectContext, task_id: int, data: dict[str, Any]) -> np.ndarray | None:
+    """A map with no class at the image's size (no model yet), or None when the image cannot be read."""
+    try:
+        height, width = ctx.model.image(task_id, ctx.image_url(data)).size
+    except Exception as err:
+        log.error("task %d: cannot read its image, skipped: %s", task_id, err)
+        return None
+    return np.full((height, width), NO_CLASS, dtype=np.int64)
+
+
+def _write_maps(out: Path, task_id: int, url: str, label_map: np.ndarray, clicks: np.ndarray | None,
+                colours: list[tuple[int, int, int]]) -> str:
+    """The label map (clicks on top of the model's prediction) and its colour preview; returns the map's name."""
+    label_map = label_map.astype(np.uint8)
+    if clicks is not None:
+        height, width = label_map.shape
+        keep = (clicks[:, 2] != IGNORE_INDEX) & (clicks[:, 0] < height) & (clicks[:, 1] < width)
+        label_map[clicks[keep, 0], clicks[keep, 1]] = clicks[keep, 2]
+    palette = np.array(colours + [(0, 0, 0)] * (256 - len(colours)), dtype=np.uint8)
+    stem = f"task{task_id}_{_image_stem(url)}"
+    Image.fromarray(label_map).save(out / f"{stem}.png")
+    Image.fromarray(palette[label_map]).save(out / f"{stem}_color.png")
+    return f"{stem}.png"
 
 
 def class_colours(label_config: str, classes: list[str]) -> list[tuple[int, int, int]]:

@@ -12,19 +12,14 @@ Nothing is ever deleted except by ``delete_annotations`` (and by an annotation r
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ..config import IGNORE_INDEX
-
-_SCHEMA_VERSION = 1
+from .sqlite import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotations (
@@ -48,14 +43,6 @@ CREATE TABLE IF NOT EXISTS points (
     label INTEGER NOT NULL,
     PRIMARY KEY (project, annotation_id, row, col)
 );
-CREATE TABLE IF NOT EXISTS query_tasks (
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    round_index INTEGER NOT NULL,
-    source_task_id INTEGER NOT NULL,
-    PRIMARY KEY (project, task_id)
-);
-CREATE INDEX IF NOT EXISTS query_tasks_round ON query_tasks (project, round_index);
 CREATE TABLE IF NOT EXISTS project_state (
     project TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -73,7 +60,7 @@ CREATE INDEX IF NOT EXISTS events_pending ON events (done_at, id);
 """
 
 
-class LabelStore:
+class LabelStore(SqliteFile):
     """Durable label state of every project a backend serves.
 
     Args:
@@ -88,46 +75,7 @@ class LabelStore:
         [[5, 9, 2]]
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._lock, closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
-
-    def _connect(self) -> sqlite3.Connection:
-        """A fresh connection in autocommit mode, so transactions are exactly the ones ``_write`` opens.
-
-        WAL mode is a property of the file, set once in ``__init__``. ``synchronous = NORMAL`` skips the fsync per
-        commit: with WAL a commit still survives the process being killed, and only a power cut may lose the last
-        few, which a re-sync from the Label Studio API can recover.
-        """
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.execute("PRAGMA synchronous = NORMAL")
-        return db
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A connection for queries; WAL gives it a consistent snapshot per statement without blocking writers."""
-        with closing(self._connect()) as db:
-            yield db
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, committed on success and rolled back on error.
-
-        ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction that reads before it writes cannot fail
-        half-way when another process writes too; the thread lock spares threads of this process the busy wait.
-        """
-        with self._lock, closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    SCHEMA = _SCHEMA
 
     # --- annotations -------------------------------------------------------------------------------------------
 
@@ -223,28 +171,6 @@ class LabelStore:
             rows = db.execute("SELECT DISTINCT task_id FROM annotations WHERE project = ? AND round_index = ?",
                               (project, int(round_index))).fetchall()
         return {r[0] for r in rows}
-
-    # --- query tasks -------------------------------------------------------------------------------------------
-
-    def add_query_tasks(self, project: str, round_index: int, rows: Iterable[tuple[int, int]]) -> None:
-        """Record the query tasks created for a round as ``(query_task_id, source_task_id)`` pairs."""
-        values = [(project, int(task), int(round_index), int(source)) for task, source in rows]
-        with self._write() as db:
-            db.executemany("INSERT OR REPLACE INTO query_tasks VALUES (?, ?, ?, ?)", values)
-
-    def query_tasks(self, project: str, round_index: int) -> dict[int, int]:
-        """``query_task_id -> source_task_id`` for a round."""
-        with self._read() as db:
-            rows = db.execute("SELECT task_id, source_task_id FROM query_tasks WHERE project = ? AND round_index = ?",
-                              (project, int(round_index))).fetchall()
-        return dict(rows)
-
-    def query_task_round(self, project: str, task_id: int) -> tuple[int, int] | None:
-        """``(round_index, source_task_id)`` of a query task, or None if the task is not one of ours."""
-        with self._read() as db:
-            row = db.execute("SELECT round_index, source_task_id FROM query_tasks WHERE project = ? AND task_id = ?",
-                             (project, int(task_id))).fetchone()
-        return None if row is None else (row[0], row[1])
 
     # --- project state -----------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ..config import Config
 from .acquisition import get_scorer, score_binary_entropy, select_per_class, select_random, select_top
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
+from .runtime import resolve_device
 from .train import TrainResult, build_optimizer, train_model
 from .weights import get_normalization
 
@@ -27,16 +28,6 @@ log = logging.getLogger(__name__)
 
 RANDOM_QUERY = -1
 """``query_class`` of a pixel chosen at random (round 0, or the random baseline) rather than by one class."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means CUDA when present, else CPU; asking for CUDA without one is an error, not a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but torch sees no CUDA device here: use device=auto or cpu")
-    return device
 
 
 @dataclass(frozen=True)
@@ -89,8 +80,6 @@ class ActiveLearner:
         self.config = config
         self.num_classes = num_classes
         self.device = device or resolve_device(config.device)
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.normalization = get_normalization(config.encoder_weights)
         torch.manual_seed(config.seed)

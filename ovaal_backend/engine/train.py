@@ -123,16 +123,12 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
         return TrainResult(0, 0, 0.0, float("nan"))
     if semi and not model.is_ova:
         raise ValueError("the OVAAL+ semi-supervised loss needs an OVA classifier (ova-shared or ova-separate)")
-    model.to(device).train()
-    teacher = copy.deepcopy(model).eval() if semi else None
-    optimizer = optimizer or build_optimizer(model, config)
     batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
-    schedule = build_schedule(optimizer, config, epochs * steps_per_epoch)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    run = _Run(model, config, device, normalization, optimizer or build_optimizer(model, config),
+               epochs * steps_per_epoch, copy.deepcopy(model).eval() if semi else None)
     augment = Augmentation(config.scale_min, config.scale_max, True, config.color_jitter)
-    mean, std = normalization
+    model.to(device).train()
     iterations, last_loss = 0, float("nan")
     bar = tqdm(total=epochs * steps_per_epoch, desc="semi" if semi else "train", disable=not progress,
                leave=False, dynamic_ncols=True)
@@ -141,30 +137,47 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
         order = (order * batch_size)[:max(len(order), batch_size)]
         for step in range(steps_per_epoch):
             batch_index = [pool[j] for j in order[step * batch_size:(step + 1) * batch_size]]
-            batch = make_batch(images, points, original_sizes, batch_index, augment, generator)
-            inputs = normalize(batch.images.to(device, non_blocking=True), mean, std)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(inputs)
-                loss = point_loss(model, logits, batch.points, config)
-                if teacher is not None:
-                    weak = normalize(batch.weak.to(device, non_blocking=True), mean, std)
-                    loss = loss + config.semi_alpha * semi_loss(logits, teacher, batch, weak, config)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            if teacher is not None and config.semi_teacher == "ema":
-                update_ema(teacher, model, config.semi_ema_decay)
+            last_loss = run.step(make_batch(images, points, original_sizes, batch_index, augment, generator))
             iterations += 1
-            last_loss = float(loss.detach())
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}")
     bar.close()
-    for group in optimizer.param_groups:  # a kept optimiser starts the next round's schedule from the base rate
+    for group in run.optimizer.param_groups:  # a kept optimiser starts the next round's schedule from the base rate
         group["lr"] = config.lr
     model.eval()
     return TrainResult(epochs, iterations, time.perf_counter() - started, last_loss)
+
+
+class _Run:
+    """The moving parts of one training run: optimiser, schedule, mixed-precision scaler and OVAAL+ teacher."""
+
+    def __init__(self, model: SegmentationClassifier, config: Config, device: torch.device,
+                 normalization: tuple[Sequence[float], Sequence[float]], optimizer: torch.optim.Optimizer,
+                 total_steps: int, teacher: SegmentationClassifier | None) -> None:
+        self.model, self.config, self.device, self.normalization = model, config, device, normalization
+        self.optimizer, self.teacher = optimizer, teacher
+        self.schedule = build_schedule(optimizer, config, total_steps)
+        self.use_amp = config.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def step(self, batch: Batch) -> float:
+        """One optimiser step on one batch; returns its loss."""
+        mean, std = self.normalization
+        inputs = normalize(batch.images.to(self.device, non_blocking=True), mean, std)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.model(inputs)
+            loss = point_loss(self.model, logits, batch.points, self.config)
+            if self.teacher is not None:
+                weak = normalize(batch.weak.to(self.device, non_blocking=True), mean, std)
+                loss = loss + self.config.semi_alpha * semi_loss(logits, self.teacher, batch, weak, self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        if self.teacher is not None and self.config.semi_teacher == "ema":
+            update_ema(self.teacher, self.model, self.config.semi_ema_decay)
+        return float(loss.detach())
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:

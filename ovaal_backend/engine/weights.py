@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Protocol
 
 import torch
-
-from .model import SegmentationClassifier
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +23,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TFLITE_MEAN = (0.5, 0.5, 0.5)
 TFLITE_STD = (0.5, 0.5, 0.5)
+
+
+class HasEncoders(Protocol):
+    """What loading needs of a classifier (model.py builds it; this module only loads, so it never imports model)."""
+
+    encoder_name: str
+
+    def encoders(self) -> list[torch.nn.Module]: ...
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -41,7 +48,7 @@ def get_normalization(encoder_weights: str) -> tuple[tuple[float, ...], tuple[fl
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def load_encoder_weights(model: SegmentationClassifier, source: str) -> None:
+def load_encoder_weights(model: HasEncoders, source: str) -> None:
     """Load pretrained weights into every encoder of ``model``.
 
     Args:
@@ -105,7 +112,7 @@ def _lite0_offline_state(encoder_name: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _hub_imagenet_state(model: SegmentationClassifier) -> dict[str, torch.Tensor]:
+def _hub_imagenet_state(model: HasEncoders) -> dict[str, torch.Tensor]:
     """ImageNet weights through smp's hub download; without internet, a clear error with the offline options."""
     import segmentation_models_pytorch as smp
 

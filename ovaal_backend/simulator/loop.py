@@ -18,6 +18,8 @@ from ..config import IGNORE_INDEX, Config
 from ..engine.data import SegmentationFolder, resize_images
 from ..engine.learner import ActiveLearner, Queries
 from ..engine.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
+from ..engine.rounds import RoundPlan
+from ..engine.runtime import configure_torch
 from ..engine.train import save_checkpoint
 from .presets import METHODS
 
@@ -99,99 +101,121 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
     for name in semi_ablations:
         if name not in SEMI_ABLATIONS:
             raise ValueError(f"unknown OVAAL+ ablation {name!r}: choose from {', '.join(SEMI_ABLATIONS)}")
-    train_folder, eval_folder = SegmentationFolder(train_dir), SegmentationFolder(eval_dir)
-    classes = train_folder.info.classes
-    if eval_folder.info.classes != classes:
-        raise ValueError(f"{train_dir} and {eval_dir} list different classes")
-    learner = ActiveLearner(config, len(classes))
-    train_chosen = select_images(train_folder, max_train, train_prefixes)
-    eval_chosen = select_images(eval_folder, max_eval, eval_prefixes)
-    if Path(train_dir).resolve() == Path(eval_dir).resolve() and set(train_chosen) & set(eval_chosen):
-        raise ValueError("the training pool and the evaluation set share images: use disjoint prefixes")
-    train_images, train_labels, train_sizes = _load_split(train_folder, train_chosen, config, "train", progress)
-    eval_images, eval_labels, eval_sizes = _load_split(eval_folder, eval_chosen, config, "eval", progress)
-    oracle = Oracle(train_labels)
-    excluded = [label == IGNORE_INDEX for label in train_labels] if config.exclude_void else None
-    points = [np.zeros((0, 3), dtype=np.int64) for _ in train_labels]
-    acquired: list[list[np.ndarray]] = [[] for _ in train_labels]
-    rounds: list[dict[str, Any]] = []
-    total_pixels = sum(h * w for h, w in train_sizes)
-    started = time.perf_counter()
+    configure_torch(config)
+    sim = Simulation(config, train_dir, eval_dir, (max_train, train_prefixes), (max_eval, eval_prefixes), progress)
+    sim.on_round = on_round
+    sim.active_rounds()
+    if checkpoint:
+        save_checkpoint(checkpoint, sim.learner.state_dict())
+    finals = sim.final_phases(semi_ablations)
+    return sim.result(finals, train_prefixes, eval_prefixes)
 
-    def measure(model: ActiveLearner, round_index: int, phase: str, train_seconds: float,
+
+class Simulation:
+    """One simulated loop: the pool with its oracle, the evaluation set, the learner and what each round measured."""
+
+    def __init__(self, config: Config, train_dir: str | Path, eval_dir: str | Path,
+                 train_subset: tuple[int, Sequence[str]], eval_subset: tuple[int, Sequence[str]],
+                 progress: bool) -> None:
+        train_folder, eval_folder = SegmentationFolder(train_dir), SegmentationFolder(eval_dir)
+        self.classes = train_folder.info.classes
+        if eval_folder.info.classes != self.classes:
+            raise ValueError(f"{train_dir} and {eval_dir} list different classes")
+        train_chosen = select_images(train_folder, *train_subset)
+        eval_chosen = select_images(eval_folder, *eval_subset)
+        if Path(train_dir).resolve() == Path(eval_dir).resolve() and set(train_chosen) & set(eval_chosen):
+            raise ValueError("the training pool and the evaluation set share images: use disjoint prefixes")
+        self.config, self.plan, self.progress = config, RoundPlan.from_config(config), progress
+        self.images, labels, self.sizes = _load_split(train_folder, train_chosen, config, "train", progress)
+        self.eval = _load_split(eval_folder, eval_chosen, config, "eval", progress)
+        self.oracle = Oracle(labels)
+        self.excluded = [label == IGNORE_INDEX for label in labels] if config.exclude_void else None
+        self.points = [np.zeros((0, 3), dtype=np.int64) for _ in labels]
+        self.acquired: list[list[np.ndarray]] = [[] for _ in labels]
+        self.rounds: list[dict[str, Any]] = []
+        self.learner = ActiveLearner(config, len(self.classes))
+        self.on_round: Callable[[dict[str, Any]], None] | None = None
+        self.started = time.perf_counter()
+
+    def measure(self, model: ActiveLearner, round_index: int, phase: str, train_seconds: float,
                 select_seconds: float) -> dict[str, Any]:
-        confusion = evaluate(model, eval_images, eval_labels, eval_sizes)
+        """Evaluate ``model`` and describe the round: labelled pixels so far, mIoU, per-class IoU, timings."""
+        confusion = evaluate(model, *self.eval)
         iou = iou_per_class(confusion)
-        answered = sum(len(p) for p in points)
-        void = sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in points)
+        answered = sum(len(p) for p in self.points)
+        total_pixels = sum(h * w for h, w in self.sizes)
         entry = {
             "round": round_index, "phase": phase,
-            "labelled_pixels": answered, "labelled_pixels_per_image": answered / len(points),
-            "labelled_fraction": answered / total_pixels, "void_answers": void,
+            "labelled_pixels": answered, "labelled_pixels_per_image": answered / len(self.points),
+            "labelled_fraction": answered / total_pixels,
+            "void_answers": sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in self.points),
             "miou": mean_iou(confusion),
-            "per_class_iou": {c: (None if torch.isnan(v) else float(v) * 100) for c, v in zip(classes, iou)},
+            "per_class_iou": {c: (None if torch.isnan(v) else float(v) * 100) for c, v in zip(self.classes, iou)},
             "train_seconds": train_seconds, "select_seconds": select_seconds,
-            "elapsed_seconds": time.perf_counter() - started,
+            "elapsed_seconds": time.perf_counter() - self.started,
         }
         log.info("round %d (%s) | %.1f px/img (%.4f %%) | mIoU %.2f | train %.0f s | select %.0f s", round_index,
                  phase, entry["labelled_pixels_per_image"], 100 * entry["labelled_fraction"], entry["miou"],
                  train_seconds, select_seconds)
         return entry
 
-    def record(round_index: int, phase: str, train_seconds: float, select_seconds: float) -> None:
-        entry = measure(learner, round_index, phase, train_seconds, select_seconds)
-        rounds.append(entry)
-        if on_round:
-            on_round(entry)
+    def record(self, round_index: int, phase: str, train_seconds: float, select_seconds: float) -> None:
+        entry = self.measure(self.learner, round_index, phase, train_seconds, select_seconds)
+        self.rounds.append(entry)
+        if self.on_round:
+            self.on_round(entry)
 
-    for round_index in range(config.rounds + 1):
-        t0 = time.perf_counter()
-        n = config.init_pixels if round_index == 0 else config.pixels_per_round
-        queries = learner.query(train_images, points, train_sizes, n, random=round_index == 0, excluded=excluded)
-        for i, q in enumerate(queries):
-            answers = oracle.answer(i, q)
-            points[i] = np.concatenate([points[i], answers])
-            if round_index > 0:
-                acquired[i].append(answers)
-        select_seconds = time.perf_counter() - t0
-        result = learner.train(train_images, points, train_sizes, progress=progress)
-        record(round_index, "active", result.seconds, select_seconds)
-    if checkpoint:
-        save_checkpoint(checkpoint, learner.state_dict())
+    def active_rounds(self) -> None:
+        """Round 0 (random) and the acquisition rounds, each answered by the oracle and followed by a training."""
+        for round_index in range(self.plan.rounds + 1):
+            t0 = time.perf_counter()
+            queries = self.learner.query(self.images, self.points, self.sizes, self.plan.pixels(round_index),
+                                         random=self.plan.is_random(round_index), excluded=self.excluded)
+            for i, q in enumerate(queries):
+                answers = self.oracle.answer(i, q)
+                self.points[i] = np.concatenate([self.points[i], answers])
+                if round_index > 0:
+                    self.acquired[i].append(answers)
+            select_seconds = time.perf_counter() - t0
+            result = self.learner.train(self.images, self.points, self.sizes, progress=self.progress)
+            self.record(round_index, "active", result.seconds, select_seconds)
 
-    def final_twin(semi: bool, changes: dict[str, Any]) -> dict[str, Any]:
-        """The same final phase on a copy of the learner (identical weights and random state): a paired ablation."""
-        twin = copy.deepcopy(learner)
-        twin.config = config.replace(**changes)
-        result = twin.train(train_images, points, train_sizes, semi=semi, final=True, progress=progress)
-        return measure(twin, config.rounds + 1, "semi" if semi else "final", result.seconds, 0.0)
+    def final_twin(self, semi: bool, changes: dict[str, Any]) -> dict[str, Any]:
+        """The final phase on a copy of the learner (identical weights and random state): a paired ablation."""
+        twin = copy.deepcopy(self.learner)
+        twin.config = self.config.replace(**changes)
+        result = twin.train(self.images, self.points, self.sizes, semi=semi, final=True, progress=self.progress)
+        return self.measure(twin, self.plan.rounds + 1, "semi" if semi else "final", result.seconds, 0.0)
 
-    without_semi, variants = None, {}
-    if config.semi_epochs > 0:
-        if config.semi:
-            without_semi = final_twin(False, {})  # OVAAL: the same final epochs without the semi-supervised loss
-            variants = {name: final_twin(True, SEMI_ABLATIONS[name]) for name in semi_ablations}
-        result = learner.train(train_images, points, train_sizes, semi=config.semi, final=True, progress=progress)
-        record(config.rounds + 1, "semi" if config.semi else "final", result.seconds, 0.0)
+    def final_phases(self, semi_ablations: Sequence[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The final phase; an OVAAL+ run also measures it without the semi loss (OVAAL) and with each ablation."""
+        without_semi, variants = None, {}
+        if self.plan.has_final_phase(self.plan.rounds):
+            if self.plan.semi:
+                without_semi = self.final_twin(False, {})
+                variants = {name: self.final_twin(True, SEMI_ABLATIONS[name]) for name in semi_ablations}
+            result = self.learner.train(self.images, self.points, self.sizes, semi=self.plan.semi, final=True,
+                                        progress=self.progress)
+            self.record(self.plan.rounds + 1, "semi" if self.plan.semi else "final", result.seconds, 0.0)
+        return without_semi, variants
 
-    chosen = [np.concatenate(a) if a else np.zeros((0, 3), dtype=np.int64) for a in acquired]
-    all_labels = np.concatenate([c[:, 2] for c in chosen]) if chosen else np.zeros(0, dtype=np.int64)
-    return {
-        "method": method_name(config),
-        "config": config.to_dict(),
-        "classes": list(classes),
-        "train_images": len(train_labels), "eval_images": len(eval_labels),
-        "train_prefixes": list(train_prefixes), "eval_prefixes": list(eval_prefixes),
-        "void_policy": "excluded from candidates (PixelPick)" if config.exclude_void
-        else "queried, answered void, costs budget, trains nothing",
-        "rounds": rounds,
-        "diversity": {"spatial": spatial_diversity(chosen), "semantic": semantic_diversity(all_labels, len(classes)),
-                      "pixels": int(len(all_labels))},
-        "final_without_semi": without_semi,
-        "semi_ablations": variants,
-        "device": str(learner.device),
-        "total_seconds": time.perf_counter() - started,
-    }
+    def result(self, finals: tuple[dict[str, Any] | None, dict[str, Any]], train_prefixes: Sequence[str],
+               eval_prefixes: Sequence[str]) -> dict[str, Any]:
+        """The RESULT.json dictionary."""
+        chosen = [np.concatenate(a) if a else np.zeros((0, 3), dtype=np.int64) for a in self.acquired]
+        all_labels = np.concatenate([c[:, 2] for c in chosen]) if chosen else np.zeros(0, dtype=np.int64)
+        return {
+            "method": method_name(self.config), "config": self.config.to_dict(), "classes": list(self.classes),
+            "train_images": len(self.points), "eval_images": len(self.eval[1]),
+            "train_prefixes": list(train_prefixes), "eval_prefixes": list(eval_prefixes),
+            "void_policy": "excluded from candidates (PixelPick)" if self.config.exclude_void
+            else "queried, answered void, costs budget, trains nothing",
+            "rounds": self.rounds,
+            "diversity": {"spatial": spatial_diversity(chosen), "pixels": int(len(all_labels)),
+                          "semantic": semantic_diversity(all_labels, len(self.classes))},
+            "final_without_semi": finals[0], "semi_ablations": finals[1],
+            "device": str(self.learner.device), "total_seconds": time.perf_counter() - self.started,
+        }
 
 
 def write_result(result: dict[str, Any], out: str | Path) -> None:

@@ -1,13 +1,13 @@
-"""One project's model and images: the checkpoint on disk, the current version's learner in memory, and the source
-images resized for it. The round logic (project.py) decides which version and generation it wants; this module only
-loads, keeps and applies models, safely from several threads (one forward pass at a time).
+"""One project's serving model and images: the checkpoint on disk (written by round jobs), the current version's
+learner in memory, and the source images resized for it. The state machine decides which version and generation it
+wants; this module only loads, keeps and applies models, safely from several threads (one forward pass at a time).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,10 @@ import torch
 
 from ...config import Config
 from ...engine.data import to_tensor_resized
+from ...engine.job import predict_masks
 from ...engine.learner import ActiveLearner
-from ...engine.model import winner_takes_all
-from ...engine.train import load_checkpoint, save_checkpoint
-from ..client import ImageFetcher
+from ...engine.train import load_checkpoint
+from ..images import ImageFetcher
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,6 @@ class ProjectModel:
         """The saved checkpoint (learner state plus its version, generation, classes), or None."""
         return load_checkpoint(self.path) if self.path.is_file() else None
 
-    def new_learner(self, num_classes: int, generation: int, fine_tune: bool) -> ActiveLearner:
-        """A learner for ``num_classes``; with ``fine_tune`` it starts from the saved weights of ``generation``."""
-        learner = ActiveLearner(self.config, num_classes)
-        checkpoint = self.read_checkpoint() if fine_tune else None
-        if checkpoint is not None and checkpoint["generation"] == generation:
-            learner.load_state_dict(checkpoint["learner"])
-        return learner
-
-    def save(self, learner: ActiveLearner, version: int, generation: int, **meta: Any) -> None:
-        """Write the checkpoint atomically and serve ``learner`` as ``version`` of ``generation`` from now on."""
-        save_checkpoint(self.path, {"learner": learner.state_dict(), "version": version, "generation": generation,
-                                    **meta})
-        with self._lock:
-            self._serving, self._serving_key = learner, (generation, version)
-
     def serving(self, version: int, generation: int, num_classes: int) -> ActiveLearner | None:
         """The learner of ``version`` (loaded from disk on first use), or None when its weights do not exist."""
         with self._lock:
@@ -106,10 +91,9 @@ class ProjectModel:
             self._pool[task_id] = image
         return image
 
-    def batch(self, task_ids: list[int], urls: list[str]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """(N, 3, h, w) uint8 images and their original sizes, in ``task_ids`` order."""
-        images = [self.image(tid, url) for tid, url in zip(task_ids, urls, strict=True)]
-        return torch.stack([i.tensor for i in images]), [i.size for i in images]
+    def image_path(self, task_id: int, url: str) -> Path:
+        """A file holding the task's image (downloaded and cached first if needed), for a round job to read."""
+        return self.fetcher.path(url, task_id)
 
     def class_maps(self, learner: ActiveLearner, task_ids: list[int], urls: list[str]
                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -124,23 +108,9 @@ class ProjectModel:
                 loaded.append((task_id, self.image(task_id, url)))
             except Exception as err:  # a broken image must not fail the other tasks
                 log.error("project %s: task %d: cannot read its image: %s", self.path.parent.name, task_id, err)
-        for group in batches_by_size(loaded, self.config.predict_batch):
-            images = torch.stack([image.tensor for _, image in group])
-            with self.forward_lock:
-                probabilities = learner.predict_probabilities(images, group[0][1].size)
-            class_maps = winner_takes_all(probabilities).cpu().numpy()
-            confidence = probabilities.max(1).values.float().cpu().numpy()
-            for b, (task_id, _) in enumerate(group):
-                yield task_id, class_maps[b].astype(np.int64), confidence[b]
-
-
-def batches_by_size(items: list[tuple[int, PoolImage]], size: int) -> Iterable[list[tuple[int, PoolImage]]]:
-    """Consecutive runs of images with the same original size, at most ``size`` long."""
-    group: list[tuple[int, PoolImage]] = []
-    for item in items:
-        if group and (len(group) == size or item[1].size != group[0][1].size):
-            yield group
-            group = []
-        group.append(item)
-    if group:
-        yield group
+        if not loaded:
+            return iter(())
+        images = torch.stack([image.tensor for _, image in loaded])
+        with self.forward_lock:
+            return iter(list(predict_masks(learner, [tid for tid, _ in loaded], images,
+                                           [image.size for _, image in loaded], self.config.predict_batch)))

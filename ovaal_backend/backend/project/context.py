@@ -1,0 +1,152 @@
+"""What every part of a project shares: its settings, Label Studio client, stores, pool and typed state.
+
+The state is read and changed only through ``ProjectContext`` (under one lock, saved to SQLite on every change), so
+request threads and the project's worker see one consistent state.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...config import IGNORE_INDEX, Config
+from ..client import LabelStudioClient
+from ..convert import LabelConfigError, LabelInterface
+from ..images import ImageFetcher
+from ..round_store import RoundStore
+from ..store import LabelStore
+from .pool import ProjectModel
+from .state import QUERY_MARKER, ProjectState, version_name
+
+STATE_FILE = "labels.sqlite3"
+
+
+def project_dir(config: Config, project_id: int) -> Path:
+    """Where one project's state lives: ``MODEL_DIR/<project id>``."""
+    return Path(config.model_dir) / str(int(project_id))
+
+
+def known_projects(config: Config) -> list[int]:
+    """Ids of the projects with state under MODEL_DIR (restart recovery)."""
+    root = Path(config.model_dir)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / STATE_FILE).is_file())
+
+
+def parse_label_config(xml: str, config: Config) -> LabelInterface:
+    """The label config as this backend needs it: a KeyPointLabels control with an ignore label.
+
+    Raises:
+        LabelConfigError: The config cannot drive the loop; the message says what to add.
+    """
+    iface = LabelInterface.parse(xml, config.query_from_name, config.mask_from_name)
+    if iface.query_from_name is None:
+        raise LabelConfigError('the backend asks annotators about points: add <KeyPointLabels name="query" '
+                               'toName="image"> with one <Label> per class and an ignore label')
+    if iface.ignore_label is None:
+        raise LabelConfigError('add an ignore label to the KeyPointLabels control, e.g. <Label value="ignore" '
+                               'ovaal="ignore"/>: annotators need a "can\'t tell" answer, and random round-0 points '
+                               "are pre-labelled with it so a careless submit stores nothing wrong")
+    return iface
+
+
+class ProjectContext:
+    """One project's shared parts.
+
+    Args:
+        config: Settings (engine and server).
+        project_id: Label Studio's project id.
+        client: Calls to Label Studio.
+    """
+
+    def __init__(self, config: Config, project_id: int, client: LabelStudioClient) -> None:
+        self.config = config
+        self.project_id = int(project_id)
+        self.key = str(self.project_id)
+        self.root = project_dir(config, project_id)
+        self.client = client
+        self.store = LabelStore(self.root / STATE_FILE)
+        self.rounds = RoundStore(self.root / STATE_FILE)
+        self.model = ProjectModel(config, self.root, ImageFetcher(client, self.root / "images",
+                                                                  config.label_studio_local_files_document_root))
+        self._lock = threading.RLock()
+        saved = self.store.get_state(self.key)
+        self._state = ProjectState.from_dict(saved) if saved else ProjectState()
+        self._iface: LabelInterface | None = None
+
+    # --- state ---------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ProjectState:
+        """A copy of the current state (changing it changes nothing: use ``update``)."""
+        with self._lock:
+            return self._state.copy()
+
+    def update(self, **changes: Any) -> None:
+        """Change fields of the state and save it."""
+        with self._lock:
+            for name, value in changes.items():
+                if not hasattr(self._state, name):
+                    raise AttributeError(f"ProjectState has no field {name!r}")
+                setattr(self._state, name, value)
+            if "label_config" in changes:
+                self._iface = None
+            self.store.set_state(self.key, self._state.to_dict())
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while a decision reads and then changes the state."""
+        return self._lock
+
+    @property
+    def model_version(self) -> str:
+        return version_name(self.state.version)
+
+    @property
+    def iface(self) -> LabelInterface:
+        """The parsed label config of the project."""
+        with self._lock:
+            if self._iface is None:
+                self._iface = parse_label_config(self._state.label_config, self.config)
+            return self._iface
+
+    # --- the pool --------------------------------------------------------------------------------------------------
+
+    def image_url(self, data: dict[str, Any]) -> str:
+        url = data.get(self.iface.image_key)
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"task data has no {self.iface.image_key!r} image URL")
+        return url
+
+    def list_sources(self) -> dict[int, dict[str, Any]]:
+        """Source tasks (the pool): every task that is not one of our query tasks and has an image.
+
+        They are also kept as rows in the store, so ``export`` works without Label Studio.
+        """
+        key = self.iface.image_key
+        sources = {int(t["id"]): t.get("data") or {} for t in self.client.iter_tasks(self.project_id)
+                   if not (t.get("data") or {}).get(QUERY_MARKER) and (t.get("data") or {}).get(key)}
+        self.rounds.set_sources(self.key, sources)
+        return sources
+
+    def points_by_source(self) -> dict[int, np.ndarray]:
+        """Stored clicks per source image with labels as CURRENT class indices (removed classes -> ignore)."""
+        state = self.state
+        return remap_points(self.store.labelled_points(self.key), state.label_names, state.classes)
+
+
+def remap_points(points: dict[int, np.ndarray], label_names: list[str], classes: list[str]) -> dict[int, np.ndarray]:
+    """Stored labels (indices into ``label_names``) as indices into ``classes``; a name not there -> IGNORE_INDEX."""
+    lookup = np.array([classes.index(n) if n in classes else IGNORE_INDEX for n in label_names] or [IGNORE_INDEX],
+                      dtype=np.int64)
+    out = {}
+    for source, table in points.items():
+        table = table.copy()
+        valid = table[:, 2] >= 0
+        table[valid, 2] = lookup[table[valid, 2]]
+        out[source] = table
+    return out

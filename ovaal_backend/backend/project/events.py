@@ -1,0 +1,215 @@
+"""Webhook events -> stored clicks and requests: annotations become points on their source image, deletions remove
+them, START_TRAINING / TASKS_CREATED / a setup request the next round, a changed label config remaps classes.
+
+Events are stored before /webhook answers and applied here by the project's worker, oldest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ...config import IGNORE_INDEX
+from ..convert import LabelConfigError, annotation_points
+from .context import ProjectContext, parse_label_config
+from .state import (
+    PHASE_DONE,
+    PHASE_NEW,
+    PHASE_PUBLISHING,
+    PHASE_QUERYING,
+    PHASE_TRAINING,
+    QUERY_MARKER,
+    ROUND_KEY,
+    SOURCE_KEY,
+    SOURCE_ROUND,
+)
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+SETUP_ACTION = "OVAAL_SETUP"
+"""Our own event: /setup saw a label config to apply, or a project waiting for its first round."""
+CHECK_PROJECT_DELAY = 2.0
+"""Seconds after /setup or a publish before the Label Studio project is read back and repaired once: connecting a
+model sets the project's version to the model's title and creates the model's webhook (without our basic-auth
+header) right after /setup, possibly after our own update."""
+
+
+def trim_payload(action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """What the handler needs of a webhook payload, or None for actions the backend does not use.
+
+    A TASKS_CREATED payload lists every new task but only triggers round 0, and a project payload repeats the label
+    config, which only PROJECT_UPDATED needs.
+    """
+    if action in ANNOTATION_ACTIONS:
+        return {k: payload.get(k) for k in ("annotation", "task")}
+    if action == "ANNOTATIONS_DELETED":
+        return {"annotations": payload.get("annotations") or []}
+    if action == "PROJECT_UPDATED":
+        return {"label_config": (payload.get("project") or {}).get("label_config")}
+    if action in ("START_TRAINING", "TASKS_CREATED"):
+        return {}
+    return None
+
+
+class EventApplier:
+    """Applies one project's stored events."""
+
+    def __init__(self, ctx: ProjectContext) -> None:
+        self.ctx = ctx
+        self.queued_schema: str | None = None  # a label config /setup queued and not yet applied
+
+    def apply(self, action: str, payload: dict[str, Any]) -> None:
+        """Apply one event (raises on a malformed payload; the caller decides what happens to it)."""
+        if action in ANNOTATION_ACTIONS:
+            self._annotations(action, payload)
+        elif action == "ANNOTATIONS_DELETED":
+            ids = [int(a["id"]) for a in payload.get("annotations") or []]
+            removed = self.ctx.store.delete_annotations(self.ctx.key, ids)
+            log.info("project %s: %d annotation(s) deleted in Label Studio, %d were stored", self.ctx.key, len(ids),
+                     removed)
+        elif action == "START_TRAINING":
+            self._start_training()
+        elif action == "TASKS_CREATED":
+            if self.ctx.state.phase == PHASE_NEW:
+                self.ctx.update(start_requested=True)
+        elif action in ("PROJECT_UPDATED", SETUP_ACTION):
+            schema = payload.get("label_config") or payload.get("schema")
+            if schema:
+                self.apply_label_config(schema)
+            if action == SETUP_ACTION:
+                # Connecting the model creates the project's webhook right after /setup: check it a little later.
+                self.ctx.update(check_project_at=time.time() + CHECK_PROJECT_DELAY)
+                if self.ctx.state.phase == PHASE_NEW:
+                    self.ctx.update(start_requested=True)
+
+    def _annotations(self, action: str, payload: dict[str, Any]) -> None:
+        tasks = {int(t["id"]): t for t in _as_list(payload.get("task")) if isinstance(t, dict) and "id" in t}
+        for annotation in _as_list(payload.get("annotation")):
+            task_id = _task_id(annotation.get("task"))
+            self.store_annotation(annotation, tasks.get(task_id), created=action != "ANNOTATION_UPDATED")
+
+    def _start_training(self) -> None:
+        with self.ctx.lock:
+            state = self.ctx.state
+            if state.phase == PHASE_NEW:
+                self.ctx.update(start_requested=True)
+            elif state.phase == PHASE_QUERYING:
+                self.ctx.update(round_end_requested="START_TRAINING")
+            elif state.phase == PHASE_DONE:  # late answers after the budget: redo the final training with them
+                self.ctx.update(phase=PHASE_TRAINING, training_round=state.round, final=True)
+            else:
+                log.info("project %s: START_TRAINING ignored while %s", self.ctx.key, state.phase)
+
+    def store_annotation(self, annotation: dict[str, Any], task: dict[str, Any] | None, created: bool) -> None:
+        """Store an annotation's clicks on the image they lie on.
+
+        Query tasks: the clicks belong to their source image and round. Source tasks: keypoints of the query
+        control count as clicks too (brush strokes are ignored: the backend learns from points). A skipped
+        (cancelled) annotation stores no point but counts as an answer.
+        """
+        annotation_id = int(annotation["id"])
+        task_id = _task_id(annotation.get("task"))
+        if task_id is None:
+            raise ValueError(f"annotation {annotation_id} names no task")
+        round_index, source, is_query = self._locate(annotation_id, task_id, task)
+        cancelled = bool(annotation.get("was_cancelled"))
+        points = [] if cancelled else annotation_points(annotation.get("result") or [], self.ctx.iface)
+        stored = [(row, col, self._label_key(label)) for row, col, label in points]
+        changed = self.ctx.store.put_annotation(self.ctx.key, annotation_id, task_id=task_id, source_task_id=source,
+                                                round_index=round_index, annotator=_annotator(annotation),
+                                                points=stored, cancelled=cancelled)
+        if changed and created and (is_query or stored):
+            with self.ctx.lock:
+                self.ctx.update(new_annotations=self.ctx.state.new_annotations + 1)
+        log.debug("project %s: annotation %d on task %d -> %d point(s) on image %d (round %d)%s", self.ctx.key,
+                  annotation_id, task_id, len(stored), source, round_index, " [skipped]" if cancelled else "")
+
+    def _locate(self, annotation_id: int, task_id: int, task: dict[str, Any] | None) -> tuple[int, int, bool]:
+        """``(round, source task id, is a query task)`` of an annotated task; query tasks are also known by their
+        markers (a task imported before a crash recorded it)."""
+        known = self.ctx.rounds.query_task_round(self.ctx.key, task_id)
+        if known is not None:
+            return known[0], known[1], True
+        data = (task or {}).get("data") or {}
+        if data.get(QUERY_MARKER):
+            round_index, source = int(data[ROUND_KEY]), int(data[SOURCE_KEY])
+            self.ctx.rounds.add_query_tasks(self.ctx.key, round_index, [(task_id, source)])
+            return round_index, source, True
+        if task is not None:
+            return SOURCE_ROUND, task_id, False
+        raise ValueError(f"annotation {annotation_id}: task {task_id} is unknown and the event has no task data")
+
+    def _label_key(self, class_index: int) -> int:
+        """The stored label of a class index: its position in ``label_names`` (IGNORE_INDEX stays)."""
+        if class_index < 0:
+            return IGNORE_INDEX
+        return self.ctx.state.label_names.index(self.ctx.iface.classes[class_index])
+
+    def apply_label_config(self, schema: str) -> None:
+        """Adopt a changed label config; a changed class list starts a new model generation."""
+        try:
+            iface = parse_label_config(schema, self.ctx.config)
+        except LabelConfigError as err:
+            log.error("project %s: the new label config is not usable, keeping the old one: %s", self.ctx.key, err)
+            return
+        with self.ctx.lock:
+            self.queued_schema = None
+            state = self.ctx.state
+            old, new = list(state.classes), list(iface.classes)
+            if new == old:
+                self.ctx.update(label_config=schema)
+                return
+            names = state.label_names + [c for c in new if c not in state.label_names]
+            changes: dict[str, Any] = {"label_config": schema, "classes": new, "label_names": names,
+                                       "generation": state.generation + 1, "fresh_model": True}
+            if state.version > 0 and state.phase in (PHASE_QUERYING, PHASE_PUBLISHING):
+                changes["round_end_requested"] = "label config changed"
+            elif state.version > 0 and state.phase == PHASE_DONE:
+                changes.update(phase=PHASE_TRAINING, training_round=state.round, final=True)
+            self.ctx.update(**changes)
+        log.warning("project %s: classes changed (removed %s, added %s): generation %d starts; stored clicks are "
+                    "remapped by class name and clicks of removed classes train nothing", self.ctx.key,
+                    sorted(set(old) - set(new)), sorted(set(new) - set(old)), state.generation + 1)
+
+    def resync(self) -> tuple[int, int]:
+        """Queue every annotation Label Studio has as an update, and a deletion for stored ones it no longer has.
+
+        For webhooks that were lost: the worker applies the queued events like live ones (idempotent per
+        annotation id). Returns ``(annotations queued, deletions queued)``.
+        """
+        seen: set[int] = set()
+        queued = 0
+        for task in self.ctx.client.iter_tasks(self.ctx.project_id, all_fields=True):
+            brief = {"id": task["id"], "data": task.get("data") or {}}
+            for annotation in task.get("annotations") or []:
+                annotation = dict(annotation, task=task["id"])
+                seen.add(int(annotation["id"]))
+                self.ctx.store.add_event(self.ctx.key, "ANNOTATION_UPDATED", {"annotation": annotation, "task": brief})
+                queued += 1
+        gone = sorted(self.ctx.store.annotation_ids(self.ctx.key) - seen)
+        if gone:
+            self.ctx.store.add_event(self.ctx.key, "ANNOTATIONS_DELETED", {"annotations": [{"id": i} for i in gone]})
+        log.info("project %s: resync queued %d annotations and %d deletions", self.ctx.key, queued, len(gone))
+        return queued, len(gone)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _task_id(value: Any) -> int | None:
+    """A task id given as a number or as a task dict."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return None if value is None else int(value)
+
+
+def _annotator(annotation: dict[str, Any]) -> str | None:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    return None if who is None else str(who)

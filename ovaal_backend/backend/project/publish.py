@@ -1,0 +1,146 @@
+"""A round job's result -> rows -> Label Studio: the next round's query tasks and the new version's dense masks.
+
+Each row is updated on its own as it reaches Label Studio, so publishing resumes after a crash at the first row not
+done, and costs the same per task at any project size. A batch whose answer was lost is reconciled by reading Label
+Studio back: query tasks are adopted by their own markers (never imported twice), masks by their model version.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ...engine.job import RoundResult, read_mask
+from ...engine.learner import Queries
+from ..convert import brush_results, keypoint_results
+from ..round_store import IMPORTED, IMPORTING, PLANNED, PUSHED, SENDING, TODO
+from .context import ProjectContext
+from .state import QUERY_MARKER, ROUND_KEY, SOURCE_KEY, version_name
+from .upkeep import Upkeep
+
+log = logging.getLogger(__name__)
+
+IMPORT_BATCH = 100
+"""Query tasks per import request."""
+PUSH_BATCH = 16
+"""Source tasks per ``import_predictions`` request when pushing dense masks (a CamVid mask is ~100 KB of RLE)."""
+MASK_SCORE = 1.0
+"""Task score of a dense-mask prediction. Query scores (certainty) lie in [0, 1), so with uncertainty sampling Label
+Studio serves every open query task before any source task; each mask region carries its own mean confidence."""
+GONE = "gone"
+"""Status of a planned query whose source task no longer exists in Label Studio."""
+
+
+class Publisher:
+    """Stores round results as rows and sends them to Label Studio."""
+
+    def __init__(self, ctx: ProjectContext, upkeep: Upkeep) -> None:
+        self.ctx = ctx
+        self.upkeep = upkeep
+
+    def record(self, result: RoundResult) -> None:
+        """Keep a round job's result as rows: the next round's query tasks, the new version's masks, its training."""
+        key, iface = self.ctx.key, self.ctx.iface
+        if result.next_round is not None:
+            rows = [(src, q.certainty, self.query_result(q, result.sizes[src])) for src, q in result.queries.items()]
+            self.ctx.rounds.plan_queries(key, result.next_round, result.version, rows)
+        if result.masks and iface.mask_from_name is not None:
+            self.ctx.rounds.plan_masks(key, result.version, result.masks.items())
+        if result.training is not None:
+            self.ctx.rounds.add_training(key, result.version, result.training)
+
+    def query_result(self, q: Queries, size: tuple[int, int]) -> list[dict[str, Any]]:
+        """The keypoints of one query task, pre-labelled with the model's guess.
+
+        Without a model the guess is -1, which ``keypoint_results`` turns into the ignore label: a submit without
+        looking stores "can't tell", never a wrong class.
+        """
+        points = zip(q.rows.tolist(), q.cols.tolist(), q.guess.tolist(), q.query_class.tolist(),
+                     q.uncertainty.tolist())
+        return keypoint_results(points, size[1], size[0], self.ctx.iface, self.ctx.config.point_size)
+
+    # --- query tasks -----------------------------------------------------------------------------------------------
+
+    def publish_queries(self, round_index: int, version: int) -> int:
+        """Import the round's planned query tasks in batches; returns how many of the round's tasks exist now."""
+        self._adopt(round_index, version)
+        sources = self.ctx.rounds.sources(self.ctx.key)
+        while batch := self.ctx.rounds.queries(self.ctx.key, round_index, PLANNED, IMPORT_BATCH):
+            gone = [src for src, _, _ in batch if src not in sources]
+            self.ctx.rounds.set_query_status(self.ctx.key, round_index, gone, GONE)
+            batch = [row for row in batch if row[0] in sources]
+            if not batch:
+                continue
+            tasks = [self._task(src, sources[src], score, result, round_index, version)
+                     for src, score, result in batch]
+            self.ctx.rounds.set_query_status(self.ctx.key, round_index, [src for src, _, _ in batch], IMPORTING)
+            ids = self.ctx.client.import_tasks(self.ctx.project_id, tasks)
+            self.ctx.rounds.set_imported(self.ctx.key, round_index, zip([s for s, _, _ in batch], ids, strict=True))
+            self.upkeep.mark_version(version)
+            log.info("project %s: round %d: imported %d query tasks", self.ctx.key, round_index, len(ids))
+        return self.ctx.rounds.count_queries(self.ctx.key, round_index, IMPORTED)
+
+    def _task(self, source_id: int, data: dict[str, Any], score: float, result: list[dict[str, Any]],
+              round_index: int, version: int) -> dict[str, Any]:
+        """One query task: the source's data plus our markers, with its keypoint prediction."""
+        return {"data": {**data, QUERY_MARKER: True, SOURCE_KEY: int(source_id), ROUND_KEY: int(round_index)},
+                "predictions": [{"result": result, "score": score, "model_version": version_name(version)}]}
+
+    def _adopt(self, round_index: int, version: int) -> None:
+        """Rows of a batch whose import answer was lost: the tasks Label Studio holds (found by their markers) are
+        recorded, given their prediction if Label Studio dropped it, and the rest go back to ``planned``."""
+        pending = {src: (score, result) for src, score, result in
+                   self.ctx.rounds.queries(self.ctx.key, round_index, IMPORTING)}
+        if not pending:
+            return
+        found: dict[int, int] = {}
+        for task in self.ctx.client.iter_tasks(self.ctx.project_id):
+            data = task.get("data") or {}
+            source = data.get(SOURCE_KEY)
+            if data.get(QUERY_MARKER) and data.get(ROUND_KEY) == round_index and source in pending:
+                found.setdefault(int(source), int(task["id"]))
+        name = version_name(version)
+        for source, task_id in found.items():
+            if not any(p.get("model_version") == name for p in self.ctx.client.task_predictions(task_id)):
+                score, result = pending[source]
+                self.ctx.client.import_predictions(self.ctx.project_id, [
+                    {"task": task_id, "result": result, "score": score, "model_version": name}])
+        self.ctx.rounds.set_imported(self.ctx.key, round_index, found.items())
+        self.ctx.rounds.set_query_status(self.ctx.key, round_index, set(pending) - set(found), PLANNED)
+        log.info("project %s: round %d: adopted %d query tasks found in Label Studio, %d to import again",
+                 self.ctx.key, round_index, len(found), len(pending) - len(found))
+
+    def query_prediction(self, task_id: int) -> tuple[list[dict[str, Any]], float] | None:
+        """The keypoints and score a query task was imported with (None for a task the backend did not import)."""
+        return self.ctx.rounds.query_prediction(self.ctx.key, task_id)
+
+    # --- dense masks -------------------------------------------------------------------------------------------
+
+    def push_masks(self, version: int) -> int:
+        """Push the version's planned masks in batches; returns how many were pushed by this call."""
+        self._reconcile_masks(version)
+        name, pushed = version_name(version), 0
+        while batch := self.ctx.rounds.masks(self.ctx.key, version, TODO, PUSH_BATCH):
+            predictions = []
+            for source, path in batch:
+                class_map, confidence = read_mask(path)
+                result = brush_results(class_map, self.ctx.iface, scores=confidence)
+                predictions.append({"task": source, "result": result, "score": MASK_SCORE, "model_version": name})
+            sources = [source for source, _ in batch]
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, SENDING)
+            self.ctx.client.import_predictions(self.ctx.project_id, predictions)
+            self.upkeep.mark_version(version)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, PUSHED)
+            pushed += len(batch)
+        if pushed:
+            log.info("project %s: dense masks of %s pushed to %d source tasks", self.ctx.key, name, pushed)
+        return pushed
+
+    def _reconcile_masks(self, version: int) -> None:
+        """Masks of a batch whose answer was lost: pushed if Label Studio has a prediction of the version."""
+        name = version_name(version)
+        sending = self.ctx.rounds.masks(self.ctx.key, version, SENDING)
+        arrived = [s for s, _ in sending
+                   if any(p.get("model_version") == name for p in self.ctx.client.task_predictions(s))]
+        self.ctx.rounds.set_mask_status(self.ctx.key, version, arrived, PUSHED)
+        self.ctx.rounds.set_mask_status(self.ctx.key, version, {s for s, _ in sending} - set(arrived), TODO)

@@ -1,0 +1,195 @@
+"""The rounds' rows in the SQLite file: planned and imported query tasks, dense masks to push, trainings.
+
+A round's result becomes one row per query task and one per mask, each updated on its own as it reaches Label Studio,
+so publishing costs the same per task whatever the project's size (no file rewritten whole), and a crash resumes
+at the first row not yet done. Statuses: a query row is ``planned`` -> ``importing`` (sent in a batch whose answer
+may be lost) -> ``imported`` (its task id known); a mask row is ``todo`` -> ``sending`` -> ``pushed``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from .sqlite import SqliteFile
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS query_tasks (
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    round_index INTEGER NOT NULL,
+    source_task_id INTEGER NOT NULL,
+    PRIMARY KEY (project, task_id)
+);
+CREATE INDEX IF NOT EXISTS query_tasks_round ON query_tasks (project, round_index);
+CREATE TABLE IF NOT EXISTS round_queries (
+    project TEXT NOT NULL,
+    round_index INTEGER NOT NULL,
+    source_task_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    score REAL NOT NULL,
+    result TEXT NOT NULL,
+    status TEXT NOT NULL,
+    task_id INTEGER,
+    PRIMARY KEY (project, round_index, source_task_id)
+);
+CREATE INDEX IF NOT EXISTS round_queries_status ON round_queries (project, round_index, status, source_task_id);
+CREATE INDEX IF NOT EXISTS round_queries_task ON round_queries (project, task_id);
+CREATE TABLE IF NOT EXISTS masks (
+    project TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    source_task_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (project, version, source_task_id)
+);
+CREATE INDEX IF NOT EXISTS masks_status ON masks (project, version, status, source_task_id);
+CREATE TABLE IF NOT EXISTS sources (
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (project, task_id)
+);
+CREATE TABLE IF NOT EXISTS trainings (
+    project TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (project, version)
+);
+"""
+
+PLANNED, IMPORTING, IMPORTED = "planned", "importing", "imported"
+TODO, SENDING, PUSHED = "todo", "sending", "pushed"
+
+
+class RoundStore(SqliteFile):
+    """Query tasks, masks and trainings of every project, keyed by the project key like ``LabelStore``."""
+
+    SCHEMA = _SCHEMA
+
+    # --- a round's query tasks ---------------------------------------------------------------------------------
+
+    def plan_queries(self, project: str, round_index: int, version: int,
+                     rows: Iterable[tuple[int, float, list[dict[str, Any]]]]) -> None:
+        """Record the round's planned query tasks as ``(source task id, score, keypoint result)``; a source already
+        planned for that round keeps its row (a re-run job must not re-plan what may be imported)."""
+        values = [(project, int(round_index), int(src), int(version), float(score), json.dumps(result), PLANNED)
+                  for src, score, result in rows]
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO round_queries (project, round_index, source_task_id, version, score, "
+                           "result, status) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+
+    def queries(self, project: str, round_index: int, status: str,
+                limit: int = -1) -> list[tuple[int, float, list[dict[str, Any]]]]:
+        """``(source task id, score, result)`` of the round's rows in ``status``, by source id."""
+        with self._read() as db:
+            rows = db.execute("SELECT source_task_id, score, result FROM round_queries WHERE project = ? AND "
+                              "round_index = ? AND status = ? ORDER BY source_task_id LIMIT ?",
+                              (project, int(round_index), status, int(limit))).fetchall()
+        return [(int(s), float(score), json.loads(result)) for s, score, result in rows]
+
+    def set_query_status(self, project: str, round_index: int, sources: Iterable[int], status: str) -> None:
+        with self._write() as db:
+            db.executemany("UPDATE round_queries SET status = ? WHERE project = ? AND round_index = ? AND "
+                           "source_task_id = ?", [(status, project, int(round_index), int(s)) for s in sources])
+
+    def set_imported(self, project: str, round_index: int, pairs: Iterable[tuple[int, int]]) -> None:
+        """Record ``(source task id, query task id)`` pairs as imported, and the tasks as the round's query tasks."""
+        pairs = [(int(s), int(t)) for s, t in pairs]
+        with self._write() as db:
+            db.executemany("UPDATE round_queries SET status = ?, task_id = ? WHERE project = ? AND round_index = ? "
+                           "AND source_task_id = ?", [(IMPORTED, t, project, int(round_index), s) for s, t in pairs])
+            db.executemany("INSERT OR REPLACE INTO query_tasks VALUES (?, ?, ?, ?)",
+                           [(project, t, int(round_index), s) for s, t in pairs])
+
+    def query_prediction(self, project: str, task_id: int) -> tuple[list[dict[str, Any]], float] | None:
+        """The keypoint result and score a query task was imported with, or None for a task we did not import."""
+        with self._read() as db:
+            row = db.execute("SELECT result, score FROM round_queries WHERE project = ? AND task_id = ?",
+                             (project, int(task_id))).fetchone()
+        return None if row is None else (json.loads(row[0]), float(row[1]))
+
+    def count_queries(self, project: str, round_index: int, status: str | None = None) -> int:
+        """Planned query tasks of a round in ``status`` (any status when None)."""
+        query, args = "SELECT COUNT(*) FROM round_queries WHERE project = ? AND round_index = ?", [project, round_index]
+        if status is not None:
+            query, args = query + " AND status = ?", [*args, status]
+        with self._read() as db:
+            (count,) = db.execute(query, args).fetchone()
+        return int(count)
+
+    # --- query tasks known by id (ours, or adopted by their markers) ---------------------------------------------
+
+    def add_query_tasks(self, project: str, round_index: int, rows: Iterable[tuple[int, int]]) -> None:
+        """Record query tasks of a round as ``(query_task_id, source_task_id)`` pairs."""
+        values = [(project, int(task), int(round_index), int(source)) for task, source in rows]
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO query_tasks VALUES (?, ?, ?, ?)", values)
+
+    def query_tasks(self, project: str, round_index: int) -> dict[int, int]:
+        """``query_task_id -> source_task_id`` for a round."""
+        with self._read() as db:
+            rows = db.execute("SELECT task_id, source_task_id FROM query_tasks WHERE project = ? AND round_index = ?",
+                              (project, int(round_index))).fetchall()
+        return dict(rows)
+
+    def query_task_round(self, project: str, task_id: int) -> tuple[int, int] | None:
+        """``(round_index, source_task_id)`` of a query task, or None if the task is not one of ours."""
+        with self._read() as db:
+            row = db.execute("SELECT round_index, source_task_id FROM query_tasks WHERE project = ? AND task_id = ?",
+                             (project, int(task_id))).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    # --- dense masks -------------------------------------------------------------------------------------------
+
+    def plan_masks(self, project: str, version: int, rows: Iterable[tuple[int, str]]) -> None:
+        """Record a version's mask files to push, as ``(source task id, path)``."""
+        values = [(project, int(version), int(src), str(path), TODO) for src, path in rows]
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO masks VALUES (?, ?, ?, ?, ?)", values)
+
+    def masks(self, project: str, version: int, status: str, limit: int = -1) -> list[tuple[int, str]]:
+        """``(source task id, path)`` of a version's masks in ``status``, by source id."""
+        with self._read() as db:
+            rows = db.execute("SELECT source_task_id, path FROM masks WHERE project = ? AND version = ? AND "
+                              "status = ? ORDER BY source_task_id LIMIT ?",
+                              (project, int(version), status, int(limit))).fetchall()
+        return [(int(s), str(p)) for s, p in rows]
+
+    def set_mask_status(self, project: str, version: int, sources: Iterable[int], status: str) -> None:
+        with self._write() as db:
+            db.executemany("UPDATE masks SET status = ? WHERE project = ? AND version = ? AND source_task_id = ?",
+                           [(status, project, int(version), int(s)) for s in sources])
+
+    # --- source tasks (the pool, as last listed from Label Studio; export reads them offline) -------------------
+
+    def set_sources(self, project: str, sources: dict[int, dict[str, Any]]) -> None:
+        """Replace the listed source tasks (one row each; rows of tasks gone from Label Studio are removed)."""
+        with self._write() as db:
+            known = {r[0] for r in db.execute("SELECT task_id FROM sources WHERE project = ?", (project,))}
+            db.executemany("DELETE FROM sources WHERE project = ? AND task_id = ?",
+                           [(project, t) for t in known - set(sources)])
+            db.executemany("INSERT OR REPLACE INTO sources VALUES (?, ?, ?)",
+                           [(project, int(t), json.dumps(d, sort_keys=True)) for t, d in sources.items()])
+
+    def sources(self, project: str) -> dict[int, dict[str, Any]]:
+        """``task id -> task data`` of the source tasks last listed."""
+        with self._read() as db:
+            rows = db.execute("SELECT task_id, data FROM sources WHERE project = ? ORDER BY task_id",
+                              (project,)).fetchall()
+        return {int(t): json.loads(d) for t, d in rows}
+
+    # --- trainings ---------------------------------------------------------------------------------------------
+
+    def add_training(self, project: str, version: int, record: dict[str, Any]) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO trainings VALUES (?, ?, ?)",
+                       (project, int(version), json.dumps(record)))
+
+    def trainings(self, project: str) -> list[dict[str, Any]]:
+        """Every training of the project, oldest first, each with its ``version`` number."""
+        with self._read() as db:
+            rows = db.execute("SELECT version, record FROM trainings WHERE project = ? ORDER BY version",
+                              (project,)).fetchall()
+        return [dict(json.loads(record), version=int(v)) for v, record in rows]

@@ -1,0 +1,61 @@
+"""One SQLite file shared by the backend's stores: WAL, one connection per call, serialised write transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+
+class SqliteFile:
+    """Base of the stores: creates the file and its schema (``SCHEMA``), and opens read and write connections.
+
+    Args:
+        path: The SQLite file; its folder is created if missing, the schema on first open.
+    """
+
+    SCHEMA = ""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._lock, closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(f"BEGIN IMMEDIATE; {self.SCHEMA} COMMIT;")
+
+    def _connect(self) -> sqlite3.Connection:
+        """A fresh connection in autocommit mode, so transactions are exactly the ones ``_write`` opens.
+
+        WAL mode is a property of the file, set once in ``__init__``. ``synchronous = NORMAL`` skips the fsync per
+        commit: with WAL a commit still survives the process being killed, and only a power cut may lose the last
+        few, which a re-sync from the Label Studio API can recover.
+        """
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA synchronous = NORMAL")
+        return db
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for queries; WAL gives it a consistent snapshot per statement without blocking writers."""
+        with closing(self._connect()) as db:
+            yield db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed on success and rolled back on error.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so a transaction that reads before it writes cannot fail
+        half-way when another process writes too; the thread lock spares threads of this process the busy wait.
+        """
+        with self._lock, closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+

@@ -1,0 +1,203 @@
+"""One round's heavy work as one function with plain inputs and outputs: ``run_round(RoundJob) -> RoundResult``.
+
+Given the stored clicks, the pool's image files and the last checkpoint, it trains (plus the final phase after the
+last round), saves the checkpoint, selects the next round's pixels and predicts the dense masks. It knows nothing of
+Label Studio or HTTP and needs only files, so it runs in a thread of the web process or in a fresh process on a GPU
+machine that shares MODEL_DIR. Re-running a job whose checkpoint was already saved (a crash after training) loads
+those weights instead of training again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import IGNORE_INDEX, Config
+from ..files import write_atomically
+from .data import load_rgb, to_tensor_resized
+from .learner import ActiveLearner, Queries
+from .model import winner_takes_all
+from .rounds import RoundPlan
+from .train import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+START = -1
+"""``RoundJob.ended_round`` when no round has ended yet: the job only picks round 0's random pixels."""
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    """Everything one round's work needs, as plain values (picklable, so a queue can carry it).
+
+    ``points[i]`` holds image i's clicks as (row, col, class index) at its original size, IGNORE_INDEX for "can't
+    tell"; ``checkpoint`` is read when ``fine_tune`` and written when the job trains; masks are written as
+    ``masks_dir/<key>.npz`` when ``masks_dir`` is set.
+    """
+
+    config: Config
+    classes: list[str]
+    ended_round: int
+    keys: list[int]
+    image_paths: list[str]
+    points: list[np.ndarray]
+    checkpoint: str
+    version: int
+    generation: int
+    fine_tune: bool = True
+    masks_dir: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def job_id(self) -> str:
+        """Stable id of this piece of work: model generation, version to produce and the round that ended."""
+        return f"g{self.generation}-v{self.version}-r{self.ended_round}"
+
+
+@dataclass
+class RoundResult:
+    """What a round's work produced: the trained version (or the one it started from), the next round's queries
+    and the dense-mask files, each keyed like ``RoundJob.keys``."""
+
+    version: int
+    next_round: int | None
+    training: dict[str, Any] | None = None
+    queries: dict[int, Queries] = field(default_factory=dict)
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    masks: dict[int, str] = field(default_factory=dict)
+    unreadable: dict[int, str] = field(default_factory=dict)
+
+
+def run_round(job: RoundJob) -> RoundResult:
+    """Train on every click (unless nothing is trainable or this is the start), then select and predict."""
+    plan = RoundPlan.from_config(job.config)
+    keys, images, sizes, points, unreadable = _load_pool(job)
+    result = RoundResult(version=job.version - 1, next_round=plan.next_round(job.ended_round), unreadable=unreadable)
+    result.sizes = dict(zip(keys, sizes))
+    if not keys:
+        return result
+    learner = ActiveLearner(job.config, job.num_classes)
+    trained = job.ended_round != START and _train_or_resume(job, plan, learner, images, points, sizes, result)
+    if not trained and job.ended_round != START and not _load_version(job, learner, job.version - 1):
+        learner = None  # nothing trainable yet and no earlier weights: random queries, no masks
+    if result.next_round is not None:
+        random = learner is None or plan.is_random(result.next_round)
+        picked = (learner or ActiveLearner(job.config, job.num_classes)).query(
+            images, points, sizes, plan.pixels(result.next_round), random=random)
+        result.queries = dict(zip(keys, picked))
+    if trained and job.masks_dir:
+        result.masks = _write_masks(learner, keys, images, sizes, Path(job.masks_dir), job.config.predict_batch)
+    return result
+
+
+def _load_pool(job: RoundJob):
+    """The readable pool images resized to the training size; unreadable ones are reported, not fatal."""
+    keys, tensors, sizes, points, unreadable = [], [], [], [], {}
+    for key, path, table in zip(job.keys, job.image_paths, job.points, strict=True):
+        try:
+            array = load_rgb(path)
+        except Exception as err:  # a broken image must not stop the round
+            unreadable[key] = f"{type(err).__name__}: {err}"
+            continue
+        keys.append(key)
+        tensors.append(to_tensor_resized(array, job.config.image_height, job.config.image_width))
+        sizes.append((int(array.shape[0]), int(array.shape[1])))
+        points.append(_inside(table, sizes[-1]))
+    images = torch.stack(tensors) if tensors else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
+    return keys, images, sizes, points, unreadable
+
+
+def _inside(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Clicks that lie on the image (a click outside it trains nothing and must not break indexing)."""
+    table = np.asarray(table, dtype=np.int64).reshape(-1, 3)
+    keep = (table[:, 0] >= 0) & (table[:, 0] < size[0]) & (table[:, 1] >= 0) & (table[:, 1] < size[1])
+    return table[keep]
+
+
+def _train_or_resume(job: RoundJob, plan: RoundPlan, learner: ActiveLearner, images: torch.Tensor,
+                     points: list[np.ndarray], sizes: list[tuple[int, int]], result: RoundResult) -> bool:
+    """Train and save ``job.version``, or load it when an earlier run of this job saved it; False when nothing
+    can be trained yet."""
+    saved = _read(job.checkpoint)
+    if saved is not None and (saved["generation"], saved["version"]) == (job.generation, job.version):
+        learner.load_state_dict(saved["learner"])
+        result.version, result.training = job.version, saved.get("training")
+        log.info("job %s: its weights were saved by an earlier run; using them", job.job_id)
+        return True
+    trainable = sum(int((p[:, 2] != IGNORE_INDEX).sum()) for p in points)
+    if not trainable:
+        return False
+    if job.fine_tune and saved is not None and saved["generation"] == job.generation:
+        learner.load_state_dict(saved["learner"])
+    started = time.perf_counter()
+    outcome = learner.train(images, points, sizes, progress=False)
+    semi = plan.has_final_phase(job.ended_round) and plan.semi
+    if plan.has_final_phase(job.ended_round):
+        outcome = learner.train(images, points, sizes, semi=semi, final=True, progress=False)
+    result.training = {"round": job.ended_round, "generation": job.generation, "final": plan.is_last(job.ended_round),
+                       "semi": semi, "points": trainable, "images": sum(1 for p in points if len(p)),
+                       "loss": outcome.last_loss, "seconds": round(time.perf_counter() - started, 2),
+                       "finished_at": time.time()}
+    save_checkpoint(job.checkpoint, {"learner": learner.state_dict(), "version": job.version,
+                                     "generation": job.generation, "classes": list(job.classes),
+                                     "training": result.training})
+    result.version = job.version
+    return True
+
+
+def _load_version(job: RoundJob, learner: ActiveLearner, version: int) -> bool:
+    saved = _read(job.checkpoint)
+    if version < 1 or saved is None or (saved["generation"], saved["version"]) != (job.generation, version):
+        return False
+    learner.load_state_dict(saved["learner"])
+    return True
+
+
+def _read(path: str) -> dict[str, Any] | None:
+    return load_checkpoint(path) if Path(path).is_file() else None
+
+
+def _write_masks(learner: ActiveLearner, keys: list[int], images: torch.Tensor, sizes: list[tuple[int, int]],
+                 folder: Path, batch: int) -> dict[int, str]:
+    """Winner-Takes-All class map and confidence per image as ``<key>.npz``; returns key -> path."""
+    out = {}
+    for key, class_map, confidence in predict_masks(learner, keys, images, sizes, batch):
+        path = folder / f"{key}.npz"
+        write_atomically(path, lambda handle, c=class_map, p=confidence: np.savez_compressed(
+            handle, class_map=c.astype(np.uint16), confidence=p.astype(np.float16)))
+        out[key] = str(path)
+    return out
+
+
+def predict_masks(learner: ActiveLearner, keys: list[Any], images: torch.Tensor, sizes: list[tuple[int, int]],
+                  batch: int):
+    """Yield ``(key, class map (H, W) int64, confidence (H, W) float32)`` at each image's original size.
+
+    Images of equal size go through the network ``batch`` at a time.
+    """
+    start = 0
+    while start < len(keys):
+        stop = start + 1
+        while stop < len(keys) and stop - start < batch and sizes[stop] == sizes[start]:
+            stop += 1
+        probabilities = learner.predict_probabilities(images[start:stop], sizes[start])
+        class_maps = winner_takes_all(probabilities).cpu().numpy()
+        confidence = probabilities.max(1).values.float().cpu().numpy()
+        for b in range(stop - start):
+            yield keys[start + b], class_maps[b].astype(np.int64), confidence[b]
+        start = stop
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A mask file written by a round job: (class map (H, W) int64, confidence (H, W) float32)."""
+    with np.load(path) as data:
+        return data["class_map"].astype(np.int64), data["confidence"].astype(np.float32)

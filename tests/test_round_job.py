@@ -1,0 +1,91 @@
+"""The round plan and the round job: plain inputs and outputs, files only, re-runnable after a crash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovaal_backend.config import IGNORE_INDEX, Config
+from ovaal_backend.engine.job import START, RoundJob, read_mask, run_round
+from ovaal_backend.engine.rounds import RoundPlan
+from ovaal_backend.engine.train import load_checkpoint
+
+from .synthetic import CLASSES, VOID, make_dataset
+
+TINY = dict(encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1, first_round_epochs=1,
+            semi_epochs=1, num_threads=1, device="cpu", init_pixels=5, pixels_per_round=6, rounds=2)
+
+
+def test_round_plan():
+    plan = RoundPlan.from_config(Config(init_pixels=10, pixels_per_round=4, rounds=3, semi=True, semi_epochs=2))
+    assert plan.budget == 22 and [plan.pixels(r) for r in range(4)] == [10, 4, 4, 4]
+    assert plan.is_random(0) and not plan.is_random(1)
+    assert [plan.next_round(r) for r in (START, 0, 2, 3)] == [0, 1, 3, None]
+    assert not plan.is_last(2) and plan.is_last(3) and plan.has_final_phase(3) and not plan.has_final_phase(2)
+    assert not RoundPlan.from_config(Config(rounds=1, semi_epochs=0)).has_final_phase(1)
+
+
+@pytest.fixture
+def pool(tmp_path):
+    root = make_dataset(tmp_path / "data", 4)
+    paths = sorted(str(p) for p in (root / "images").iterdir())
+    labels = [np.asarray(Image.open(p.replace("images", "labels"))) for p in paths]
+    return paths, labels
+
+
+def clicks(label: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(0, label.shape[0], n), rng.integers(0, label.shape[1], n)
+    classes = label[rows, cols].astype(np.int64)
+    return np.stack([rows, cols, np.where(classes == VOID, IGNORE_INDEX, classes)], 1)
+
+
+def job(tmp_path, pool, ended_round: int, version: int, points=None, **changes) -> RoundJob:
+    paths, labels = pool
+    points = points if points is not None else [np.zeros((0, 3), np.int64) for _ in paths]
+    return RoundJob(config=Config(**TINY), classes=CLASSES, ended_round=ended_round, keys=[10, 11, 12, 13],
+                    image_paths=paths, points=points, checkpoint=str(tmp_path / "model.pt"), version=version,
+                    generation=0, masks_dir=str(tmp_path / "masks"), **changes)
+
+
+def test_start_picks_random_round0_pixels_without_training(tmp_path, pool):
+    result = run_round(job(tmp_path, pool, START, 1))
+    assert result.next_round == 0 and result.training is None and result.version == 0 and not result.masks
+    assert set(result.queries) == {10, 11, 12, 13} and all(len(q) == 5 for q in result.queries.values())
+    assert all((q.guess == -1).all() for q in result.queries.values())
+    assert result.sizes[10] == (48, 64) and not (tmp_path / "model.pt").exists()
+
+
+def test_a_round_trains_saves_selects_and_predicts_then_resumes(tmp_path, pool):
+    points = [clicks(label, 12, i) for i, label in enumerate(pool[1])]
+    points[0] = np.concatenate([points[0], [[480, 640, 1], [-1, 3, 2]]])  # outside the image: left out, no error
+    result = run_round(job(tmp_path, pool, 0, 1, points))
+    assert result.version == 1 and result.next_round == 1 and result.training["points"] > 0
+    assert all(len(q) == 6 for q in result.queries.values())
+    assert all((q.guess >= 0).all() for q in result.queries.values())
+    for key in (10, 11, 12, 13):
+        class_map, confidence = read_mask(result.masks[key])
+        assert class_map.shape == confidence.shape == (48, 64) and class_map.max() < len(CLASSES)
+    saved = load_checkpoint(tmp_path / "model.pt")
+    assert (saved["version"], saved["generation"], saved["classes"]) == (1, 0, CLASSES)
+    again = run_round(job(tmp_path, pool, 0, 1, points))  # a crash after the save: the weights are reused
+    assert again.training == result.training and again.version == 1
+
+
+def test_last_round_has_no_next_queries_and_nothing_trainable_keeps_the_version(tmp_path, pool):
+    empty = [np.array([[3, 3, IGNORE_INDEX]]) for _ in pool[0]]
+    nothing = run_round(job(tmp_path, pool, 0, 1, empty))
+    assert nothing.training is None and nothing.version == 0 and len(nothing.queries[10]) == 6
+    points = [clicks(label, 12, i) for i, label in enumerate(pool[1])]
+    final = run_round(job(tmp_path, pool, 2, 1, points))
+    assert final.next_round is None and final.queries == {} and final.training["final"]
+    assert final.training["semi"]
+
+
+def test_an_unreadable_image_is_reported_not_fatal(tmp_path, pool):
+    paths, labels = pool
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"<html>not found</html>")
+    result = run_round(job(tmp_path, (paths[:3] + [str(broken)], labels), START, 1))
+    assert set(result.queries) == {10, 11, 12} and "13" not in result.unreadable and 13 in result.unreadable
