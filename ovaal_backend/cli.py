@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CLASSIFIERS, LR_SCHEDULES, SELECTIONS, SEMI_RULES, SEMI_TEACHERS, Config, ConfigError, is_ova
+from .config import (
+    CLASSIFIERS,
+    LR_SCHEDULES,
+    MULTICLASS_SCORERS,
+    SELECTIONS,
+    SEMI_RULES,
+    SEMI_TEACHERS,
+    Config,
+    ConfigError,
+    is_ova,
+)
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +92,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.no_balance:
         values["class_balance"] = 0.0
-    multiclass_selection = values.get("selection") not in (None, "ova", "random")
+    multiclass_selection = values.get("selection") in MULTICLASS_SCORERS
     if multiclass_selection and is_ova(values.get("classifier", Config.classifier)) and args.classifier is None:
         values["classifier"] = "multiclass"
     return Config(**values)

@@ -19,7 +19,9 @@ IGNORE_INDEX = -1
 OVA_CLASSIFIERS = ("ova-shared", "ova-separate")
 """One-vs-All kinds: C independent sigmoids (one network with C outputs, or C networks as in the paper)."""
 CLASSIFIERS = (*OVA_CLASSIFIERS, "multiclass")
-SELECTIONS = ("ova", "margin", "entropy", "least-confidence", "random")
+MULTICLASS_SCORERS = ("margin", "entropy", "least-confidence")
+"""Selections that score a class distribution (engine/acquisition.py maps each name to its scorer)."""
+SELECTIONS = ("ova", *MULTICLASS_SCORERS, "random")
 LR_SCHEDULES = ("cosine", "constant")
 SEMI_TEACHERS = ("ema", "frozen")
 SEMI_RULES = ("paper", "wta")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..config import MULTICLASS_SCORERS
+
 EPS = 1e-6
 
 
@@ -40,11 +42,9 @@ def score_least_confidence(probs: torch.Tensor) -> torch.Tensor:
     return 1 - probs.max(dim=1).values
 
 
-SCORERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "entropy": score_entropy,
-    "margin": score_margin,
-    "least-confidence": score_least_confidence,
-}
+SCORERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(
+    zip(MULTICLASS_SCORERS, (score_margin, score_entropy, score_least_confidence), strict=True))
+"""The multi-class scorers under the names config.py lists once."""
 
 
 def get_scorer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

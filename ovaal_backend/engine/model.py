@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import CLASSIFIERS, Config, is_ova
+from .weights import load_encoder_weights
 
 OVA_SEPARATE = "ova-separate"
 """C independent binary networks, as in the paper (C times the cost); ``ova-shared`` is one network with C binary
@@ -89,8 +90,6 @@ def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:
 
 def build_classifier(config: Config, num_classes: int) -> SegmentationClassifier:
     """The classifier described by ``config``, encoder weights loaded (see ``weights.load_encoder_weights``)."""
-    from .weights import load_encoder_weights
-
     model = SegmentationClassifier(config.classifier, num_classes, config.arch, config.encoder)
     load_encoder_weights(model, config.encoder_weights)
     return model
