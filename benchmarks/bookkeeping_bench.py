@@ -102,8 +102,8 @@ def markdown(rows: dict[int, dict[str, tuple[float, float]]], command: str) -> s
     steps = list(rows[sizes[0]])
     lines = ["## The backend's bookkeeping against the project's size", "",
              f"`{command}` (the fake Label Studio of the unit tests, no model: a fixed round result of {POINTS} "
-             f"points and one {HEIGHT}x{WIDTH} three-band mask per task). Time in seconds and peak traced memory in MiB per "
-             "step, then per 1000 tasks: flat columns mean linear growth.", "",
+             f"points and one {HEIGHT}x{WIDTH} three-band mask per task). Time in seconds and peak traced memory "
+             "in MiB per step, then per 1000 tasks: flat columns mean linear growth.", "",
              "| step | " + " | ".join(f"{n} tasks: s / MiB" for n in sizes) + " | s per 1000 tasks |",
              "|---|" + "---|" * (len(sizes) + 1)]
     for step in steps:
