@@ -8,7 +8,9 @@ The README's configuration table documents each field.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -28,6 +30,21 @@ SEMI_RULES = ("paper", "wta")
 """How OVAAL+ refines a class's binary prediction at its most uncertain pixels: ``paper`` inverts it (eq. 3);
 ``wta`` sets it to the Winner-Takes-All answer (1 where the class wins the argmax, else 0)."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+MAX_PROJECT_ID = 2**31 - 1
+"""The largest Label Studio project id the backend accepts (Label Studio's ids are 32-bit signed integers)."""
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a bind address reaches this machine only: 127.0.0.0/8, ::1 or ``localhost``."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # another host name, "" or "0.0.0.0"-like wildcards: assume reachable from outside
 
 
 def is_ova(classifier: str) -> bool:
@@ -98,8 +115,13 @@ class Config:
     # disk there ("" = always download them from Label Studio with the token).
     label_studio_local_files_document_root: str = ""
     model_dir: str = "model_dir"
-    host: str = "0.0.0.0"  # address gunicorn binds (127.0.0.1 = this machine only)
+    host: str = "127.0.0.1"  # address gunicorn binds (127.0.0.1 = this machine only; 0.0.0.0 = every interface)
     port: int = 9090
+    # Serve a non-loopback HOST without basic auth (only on a network where everyone who reaches the port is trusted).
+    allow_open_network: bool = False
+    allowed_projects: str = ""  # comma-separated Label Studio project ids this backend serves ("" = every project)
+    max_request_mb: float = 16.0  # largest request body, in MiB (413 above)
+    max_predict_tasks: int = 100  # most tasks in one /predict call (400 above)
     server_threads: int = 8  # gunicorn threads of the single worker (requests served at once)
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
     basic_auth_user: str = ""
@@ -157,6 +179,21 @@ class Config:
             raise ConfigError(f"point_size (percent of the image width) must be positive, got {self.point_size}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if not 0 < self.max_request_mb < 1e6:
+            raise ConfigError(f"max_request_mb must be a positive number of MiB, got {self.max_request_mb}")
+        if self.max_predict_tasks < 1:
+            raise ConfigError(f"max_predict_tasks must be at least 1, got {self.max_predict_tasks}")
+        _project_ids(self.allowed_projects)
+
+    @property
+    def allowed_project_ids(self) -> frozenset[int]:
+        """The project ids of ALLOWED_PROJECTS (empty = every project is served)."""
+        return _project_ids(self.allowed_projects)
+
+    @property
+    def serves_open_network(self) -> bool:
+        """True when HOST is reachable from other machines and no basic auth protects the routes."""
+        return not is_loopback_host(self.host) and not self.basic_auth_user
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
@@ -182,6 +219,19 @@ class Config:
             if out[secret]:
                 out[secret] = "***"
         return out
+
+
+def _project_ids(text: str) -> frozenset[int]:
+    """Comma-separated project ids as a set; ConfigError naming ALLOWED_PROJECTS for anything else."""
+    ids = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not re.fullmatch(r"[0-9]{1,10}", part) or not 0 < int(part) <= MAX_PROJECT_ID:
+            raise ConfigError(f"allowed_projects={text!r}: give Label Studio project ids (integers "
+                              f"1..{MAX_PROJECT_ID}) separated by commas, or leave it empty for every project")
+        ids.add(int(part))
+    return frozenset(ids)
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

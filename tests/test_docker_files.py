@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ovaal_backend.config import Config
+from ovaal_backend.backend.wsgi import check_network_exposure
+from ovaal_backend.config import Config, is_loopback_host
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -224,7 +225,10 @@ def test_compose_services_and_ports(compose):
     ls, backend = services["label-studio"], services["ovaal-backend"]
     assert ls["image"] == "heartexlabs/label-studio:1.23.2"
     assert [default_of(p) for p in ls["ports"]] == ["8080:8080"]
-    assert [default_of(p) for p in backend["ports"]] == ["9090:9090"]
+    # The backend's port reaches the host's loopback only unless OVAAL_BIND says otherwise (Label Studio uses the
+    # compose network).
+    assert [default_of(p) for p in backend["ports"]] == ["127.0.0.1:9090:9090"]
+    assert is_loopback_host(default_of(backend["ports"][0]).split(":")[0])
     build = backend["build"]
     assert (DOCKER / build["context"]).resolve() == ROOT
     assert (ROOT / build["dockerfile"]).resolve() == (DOCKER / "Dockerfile").resolve()
@@ -262,6 +266,17 @@ def test_compose_backend_settings(compose):
     # The defaults written in the compose file make a valid Config.
     config = Config.from_env({k: default_of(v) for k, v in env.items()})
     assert config.port == 9090 and config.model_dir == "/data/models" and config.device == "cpu"
+    assert config.max_request_mb == 16 and config.max_predict_tasks == 100 and config.allowed_projects == ""
+
+
+def test_compose_backend_is_never_open(compose):
+    """Inside the container the backend binds every interface, so compose refuses to start without basic auth."""
+    env = env_of(compose["services"]["ovaal-backend"])
+    assert env["HOST"] == "0.0.0.0" and "ALLOW_OPEN_NETWORK" not in env
+    for var in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+        assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", env[var]), f"{var} must be required (${{{var}:?...}})"
+    config = Config.from_env({k: default_of(v, required_value="set") for k, v in env.items()})
+    check_network_exposure(config)  # with the required pair the backend starts
     volumes = [split_volume(v) for v in compose["services"]["ovaal-backend"]["volumes"]]
     assert any(dst == "/data/models" and src in compose["volumes"] for src, dst, _ in volumes), \
         "MODEL_DIR must be a named volume"

@@ -90,10 +90,11 @@ def test_unknown_project_is_a_404(client):
     assert client.get("/setup").status_code == 405
 
 
-def test_project_id_mismatch_is_a_409(client):
+def test_project_id_mismatch_is_a_409(client, tmp_path):
     setup_project(client)
     response = client.post("/setup", json={"project": "1.1800000000", "schema": XML})
     assert response.status_code == 409 and "re-created" in response.json["error"]
+    assert str(tmp_path) not in response.get_data(as_text=True)  # the folder is named in the log, not the answer
 
 
 def test_predict_one_result_per_task_in_order(client, app_and_backend, fake):

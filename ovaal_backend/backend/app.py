@@ -2,8 +2,10 @@
 
 Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``POST /train`` (the old
 way Label Studio asked for training), ``GET /metrics``. Each parses JSON, calls one driver method and answers JSON;
-bad input gets a 4xx with ``{"error": reason}``. Nothing heavy happens at import or in ``create_app``: models load on
-first use, in the project's worker or its first /predict.
+every error is JSON ``{"error": reason}``: 400 for malformed input (checked before any project state is created),
+401 (basic auth), 403 (a project outside ALLOWED_PROJECTS), 404, 409, 413 (over MAX_REQUEST_MB), and a 500 that
+names only a request id (the details go to the log). Nothing heavy happens at import or in ``create_app``: models
+load on first use, in the project's worker or its first /predict.
 
 Run it with ``python -m ovaal_backend serve`` (gunicorn, one worker process, ``SERVER_THREADS`` threads, no request
 timeout): one process, because the project drivers and their worker threads live in its memory.
@@ -11,9 +13,13 @@ timeout): one process, because the project drivers and their worker threads live
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
+import re
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +27,11 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..config import Config
+from ..config import MAX_PROJECT_ID, Config
 from ..engine.runtime import configure_torch
 from .client import client_from_config
 from .convert import LabelConfigError
-from .project.context import known_projects
+from .project.context import known_projects, parse_label_config
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .worker import ProjectWorker
 
@@ -35,6 +41,15 @@ MODEL_CLASS = "OVAAL"
 """What /health reports as ``model_class``."""
 OPEN_ROUTES = ("/", "/health")
 """Routes answered without basic auth: they reveal nothing, and container health checks carry no password."""
+MAX_TASK_ID = 2**63 - 1
+"""The largest task or annotation id accepted (SQLite's integers are signed 64-bit)."""
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of a request's JSON (Label Studio's payloads nest about 8 levels)."""
+INTERNAL_ERROR = "internal error; see the backend's log"
+"""The whole text of a 500 answer, besides its request id: exception text and paths stay in the log."""
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+_ACTION = re.compile(r"[A-Za-z0-9_]{1,64}")
+_PROJECT_UID = re.compile(r"([0-9]{1,10})(?:\.[0-9A-Za-z_.:+-]{0,64})?")
 
 
 class BadRequest(ValueError):
@@ -66,7 +81,10 @@ class Backend:
 
     def recover(self) -> list[int]:
         """Start the worker of every project found under MODEL_DIR: it replays unprocessed events and resumes."""
-        ids = known_projects(self.config)
+        allowed = self.config.allowed_project_ids
+        ids = [i for i in known_projects(self.config) if not allowed or i in allowed]
+        for project_id in sorted(set(known_projects(self.config)) - set(ids)):
+            log.warning("project %d: not in ALLOWED_PROJECTS, not resumed", project_id)
         for project_id in ids:
             driver = self.driver(project_id)
             if driver is not None:
@@ -112,6 +130,7 @@ def create_app(config: Config | None = None, backend: Backend | None = None, rec
     configure_torch(config)
     backend = backend or Backend(config)
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(config.max_request_mb * 1024 * 1024)
     app.extensions["ovaal"] = backend
     if recover:
         backend.recover()
@@ -121,6 +140,30 @@ def create_app(config: Config | None = None, backend: Backend | None = None, rec
     return app
 
 
+def basic_auth_matches(header: str | None, user: str, password: str) -> bool:
+    """Whether an ``Authorization`` header carries ``user:password``, compared as bytes in constant time.
+
+    The pair may arrive UTF-8 encoded (browsers, curl) or latin-1 encoded (Python's requests, which Label Studio
+    uses to call ML backends), so a non-ASCII password can log in either way; nothing here raises on odd input.
+    """
+    scheme, _, token = (header or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(token.strip(" \t"), validate=True)
+    except (binascii.Error, ValueError):  # not base64, or non-ASCII characters in the header
+        return False
+    pair = f"{user}:{password}"
+    matched = False
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            expected = pair.encode(encoding, "surrogateescape" if encoding == "utf-8" else "strict")
+        except UnicodeEncodeError:  # a password with characters latin-1 cannot hold
+            continue
+        matched |= hmac.compare_digest(given, expected)
+    return matched
+
+
 def _add_guards(app: Flask, config: Config) -> None:
     """Basic auth before every route but ``/`` and ``/health``, and JSON bodies for every error."""
 
@@ -128,14 +171,12 @@ def _add_guards(app: Flask, config: Config) -> None:
     def _check_auth() -> Response | None:
         if not config.basic_auth_user or request.path in OPEN_ROUTES:
             return None
-        auth = request.authorization
-        if auth is not None and hmac.compare_digest(auth.username or "", config.basic_auth_user) \
-                and hmac.compare_digest(auth.password or "", config.basic_auth_pass):
+        if basic_auth_matches(request.headers.get("Authorization"), config.basic_auth_user, config.basic_auth_pass):
             return None
         response = jsonify(error="basic auth required: enter BASIC_AUTH_USER / BASIC_AUTH_PASS when connecting "
                                  "the model in Label Studio")
         response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Basic realm="ovaal-backend"'
+        response.headers["WWW-Authenticate"] = 'Basic realm="ovaal-backend", charset="UTF-8"'
         return response
 
     @app.errorhandler(BadRequest)
@@ -145,12 +186,21 @@ def _add_guards(app: Flask, config: Config) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> tuple[Response, int]:
-        return jsonify(error=f"{err.name}: {err.description}"), err.code or 500
+        code = err.code or 500
+        if code == 413:
+            message = f"request body larger than MAX_REQUEST_MB={config.max_request_mb:g} MiB"
+        elif code >= 500:
+            return _internal_error(err)
+        else:
+            message = f"{err.name}: {err.description}"
+        log.info("%s %s -> %d: %s", request.method, request.path, code, message)
+        return jsonify(error=message), code
 
     @app.errorhandler(Exception)
     def _internal_error(err: Exception) -> tuple[Response, int]:
-        log.exception("%s %s failed", request.method, request.path)
-        return jsonify(error=f"internal error: {type(err).__name__}: {err}"), 500
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("%s %s failed (request %s)", request.method, request.path, request_id, exc_info=err)
+        return jsonify(error=f"{INTERNAL_ERROR} (request {request_id})", request_id=request_id), 500
 
 
 def _add_status_routes(app: Flask, backend: Backend) -> None:
@@ -170,34 +220,44 @@ def _add_status_routes(app: Flask, backend: Backend) -> None:
 
 
 def _add_routes(app: Flask, backend: Backend) -> None:
-    """label-studio-ml's project routes (/setup, /predict, /webhook, /train): parse, hand over, answer."""
+    """label-studio-ml's project routes (/setup, /predict, /webhook, /train): check, hand over, answer.
+
+    Every check (ids, types, ALLOWED_PROJECTS, the label config) runs before ``backend.driver`` creates a project's
+    folder and thread, so a refused request leaves nothing behind.
+    """
+    config = backend.config
 
     @app.post("/setup")
     def setup() -> Response:
         body = _json_body()
-        project_id, uid = _project_of(body.get("project"))
+        project_id, uid = _project_of(body.get("project"), config)
         schema = body.get("schema")
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("'schema' (the project's label config XML) is missing")
+        try:
+            parse_label_config(schema, config)
+        except (LabelConfigError, ValueError, RecursionError) as err:  # ValueError: e.g. unencodable characters
+            raise BadRequest(f"label config not usable: {_clip(str(err), 500)}") from None
         driver = backend.driver(project_id, create=True)
         assert driver is not None
         try:
             version = driver.setup(uid, schema)
         except LabelConfigError as err:
-            raise BadRequest(f"label config not usable: {err}") from None
+            raise BadRequest(f"label config not usable: {_clip(str(err), 500)}") from None
         except ProjectMismatchError as err:
-            raise BadRequest(str(err), 409) from None
+            log.warning("/setup of project %s refused: %s", uid, err)
+            raise BadRequest(f"MODEL_DIR holds another Label Studio project with id {project_id} (the same id "
+                             "in a re-created Label Studio?): move its folder away or use another MODEL_DIR",
+                             409) from None
         backend.wake(project_id)
         return jsonify(model_version=version)
 
     @app.post("/predict")
     def predict() -> Response:
         body = _json_body()
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
-            raise BadRequest("'tasks' must be a list of tasks, each with an 'id'")
+        tasks = _predict_tasks(body.get("tasks"), config.max_predict_tasks)
         project = body.get("project") or (tasks[0].get("project") if tasks else None)
-        driver = _known_driver(_project_of(project)[0])
+        driver = _known_driver(_project_of(project, config)[0])
         results = driver.predict(tasks)
         return jsonify(results=results, model_version=driver.model_version)
 
@@ -205,12 +265,14 @@ def _add_routes(app: Flask, backend: Backend) -> None:
     def webhook() -> tuple[Response, int]:
         body = _json_body()
         action = body.get("action")
-        if not isinstance(action, str) or not action:
-            raise BadRequest("'action' is missing")
+        if not isinstance(action, str) or not _ACTION.fullmatch(action):
+            raise BadRequest("'action' must be a Label Studio webhook action such as ANNOTATION_CREATED")
         project = body.get("project")
-        project_id = _project_of(project.get("id") if isinstance(project, dict) else project)[0]
+        project_id = _project_of(project.get("id") if isinstance(project, dict) else project, config)[0]
         driver = _known_driver(project_id)
-        event_id = driver.add_event(action, body)
+        _check_event(action, body)
+        payload = dict(body, project=project if isinstance(project, dict) else {"id": project_id})
+        event_id = driver.add_event(action, payload)
         if event_id is None:
             return jsonify(status="ignored", action=action), 200
         backend.wake(project_id)
@@ -219,7 +281,7 @@ def _add_routes(app: Flask, backend: Backend) -> None:
     @app.post("/train")
     def train() -> tuple[Response, int]:
         body = _json_body()
-        project_id = _project_of(body.get("project"))[0]
+        project_id = _project_of(body.get("project"), config)[0]
         driver = _known_driver(project_id)
         event_id = driver.add_event("START_TRAINING", {})
         backend.wake(project_id)
@@ -233,28 +295,126 @@ def _add_routes(app: Flask, backend: Backend) -> None:
         return driver
 
 
+# --------------------------------------------------------------------------- request checks
+
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    """The request's JSON object (400 for anything else, 413 past MAX_REQUEST_MB)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    if _nested_deeper(body, MAX_JSON_DEPTH):
+        raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
-def _project_of(value: Any) -> tuple[int, str]:
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether JSON lists and objects nest more than ``limit`` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _is_id(value: Any, largest: int) -> bool:
+    """A JSON integer (not a boolean) in 1..largest."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= largest
+
+
+def _describe(value: Any) -> str:
+    """A short, safe description of a rejected value for an error message."""
+    if isinstance(value, str):
+        return _clip(repr(value), 40)
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return _clip(str(value), 24)
+    return f"a {type(value).__name__}"
+
+
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[:length - 3] + "..."
+
+
+def _project_of(value: Any, config: Config) -> tuple[int, str]:
+    """The project's ``(id, uid)``; 400 when malformed, 403 outside ALLOWED_PROJECTS."""
     try:
-        return parse_project_uid(value)
+        project_id, uid = parse_project_uid(value)
     except ValueError as err:
         raise BadRequest(str(err)) from None
+    allowed = config.allowed_project_ids
+    if allowed and project_id not in allowed:
+        raise BadRequest(f"project {project_id} is not served by this backend: it is not in ALLOWED_PROJECTS", 403)
+    return project_id, uid
+
+
+def _predict_tasks(tasks: Any, most: int) -> list[dict[str, Any]]:
+    """/predict's ``tasks``: a list of at most ``most`` objects, each with an integer ``id`` and an object ``data``."""
+    if not isinstance(tasks, list):
+        raise BadRequest("'tasks' must be a list of tasks, each with an 'id'")
+    if len(tasks) > most:
+        raise BadRequest(f"'tasks' holds {len(tasks)} tasks; at most MAX_PREDICT_TASKS={most} per call")
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or not _is_id(task.get("id"), MAX_TASK_ID):
+            raise BadRequest(f"tasks[{i}] must be a task with an integer 'id' in 1..2**63-1, got "
+                             f"{_describe(task.get('id') if isinstance(task, dict) else task)}")
+        if "data" in task and not isinstance(task["data"], dict):
+            raise BadRequest(f"tasks[{i}].data must be an object, got {_describe(task['data'])}")
+    return tasks
+
+
+def _check_event(action: str, body: dict[str, Any]) -> None:
+    """400 for a webhook whose annotations, tasks or label config have the wrong shape (nothing is stored)."""
+    if action in ANNOTATION_ACTIONS:
+        for annotation in _one_or_many(body.get("annotation")):
+            task = annotation.get("task") if isinstance(annotation, dict) else None
+            if not _has_id(annotation) or not (_is_id(task, MAX_TASK_ID) or _has_id(task)):
+                raise BadRequest(f"{action}: 'annotation' must be an annotation (or a list of them) with an integer "
+                                 "'id' and its 'task'")
+        tasks = body.get("task")
+        for task in [] if tasks is None else _one_or_many(tasks):
+            if not _has_id(task) or not isinstance(task.get("data", {}), dict):
+                raise BadRequest(f"{action}: 'task' must be a task (or a list of them) with an integer 'id' and "
+                                 "object 'data'")
+    elif action == "ANNOTATIONS_DELETED":
+        annotations = body.get("annotations")
+        if not isinstance(annotations, list) or not all(
+                isinstance(a, dict) and _is_id(a.get("id"), MAX_TASK_ID) for a in annotations):
+            raise BadRequest("ANNOTATIONS_DELETED: 'annotations' must be a list of annotations with integer ids")
+    elif action == "PROJECT_UPDATED":
+        project = body.get("project")
+        schema = project.get("label_config") if isinstance(project, dict) else None
+        if schema is not None and not isinstance(schema, str):
+            raise BadRequest("PROJECT_UPDATED: the project's 'label_config' must be a string")
+
+
+def _one_or_many(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _has_id(item: Any) -> bool:
+    """An object with an integer ``id`` in 1..2**63-1 (a task or an annotation)."""
+    return isinstance(item, dict) and _is_id(item.get("id"), MAX_TASK_ID)
 
 
 def parse_project_uid(value: Any) -> tuple[int, str]:
-    """Label Studio's ``"<id>.<created timestamp>"`` (or a bare id) as ``(id, uid)``.
+    """Label Studio's ``"<id>.<created timestamp>"`` (or a bare id, as a number or a string) as ``(id, uid)``.
 
     Raises:
-        ValueError: It does not start with a positive integer id.
+        ValueError: It is not a project id in 1..2**31-1, alone or followed by a dot and a short suffix.
     """
-    text = str(value if value is not None else "").strip()
-    head = text.split(".", 1)[0]
-    if not head.isdigit() or int(head) < 1:
-        raise ValueError(f"project must be Label Studio's '<id>.<timestamp>' or an id, got {value!r}")
-    return int(head), text
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value) if 0 < value <= MAX_PROJECT_ID else ""
+    else:
+        text = value.strip() if isinstance(value, str) else ""
+    match = _PROJECT_UID.fullmatch(text)
+    if match is None or not 0 < int(match.group(1)) <= MAX_PROJECT_ID:
+        raise ValueError(f"project must be a Label Studio project id (an integer 1..{MAX_PROJECT_ID}) or "
+                         f"'<id>.<timestamp>', got {_describe(value)}")
+    return int(match.group(1)), text

@@ -1,0 +1,455 @@
+"""The HTTP surface under hostile input: basic auth, ALLOWED_PROJECTS, body limits, malformed ids and a fuzzer.
+
+Everything goes through Flask's test client with the app from ``create_app`` and the fake Label Studio. The rules:
+no request gets a 5xx, every error body is JSON ``{"error": ...}`` without MODEL_DIR's path, and a refused request
+(4xx) creates no project folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ovaal_backend.backend.app import INTERNAL_ERROR, basic_auth_matches
+from ovaal_backend.backend.wsgi import check_network_exposure
+from ovaal_backend.config import Config, ConfigError
+
+from .fake_label_studio import UID, XML, FakeLabelStudio, P, add_scenes, make_fake_project
+from .synthetic import make_scene
+from .test_server import make_app
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUTES = [("GET", "/"), ("GET", "/health"), ("GET", "/metrics"), ("POST", "/setup"), ("POST", "/predict"),
+          ("POST", "/webhook"), ("POST", "/train")]
+OPEN = {"/", "/health"}
+
+
+@pytest.fixture
+def fake() -> FakeLabelStudio:
+    fake = make_fake_project()[0]
+    fake.truth = add_scenes(fake, 2)
+    return fake
+
+
+def basic(user: str, password: str, encoding: str = "utf-8") -> dict[str, str]:
+    """A real Authorization header from the encoded bytes (what a client puts on the wire)."""
+    token = base64.b64encode(f"{user}:{password}".encode(encoding)).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+def route_bodies() -> dict[str, dict[str, Any]]:
+    """A well-formed body per POST route (for project P)."""
+    return {"/setup": {"project": UID, "schema": XML}, "/predict": {"project": UID, "tasks": []},
+            "/webhook": {"action": "START_TRAINING", "project": {"id": P}}, "/train": {"project": UID}}
+
+
+def call(client, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None):
+    if method == "GET":
+        return client.get(path, headers=headers)
+    return client.post(path, json=route_bodies()[path] if body is None else body, headers=headers)
+
+
+def folders(model_dir: Path) -> set[str]:
+    """The project folders under MODEL_DIR."""
+    return set(os.listdir(model_dir)) if model_dir.is_dir() else set()
+
+
+def assert_clean_error(response, model_dir: Path, status: int | None = None) -> None:
+    """A 4xx with a JSON error that names no path of MODEL_DIR."""
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if status is not None:
+        assert response.status_code == status, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert isinstance(response.json, dict) and isinstance(response.json.get("error"), str)
+    assert str(model_dir) not in response.get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- basic auth
+
+CREDENTIALS = {
+    "none": {},
+    "wrong": basic("ls", "secret"),
+    "right": basic("ls", "pässwörd✓"),
+    "non-ascii-wrong": basic("ls", "pässwörd✗"),
+    "non-ascii-user": basic("lß", "pässwörd✓"),
+    "latin-1-wrong": basic("ls", "pässwörd", "latin-1"),
+    "not-base64": {"Authorization": "Basic !!!not base64!!!"},
+    "not-utf8": {"Authorization": "Basic " + base64.b64encode(b"ls:\xff\xfe\xfd").decode()},
+    "raw-non-ascii": {"Authorization": "Basic pässwörd"},
+    "bearer": {"Authorization": "Bearer abc"},
+}
+
+
+def test_every_route_times_every_credential(tmp_path, fake):
+    """Auth configured with a non-ASCII password: never a 5xx; 401 (JSON) everywhere but / and /health."""
+    app, backend = make_app(tmp_path, fake, basic_auth_user="ls", basic_auth_pass="pässwörd✓")
+    client, model_dir = app.test_client(), tmp_path / "models"
+    for name, headers in CREDENTIALS.items():
+        for method, path in ROUTES:
+            response = call(client, method, path, headers)
+            assert_clean_error(response, model_dir)
+            if path in OPEN:
+                assert response.status_code == 200, (name, path)
+            elif name == "right":
+                assert response.status_code in (200, 201), (name, path, response.json)
+            else:
+                assert response.status_code == 401, (name, path, response.status_code)
+                assert "basic auth" in response.json["error"]
+                assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert folders(model_dir) == {str(P)}  # only the authorised /setup created state
+    backend.shutdown(timeout=30)
+
+
+def test_non_ascii_password_logs_in_as_utf8_and_latin1(tmp_path, fake):
+    """Browsers and curl send UTF-8; Python's requests (Label Studio's ML client) sends latin-1."""
+    app, backend = make_app(tmp_path, fake, basic_auth_user="jörg", basic_auth_pass="pässwort")
+    client = app.test_client()
+    for encoding in ("utf-8", "latin-1"):
+        assert client.get("/metrics", headers=basic("jörg", "pässwort", encoding)).status_code == 200
+        assert client.get("/metrics", headers=basic("jörg", "passwort", encoding)).status_code == 401
+        assert client.get("/metrics", headers=basic("jorg", "pässwort", encoding)).status_code == 401
+    backend.shutdown(timeout=30)
+
+
+def test_basic_auth_matches_never_raises():
+    assert basic_auth_matches(basic("ls", "pä✓")["Authorization"], "ls", "pä✓")
+    assert not basic_auth_matches(basic("ls", "pä✓")["Authorization"], "ls", "pä")
+    assert basic_auth_matches(basic("ls", "pä", "latin-1")["Authorization"], "ls", "pä")
+    for header in (None, "", "Basic", "Basic ", "basic ===", "Basic ä", "Digest x", "Basic " + "A" * 10_001,
+                   "Basic " + base64.b64encode(b"\x00\xff:\x80").decode()):
+        assert not basic_auth_matches(header, "ls", "pä✓")
+    # A password read from a non-UTF-8 environment (surrogate escapes) is compared, not raised on.
+    assert not basic_auth_matches(basic("ls", "x")["Authorization"], "ls", "p\udcff")
+
+
+# --------------------------------------------------------------------------- ALLOWED_PROJECTS, body size, 500s
+
+def test_allowed_projects_refuse_other_ids_before_any_state(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake, allowed_projects=f"{P}, 9")
+    client, model_dir = app.test_client(), tmp_path / "models"
+    bodies = {"/setup": {"project": "5.1700000000", "schema": XML}, "/predict": {"project": 5, "tasks": []},
+              "/webhook": {"action": "START_TRAINING", "project": {"id": 5}}, "/train": {"project": "5"}}
+    for path, body in bodies.items():
+        response = client.post(path, json=body)
+        assert_clean_error(response, model_dir, 403)
+        assert "ALLOWED_PROJECTS" in response.json["error"]
+    assert folders(model_dir) == set() and backend.projects() == {}
+    for path in ("/setup", "/predict", "/webhook", "/train"):
+        assert call(client, "POST", path).status_code in (200, 201)
+    backend.shutdown(timeout=30)
+    # A restart with a narrower list resumes only the allowed projects.
+    app2, backend2 = make_app(tmp_path, fake, allowed_projects="9")
+    assert backend2.projects() == {} and app2.test_client().post("/train", json={"project": UID}).status_code == 403
+    with pytest.raises(ConfigError, match="ALLOWED_PROJECTS|allowed_projects"):
+        Config(allowed_projects="1,abc")
+
+
+def test_request_body_limit_is_a_413_json(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake, max_request_mb=0.01)  # 10 KiB
+    client = app.test_client()
+    big = {"project": UID, "schema": XML + " " * 20_000}
+    response = client.post("/setup", json=big)
+    assert_clean_error(response, tmp_path / "models", 413)
+    assert "MAX_REQUEST_MB" in response.json["error"]
+    assert folders(tmp_path / "models") == set()
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    assert app.config["MAX_CONTENT_LENGTH"] == 10485
+    backend.shutdown(timeout=30)
+
+
+def test_a_500_names_only_a_request_id(tmp_path, fake, monkeypatch, caplog):
+    app, backend = make_app(tmp_path, fake)
+    client = app.test_client()
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    secret = f"{tmp_path}/models/1/labels.sqlite3 is locked"
+
+    def broken(tasks):
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr(backend.driver(P), "predict", broken)
+    with caplog.at_level(logging.ERROR, logger="ovaal_backend.backend.app"):
+        response = client.post("/predict", json={"project": UID, "tasks": [{"id": 1, "data": {}}]})
+    assert response.status_code == 500
+    body = response.json
+    assert set(body) == {"error", "request_id"} and body["error"].startswith(INTERNAL_ERROR)
+    assert secret not in response.get_data(as_text=True) and "RuntimeError" not in body["error"]
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert body["request_id"] in logged and secret in caplog.text
+    backend.shutdown(timeout=30)
+
+
+def test_other_http_errors_are_json(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake)
+    client = app.test_client()
+    for response in (client.get("/nope"), client.get("/setup"), client.put("/predict"),
+                     client.post("/setup", data=b"\xff\xfe", content_type="application/json"),
+                     client.post("/setup", data="{}", content_type="text/plain")):
+        assert 400 <= response.status_code < 500 and isinstance(response.json["error"], str)
+    backend.shutdown(timeout=30)
+
+
+# --------------------------------------------------------------------------- malformed ids and types
+
+BAD_PROJECTS = [0, -1, 2**31, 10**300, "2147483648", "1" * 300, True, 1.5, "١", "²", "x.1", "", " ", None, [], {},
+                "1/../../etc", "1.\n2", "1." + "9" * 100]
+
+
+@pytest.mark.parametrize("project", BAD_PROJECTS, ids=repr)
+def test_malformed_project_ids_are_400_without_state(tmp_path, fake, project):
+    app, backend = make_app(tmp_path, fake)
+    client, model_dir = app.test_client(), tmp_path / "models"
+    bodies = {"/setup": {"project": project, "schema": XML}, "/predict": {"project": project, "tasks": []},
+              "/webhook": {"action": "START_TRAINING", "project": {"id": project}}, "/train": {"project": project}}
+    for path, body in bodies.items():
+        assert_clean_error(client.post(path, json=body), model_dir, 400)
+    assert_clean_error(client.post("/webhook", json={"action": "START_TRAINING", "project": project}), model_dir,
+                       400)
+    assert folders(model_dir) == set() and backend.projects() == {}
+
+
+def test_predict_checks_task_ids_data_and_count(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake, max_predict_tasks=3)
+    client, model_dir = app.test_client(), tmp_path / "models"
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    bad_tasks = [[{"id": "5"}], [{"id": True}], [{"id": 1.0}], [{"id": 2**63}], [{"id": 10**300}], [{"id": -1}],
+                 [{"id": 0}], [{"id": None}], [{}], [5], ["task"], [{"id": 1, "data": "x"}],
+                 [{"id": 1, "data": [1]}], [{"id": 1, "data": None}], [{"id": 1}] * 4, {"id": 1}, "tasks", None]
+    for tasks in bad_tasks:
+        response = client.post("/predict", json={"project": UID, "tasks": tasks})
+        assert_clean_error(response, model_dir, 400)
+    response = client.post("/predict", json={"project": UID, "tasks": [{"id": 2**63 - 1, "data": {}}] * 3})
+    assert response.status_code == 200 and len(response.json["results"]) == 3
+    assert "MAX_PREDICT_TASKS" in client.post("/predict", json={"project": UID, "tasks": [{"id": 1}] * 4}).json["error"]
+    backend.shutdown(timeout=30)
+
+
+def test_setup_refused_for_a_bad_label_config_leaves_no_folder(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake, start_workers=True)
+    try:
+        client, model_dir = app.test_client(), tmp_path / "models"
+        for schema in ("<View", "<View><Image name='image' value='$image'/></View>", "<View>\ud800</View>", 5,
+                       ["<View/>"], XML.replace('ovaal="ignore"', "").replace('value="ignore"', 'value="other"')):
+            response = client.post("/setup", json={"project": "77.1700000000", "schema": schema})
+            assert_clean_error(response, model_dir, 400)
+        assert folders(model_dir) == set() and backend.projects() == {}
+        assert not [t for t in threading.enumerate() if t.name.startswith("ovaal-project-")]
+    finally:
+        backend.shutdown(timeout=30)
+
+
+def test_webhook_shapes_are_checked_before_storing(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake)
+    client, model_dir = app.test_client(), tmp_path / "models"
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    driver = backend.driver(P)
+    before = len(driver.store.pending_events(driver.key))
+    project = {"id": P}
+    bad = [{"action": "ANNOTATION_CREATED", "project": project},
+           {"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": "1", "task": 1}},
+           {"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": 1, "task": "x"}},
+           {"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": 1, "task": 1}, "task": 3},
+           {"action": "ANNOTATIONS_CREATED", "project": project, "annotation": [{"id": 1, "task": 1}, 7]},
+           {"action": "ANNOTATIONS_DELETED", "project": project, "annotations": [{"id": 2**64}]},
+           {"action": "ANNOTATIONS_DELETED", "project": project, "annotations": {"id": 1}},
+           {"action": "PROJECT_UPDATED", "project": {"id": P, "label_config": ["x"]}},
+           {"action": 5, "project": project}, {"action": "A" * 65, "project": project},
+           {"action": "ANNOTATION_CREATED\n", "project": project}]
+    for body in bad:
+        assert_clean_error(client.post("/webhook", json=body), model_dir, 400)
+    # A bare project id works for every action (the stored payload gets a project object).
+    response = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": P})
+    assert response.status_code == 201
+    assert len(driver.store.pending_events(driver.key)) == before + 1
+    backend.shutdown(timeout=30)
+
+
+# --------------------------------------------------------------------------- the fuzzer
+
+PATHS = ["/etc/passwd", "../../../../etc/shadow", "C:\\Windows\\system32\\config", "~/.ssh/id_rsa",
+         "/proc/self/environ", "file:///etc/passwd", "/data/local-files/?d=../../etc/passwd",
+         "/data/upload/1/../../x.png", "\\\\server\\share"]
+STRINGS = ["", " ", "1", "1.1700000000", "1.", ".1", "x.1", "-1", "0", "2147483648", "9" * 40, "١٢", "²", "1e3",
+           "null", "true", "NaN", "\x00", "\ud800", "\udcff", "ä✓💥", "%s%n%x", "${MODEL_DIR}", "<View/>",
+           "<!DOCTYPE x [<!ENTITY a 'aaaaaaaaaa'><!ENTITY b '&a;&a;&a;&a;&a;&a;&a;&a;'>]><View>&b;</View>",
+           "A" * 5000, "ANNOTATION_CREATED", "START_TRAINING", *PATHS]
+INTS = [0, 1, -1, 2, P, 2**31 - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**300, -(10**300)]
+FLOATS = [0.0, -0.0, 1.5, 1.0, 1e308, -1e-308, float("nan"), float("inf"), float("-inf")]
+KEYS = ["project", "schema", "tasks", "task", "id", "data", "action", "annotation", "annotations", "label_config",
+        "result", "was_cancelled", "image", "ovaal_query", "ovaal_round", "ovaal_source_task", "__proto__", ""]
+ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
+           "PROJECT_UPDATED", "START_TRAINING", "TASKS_CREATED", "PROJECT_CREATED", "OVAAL_SETUP", ""]
+RAW = [b"", b"{", b"{not json", b"[1, 2", b"\xff\xfe\x00", b"null", b"123", b'"x"', b"[]",
+       b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000, b'{"project": 1' + b"0" * 5000 + b"}",
+       b'{"project": "1.1700000000", "schema": "<View', b"\x00" * 100, '{"project": "ä"}'.encode("latin-1")]
+
+
+class Fuzzer:
+    """Random JSON values and request bodies from a seeded generator; mostly protocol-shaped, often wrong."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def scalar(self) -> Any:
+        kind = self.rng.randrange(6)
+        return [None, self.rng.choice([True, False]), self.rng.choice(INTS), self.rng.choice(FLOATS),
+                self.rng.choice(STRINGS), self.rng.randint(-5, 50)][kind]
+
+    def value(self, depth: int = 0) -> Any:
+        roll = self.rng.random()
+        if depth >= 4 or roll < 0.55:
+            return self.scalar()
+        if roll < 0.75:
+            return [self.value(depth + 1) for _ in range(self.rng.randrange(4))]
+        return {self.rng.choice(KEYS + STRINGS[:12]): self.value(depth + 1) for _ in range(self.rng.randrange(4))}
+
+    def pick(self, good: list[Any], p_good: float = 0.5) -> Any:
+        return self.rng.choice(good) if self.rng.random() < p_good else self.value()
+
+    def project(self) -> Any:
+        fresh = self.rng.randint(3, 40)  # never 2: the real project set up after the fuzz
+        return self.pick([P, str(P), UID, fresh, str(fresh), f"{fresh}.1700000000", f"{fresh}.{self.rng.random()}"])
+
+    def schema(self) -> Any:
+        broken = XML[:self.rng.randrange(len(XML))]
+        no_ignore = XML.replace('<Label value="ignore" ovaal="ignore"/>', "")
+        renamed = XML.replace("disc", self.rng.choice(STRINGS[:25]) or "x")
+        return self.pick([XML, broken, no_ignore, renamed, XML.replace("$image", self.rng.choice(PATHS)),
+                          XML + "\ud800", f"<View><Image name='image' value='$image'/>{self.rng.choice(STRINGS)}"])
+
+    def task(self) -> Any:
+        data = self.pick([{"image": self.rng.choice(PATHS)}, {"ovaal_query": True, "ovaal_round": self.value()},
+                          {}, {"image": f"/data/upload/{P}/scene_0.png"}])
+        task = {"id": self.pick(INTS + [1, 2, 3, 4]), "data": data}
+        if self.rng.random() < 0.2:
+            task["project"] = self.project()
+        if self.rng.random() < 0.2:
+            del task[self.rng.choice(list(task))]
+        return task if self.rng.random() < 0.9 else self.value()
+
+    def annotation(self) -> Any:
+        result = self.pick([[], [{"type": "keypointlabels", "value": self.value()}]])
+        return self.pick([{"id": self.pick(INTS), "task": self.pick(INTS + [{"id": 1}]), "result": result,
+                           "was_cancelled": self.value()}])
+
+    def body(self, path: str) -> dict[str, Any]:
+        if path == "/setup":
+            body = {"project": self.project(), "schema": self.schema(), "hostname": self.rng.choice(PATHS)}
+        elif path == "/predict":
+            count = self.rng.choice([0, 1, 2, 3, 5, 101])
+            body = {"project": self.project(), "tasks": self.pick([[self.task() for _ in range(count)]], 0.85)}
+        else:
+            project = self.pick([{"id": self.project(), "label_config": self.schema()}, self.project()])
+            annotation = self.pick([self.annotation(), [self.annotation() for _ in range(self.rng.randrange(3))]])
+            body = {"action": self.pick(ACTIONS, 0.8), "project": project, "annotation": annotation,
+                    "task": self.pick([self.task(), [self.task()]]),
+                    "annotations": self.pick([[{"id": self.pick(INTS)} for _ in range(self.rng.randrange(3))]])}
+        for key in list(body):
+            if self.rng.random() < 0.1:
+                del body[key]
+        if self.rng.random() < 0.1:
+            body[self.rng.choice(KEYS)] = self.value()
+        return body
+
+    def request(self) -> tuple[str, bytes, str | None]:
+        """(path, body bytes, content type) of one case."""
+        path = self.rng.choice(["/setup", "/predict", "/webhook"])
+        roll = self.rng.random()
+        if roll < 0.08:
+            return path, self.rng.choice(RAW), self.rng.choice(["application/json", "text/plain", None])
+        if roll < 0.12:
+            return path, bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(64))), "application/json"
+        body = self.body(path) if roll < 0.95 else self.value()
+        return path, json.dumps(body).encode(), "application/json"
+
+
+def add_second_project(fake: FakeLabelStudio, project_id: int) -> None:
+    fake.add_project(project_id)
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        fake.add_image_task(project_id, make_scene(rng)[0], f"other_{i}")
+
+
+def test_fuzzed_bodies_never_5xx_leak_paths_or_leave_state(tmp_path, fake):
+    app, backend = make_app(tmp_path, fake)
+    client, model_dir = app.test_client(), tmp_path / "models"
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    assert backend.worker(P).run_pending()  # round 0 published: /predict also meets real query tasks
+    add_second_project(fake, 2)
+    fuzzer, failures, statuses = Fuzzer(seed=20240611), [], {}
+    start, cases = time.monotonic(), 4000
+    for case in range(cases):
+        path, data, content_type = fuzzer.request()
+        before = folders(model_dir)
+        response = client.post(path, data=data, content_type=content_type)
+        status, text = response.status_code, response.get_data(as_text=True)
+        statuses[status] = statuses.get(status, 0) + 1
+        problem = None
+        if status >= 500:
+            problem = "5xx"
+        elif str(model_dir) in text or str(tmp_path) in text:
+            problem = "MODEL_DIR in the body"
+        elif status >= 400 and not (response.is_json and isinstance(response.json.get("error"), str)):
+            problem = "error body is not {'error': ...}"
+        elif status >= 400 and folders(model_dir) != before:
+            problem = "a refused request created a project folder"
+        elif path != "/setup" and folders(model_dir) != before:
+            problem = f"{path} created a project folder"
+        if problem:
+            failures.append((case, problem, path, data[:300], status, text[:300]))
+    elapsed = time.monotonic() - start
+    print(f"\n{cases} fuzz cases in {elapsed:.1f} s; statuses {dict(sorted(statuses.items()))}")
+    assert not failures, failures[:5]
+    assert statuses.get(400, 0) > cases // 3 and sum(v for k, v in statuses.items() if k < 300) > 50
+    # The real project's junk events are skipped by its worker, and a new real project still reaches round 0.
+    assert backend.worker(P).run_pending() and backend.worker(P).last_error is None
+    response = client.post("/setup", json={"project": "2.1700000000", "schema": XML})
+    assert response.status_code == 200 and response.json["model_version"] == "ovaal-0"
+    assert backend.worker(2).run_pending()
+    project = client.get("/metrics").json["projects"]["2"]
+    assert project["phase"] == "querying" and project["round"] == 0 and project["query_tasks"] == 2
+    assert len(fake.query_tasks(2, 0)) == 2
+    backend.shutdown(timeout=30)
+
+
+# --------------------------------------------------------------------------- serve on an open network
+
+def test_serve_refuses_an_open_network_without_auth():
+    with pytest.raises(ConfigError) as err:
+        check_network_exposure(Config(host="0.0.0.0"))
+    message = str(err.value)
+    assert "\n" not in message and "BASIC_AUTH_USER" in message and "ALLOW_OPEN_NETWORK=true" in message
+    for host in ("::", "192.168.1.5", "example.org", ""):
+        with pytest.raises(ConfigError):
+            check_network_exposure(Config(host=host))
+    # Loopback, credentials, or the explicit opt-out pass (gunicorn is not started here).
+    for config in (Config(), Config(host="127.0.0.2"), Config(host="::1"), Config(host="localhost"),
+                   Config(host="0.0.0.0", allow_open_network=True),
+                   Config(host="0.0.0.0", basic_auth_user="ls", basic_auth_pass="pässwort")):
+        check_network_exposure(config)
+    assert Config().host == "127.0.0.1"
+
+
+def test_serve_command_exits_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "ALLOW_OPEN_NETWORK")}
+    env.update(HOST="0.0.0.0", PORT="9", MODEL_DIR=str(tmp_path / "models"))
+    done = subprocess.run([sys.executable, "-m", "ovaal_backend", "serve"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to serve on HOST=0.0.0.0" in lines[0], done.stderr
+    assert "BASIC_AUTH_PASS" in lines[0] and "ALLOW_OPEN_NETWORK" in lines[0]
+    assert not (tmp_path / "models").exists()
+    check = "import sys, ovaal_backend.backend.wsgi, ovaal_backend.cli; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", check], cwd=ROOT, timeout=120).returncode == 0
