@@ -5,7 +5,8 @@
 #           by sequence: no image of 0006R0 is in the pool)
 # Usage: benchmarks/camvid_grid.sh [RESULTS_DIR] [SEEDS...]; then: python benchmarks/report.py RESULTS_DIR --write-doc
 # Each ovaal+ run also records the same final phase without the semi-supervised loss (the ovaal row) and, on val, the
-# paper's inversion rule (the ovaal+paper row), all on the same rounds. JOBS runs at a time, THREADS torch threads
+# paper's inversion rule (the ovaal+paper row) and the default rule with a plain semi loss (ovaal+unbalanced), all on
+# the same rounds (runs of an earlier grid may lack the last one). JOBS runs at a time, THREADS torch threads
 # each (default 2 x 1 on 2 cores); a finished file is skipped, so an interrupted grid resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ jobs_list() {
   for seed in $SEEDS; do
     for split in val cross; do
       local ablations=""
-      [[ $split == val ]] && ablations="--semi-ablations paper"
+      [[ $split == val ]] && ablations="--semi-ablations paper,unbalanced"
       job "$split" ovaal+ "$seed" --method ovaal+ $ablations --save-checkpoint "$CKPT/${split}_ovaal_seed$seed.pt"
       job "$split" pixelpick "$seed" --method pixelpick
       job "$split" pixelpick-balanced "$seed" --method pixelpick-balanced

@@ -21,7 +21,7 @@ from pathlib import Path
 SPLITS = ("val", "cross")
 SPLIT_TITLES = {"val": "val (pool camvid/train -> camvid/val, the tuning split)",
                 "cross": "cross (pool 0001TP+0016E5 -> 0006R0 train images, held out by sequence)"}
-OVA_ROWS = ("ovaal", "ovaal+", "ovaal+paper", "ovaal-balance0.5", "ovaal+-balance0.5")
+OVA_ROWS = ("ovaal", "ovaal+", "ovaal+paper", "ovaal+unbalanced", "ovaal-balance0.5", "ovaal+-balance0.5")
 BASELINES = ("pixelpick", "pixelpick-balanced")
 ORDER = ("pixelpick", "pixelpick-balanced", "random", "pixelpick-keep-optimizer", *OVA_ROWS)
 PLOTTED = {"pixelpick": "C0", "pixelpick-balanced": "C1", "ovaal": "C2", "ovaal+": "C3"}  # row -> colour
@@ -133,7 +133,8 @@ def final_table(groups: Groups) -> str:
 
 def comparisons(groups: Groups) -> list[tuple[str, str]]:
     pairs = [(row, base) for row in OVA_ROWS for base in BASELINES]
-    return [p for p in pairs + [("ovaal+", "ovaal"), ("ovaal+", "ovaal+paper")] if p[0] in groups and p[1] in groups]
+    semi = [("ovaal+", "ovaal"), ("ovaal+", "ovaal+paper"), ("ovaal+unbalanced", "ovaal")]
+    return [p for p in pairs + semi if p[0] in groups and p[1] in groups]
 
 
 def paired_table(groups: Groups) -> str:

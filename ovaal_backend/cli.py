@@ -135,6 +135,12 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "longer has, as events: a running backend applies them within seconds, a "
                                    "stopped one when it starts.")
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p = sub.add_parser("quarantine", help="list what a project set aside: malformed events, unreadable images",
+                       description="Events that could not be applied and images that could not be read, with their "
+                                   "reasons. --release puts the events back in the queue (a running backend applies "
+                                   "them within seconds); images are tried again by every round by themselves.")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--release", action="store_true", help="retry the quarantined events")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -171,6 +177,25 @@ def run_resync(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_quarantine(args: argparse.Namespace) -> int:
+    """``quarantine``: what one project set aside, and optionally release its events."""
+    from .backend.project.context import ProjectContext, known_projects
+
+    config = Config.from_env()
+    if args.project not in known_projects(config):
+        raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}")
+    ctx = ProjectContext(config, args.project, client=None)  # reads the store only
+    events, images = ctx.store.quarantined_events(ctx.key), ctx.rounds.quarantine(ctx.key, "image")
+    for event in events:
+        print(f"event {event['id']} ({event['action']}): {event['error']}")
+    for image in images:
+        print(f"image of task {image['item']}: {image['reason']}")
+    released = ctx.store.release_events(ctx.key) if args.release else 0
+    print(f"project {args.project}: {len(events)} quarantined events, {len(images)} unreadable images"
+          + (f"; released {released} events" if args.release else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ovaal_backend`` parser with one sub-command per driver."""
     parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
@@ -184,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
     args = build_parser().parse_args(argv)
-    handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync}
+    handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync,
+                "quarantine": run_quarantine}
     try:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -107,6 +107,7 @@ class Config:
     semi_rule: str = "wta"
     semi_teacher: str = "ema"
     semi_ema_decay: float = 0.99
+    semi_balance: float = 1.0  # like class_balance, for the pseudo-labels of the OVAAL+ loss
 
     # --- server ---
     label_studio_url: str = "http://localhost:8080"
@@ -131,6 +132,10 @@ class Config:
     train_after_annotations: int = 0
     point_size: float = 0.6
     predict_batch: int = 4
+    max_download_mb: float = 64.0  # one image download, in MiB
+    download_seconds: float = 120.0  # one image download in all (not per read)
+    max_image_pixels: int = 50_000_000  # width x height of an image, checked before it is decoded
+    image_pool_size: int = 2000  # source images kept resized in memory (least recently used ones dropped)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,12 +156,15 @@ class Config:
                                      ("semi_teacher", self.semi_teacher, SEMI_TEACHERS)):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
-        for name in ("class_balance", "semi_ema_decay"):
+        for name in ("class_balance", "semi_ema_decay", "semi_balance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.semi and not is_ova(self.classifier):
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")
+        for name in ("max_download_mb", "download_seconds", "max_image_pixels", "image_pool_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch",
                      "server_threads"):
             if getattr(self, name) < 1:

@@ -28,3 +28,17 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(root: str | Path) -> int:
+    """Delete the temporary files ``write_atomically`` leaves when its process is killed mid-write; returns how many.
+
+    Only for a process's start (no writer is running yet): a running writer's temporary file would go too.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    stale = [p for p in root.rglob("*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)

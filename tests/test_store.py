@@ -94,7 +94,7 @@ def test_delete_removes_annotation_and_its_points(store):
     assert store.delete_annotations(P, [2]) == 0
     assert store.delete_annotations("other", [1]) == 0
     assert store.delete_annotations(P, []) == 0
-    assert put(store, 2, [(6, 6, 1)], task=11) is True
+    assert put(store, 2, [(6, 6, 1)], task=11) is False, "a deleted annotation never comes back"
 
 
 def test_cancelled_records_answer_without_points(store):
@@ -170,3 +170,25 @@ def test_concurrent_writes_from_threads(path):
 def store_counts(store: LabelStore) -> tuple[int, int, int]:
     counts = store.counts(P)
     return counts["annotations"], counts["points"], len(store.pending_events(P))
+
+
+def test_a_stale_update_changes_nothing_and_a_deleted_annotation_never_comes_back(store):
+    assert store.put_annotation(P, 1, 10, 3, 0, None, [(5, 9, 2)], False, updated_at="2026-01-01T10:00:02Z")
+    assert not store.put_annotation(P, 1, 10, 3, 0, None, [(5, 9, 1)], False, updated_at="2026-01-01T10:00:01Z")
+    assert table(store, 3) == [[5, 9, 2]]
+    assert store.put_annotation(P, 1, 10, 3, 0, None, [(5, 9, 0)], False, updated_at="2026-01-01T10:00:03+00:00")
+    assert table(store, 3) == [[5, 9, 0]]
+    assert store.delete_annotations(P, [1]) == 1
+    assert not store.put_annotation(P, 1, 10, 3, 0, None, [(5, 9, 0)], False, updated_at="2026-01-01T11:00:00Z")
+    assert store.labelled_points(P) == {}
+
+
+def test_events_quarantine_retry_and_release(store):
+    first = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 1}})
+    second = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 2}})
+    store.quarantine_event(first, "ValueError: no task")
+    assert [e[0] for e in store.pending_events(P)] == [second]
+    assert store.quarantined_events(P)[0]["error"] == "ValueError: no task"
+    assert store.retry_event_later(second, "OperationalError: locked") == 1
+    assert store.pending_events(P, now=0.0) == [] and [e[0] for e in store.pending_events(P)] == [second]
+    assert store.release_events(P) == 1 and [e[0] for e in store.pending_events(P, now=0.0)] == [first]

@@ -29,6 +29,7 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..config import MAX_PROJECT_ID, Config
 from ..engine.runtime import configure_torch
+from ..files import remove_stale_temp_files
 from .client import client_from_config
 from .convert import LabelConfigError
 from .project.context import known_projects, parse_label_config
@@ -80,7 +81,13 @@ class Backend:
         self._lock = threading.Lock()
 
     def recover(self) -> list[int]:
-        """Start the worker of every project found under MODEL_DIR: it replays unprocessed events and resumes."""
+        """Start the worker of every project found under MODEL_DIR: it replays unprocessed events and resumes.
+
+        Temporary files a killed process left behind (``*.tmp`` of ``files.write_atomically``) are removed first.
+        """
+        removed = remove_stale_temp_files(self.config.model_dir)
+        if removed:
+            log.info("removed %d temporary files left by an earlier process", removed)
         allowed = self.config.allowed_project_ids
         ids = [i for i in known_projects(self.config) if not allowed or i in allowed]
         for project_id in sorted(set(known_projects(self.config)) - set(ids)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urljoin, urlparse
@@ -30,6 +31,8 @@ PAGE_SIZE = 100
 
 LOCAL_FILES_PREFIX = "/data/local-files/"
 CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
+MEDIA_PREFIXES = ("/data/upload/", "/data/local-files/", "/storage-data/", "/data/")
+"""Paths on Label Studio's host that serve task media; no other path of it is fetched with the token."""
 
 
 class LabelStudioError(RuntimeError):
@@ -50,8 +53,11 @@ class LabelStudioClient:
         session: A ``requests.Session`` to use (tests); a fresh one that ignores proxy variables otherwise.
     """
 
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0, session: requests.Session | None = None) -> None:
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0, session: requests.Session | None = None,
+                 max_download_bytes: int = 64 * 2**20, download_seconds: float = 120.0) -> None:
         self.url = url.rstrip("/")
+        self.max_download_bytes = max_download_bytes
+        self.download_seconds = download_seconds
         self.api_key = api_key
         self.timeout = timeout
         if session is None:
@@ -206,17 +212,39 @@ class LabelStudioClient:
             if task_id is None:
                 raise LabelStudioError(f"cannot fetch {url}: a cloud URI needs its task id for Label Studio's presign")
             encoded = base64.urlsafe_b64encode(url.encode()).decode()
-            return self.request("GET", f"/tasks/{int(task_id)}/presign/", params={"fileuri": encoded}).content
+            response = self.request("GET", f"/tasks/{int(task_id)}/presign/", params={"fileuri": encoded},
+                                    stream=True)
+            return self._read_limited(response, url)
         absolute = urljoin(self.url + "/", url)
         if urlparse(absolute).netloc == urlparse(self.url).netloc:
-            return self.request("GET", absolute).content
+            if not urlparse(absolute).path.startswith(MEDIA_PREFIXES):
+                raise LabelStudioError(f"refusing to fetch {url} with the API token: on Label Studio's host only "
+                                       f"media paths ({', '.join(MEDIA_PREFIXES)}) are images")
+            return self._read_limited(self.request("GET", absolute, stream=True), url)
         try:
-            response = self.session.get(absolute, timeout=self.timeout)
+            response = self.session.get(absolute, timeout=self.timeout, stream=True, allow_redirects=False)
         except requests.RequestException as err:
             raise LabelStudioError(f"GET {absolute} failed: {err}") from err
         if response.status_code != 200:
             raise LabelStudioError(f"GET {absolute} answered {response.status_code}", response.status_code)
-        return response.content
+        return self._read_limited(response, url)
+
+    def _read_limited(self, response: requests.Response, url: str) -> bytes:
+        """The body, or LabelStudioError past ``max_download_bytes`` or ``download_seconds`` in all (a slow drip
+        must not hold a worker longer than the total limit; the per-read timeout alone does not bound it)."""
+        deadline = time.monotonic() + self.download_seconds
+        chunks, size = [], 0
+        with response:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > self.max_download_bytes:
+                    raise LabelStudioError(f"{url}: larger than {self.max_download_bytes // 2**20} MiB "
+                                           "(MAX_DOWNLOAD_MB)")
+                if time.monotonic() > deadline:
+                    raise LabelStudioError(f"{url}: not downloaded within {self.download_seconds:.0f} s "
+                                           "(DOWNLOAD_SECONDS)")
+                chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def client_from_config(config: Config) -> LabelStudioClient:
@@ -224,4 +252,6 @@ def client_from_config(config: Config) -> LabelStudioClient:
     if not config.label_studio_api_key:
         log.warning("LABEL_STUDIO_API_KEY is empty: the backend cannot import query tasks or read images from "
                     "Label Studio; set it to an API token of a Label Studio user with access to the projects")
-    return LabelStudioClient(config.label_studio_url, config.label_studio_api_key)
+    return LabelStudioClient(config.label_studio_url, config.label_studio_api_key,
+                             max_download_bytes=int(config.max_download_mb * 2**20),
+                             download_seconds=config.download_seconds)

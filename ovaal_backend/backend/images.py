@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import posixpath
@@ -10,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+from PIL import Image
 
 from ..engine.data import load_rgb
 from ..files import write_atomically
@@ -27,8 +29,10 @@ class ImageFetcher:
         document_root: Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT`` as seen by the backend ("" = not shared).
     """
 
-    def __init__(self, client: LabelStudioClient, cache_dir: str | Path, document_root: str = "") -> None:
+    def __init__(self, client: LabelStudioClient, cache_dir: str | Path, document_root: str = "",
+                 max_pixels: int = 0) -> None:
         self.client = client
+        self.max_pixels = max_pixels
         self.cache_dir = Path(cache_dir)
         self.document_root = Path(document_root).resolve() if document_root else None
 
@@ -63,6 +67,7 @@ class ImageFetcher:
             path = self.cached_path(url)
             if not path.is_file():
                 data = self.client.download(url, task_id)
+                _check_image(data, url)  # an error page must never be cached as the image
                 write_atomically(path, lambda handle: handle.write(data))
         return path
 
@@ -73,8 +78,13 @@ class ImageFetcher:
             LabelStudioError: It could not be downloaded.
             ValueError: The bytes are not an image.
         """
-        path = self.path(url, task_id)
-        try:
-            return load_rgb(path)
-        except OSError as err:
-            raise ValueError(f"{url} is not an image PIL can read ({err})") from err
+        return load_rgb(self.path(url, task_id), self.max_pixels)
+
+
+def _check_image(data: bytes, url: str) -> None:
+    """Raise ValueError unless ``data`` is an image file PIL can identify (its header; decoding comes later)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except Exception as err:
+        raise ValueError(f"{url}: the download is not an image ({type(err).__name__})") from None

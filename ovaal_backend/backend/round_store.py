@@ -9,6 +9,7 @@ may be lost) -> ``imported`` (its task id known); a mask row is ``todo`` -> ``se
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,6 +51,14 @@ CREATE TABLE IF NOT EXISTS sources (
     task_id INTEGER NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (project, task_id)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    project TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (project, kind, item)
 );
 CREATE TABLE IF NOT EXISTS trainings (
     project TEXT NOT NULL,
@@ -179,6 +188,22 @@ class RoundStore(SqliteFile):
             rows = db.execute("SELECT task_id, data FROM sources WHERE project = ? ORDER BY task_id",
                               (project,)).fetchall()
         return {int(t): json.loads(d) for t, d in rows}
+
+    # --- quarantined items (images that cannot be read: left out of rounds until they can) ---------------------
+
+    def set_quarantine(self, project: str, kind: str, reasons: dict[int, str]) -> None:
+        """Replace the project's quarantined items of ``kind`` (``item -> reason``); items not listed are released."""
+        with self._write() as db:
+            db.execute("DELETE FROM quarantine WHERE project = ? AND kind = ?", (project, kind))
+            db.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?)",
+                           [(project, kind, int(i), str(r), time.time()) for i, r in reasons.items()])
+
+    def quarantine(self, project: str, kind: str) -> list[dict[str, Any]]:
+        """``{"item", "reason", "at"}`` of the project's quarantined items of ``kind``."""
+        with self._read() as db:
+            rows = db.execute("SELECT item, reason, at FROM quarantine WHERE project = ? AND kind = ? ORDER BY item",
+                              (project, kind)).fetchall()
+        return [{"item": i, "reason": r, "at": t} for i, r, t in rows]
 
     # --- trainings ---------------------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ class SqliteFile:
     """
 
     SCHEMA = ""
+    ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {}
+    """Columns added after a table first shipped, ``table -> ((name, declaration), ...)``: added to older files."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -25,6 +27,11 @@ class SqliteFile:
         with self._lock, closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(f"BEGIN IMMEDIATE; {self.SCHEMA} COMMIT;")
+            for table, columns in self.ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def _connect(self) -> sqlite3.Connection:
         """A fresh connection in autocommit mode, so transactions are exactly the ones ``_write`` opens.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,12 @@ CREATE TABLE IF NOT EXISTS annotations (
     PRIMARY KEY (project, annotation_id)
 );
 CREATE INDEX IF NOT EXISTS annotations_round ON annotations (project, round_index);
+CREATE INDEX IF NOT EXISTS annotations_seq ON annotations (seq);
+CREATE TABLE IF NOT EXISTS deleted_annotations (
+    project TEXT NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    PRIMARY KEY (project, annotation_id)
+);
 CREATE TABLE IF NOT EXISTS points (
     project TEXT NOT NULL,
     annotation_id INTEGER NOT NULL,
@@ -76,6 +83,9 @@ class LabelStore(SqliteFile):
     """
 
     SCHEMA = _SCHEMA
+    ADDED_COLUMNS = {"annotations": (("ls_updated_at", "TEXT"),),
+                     "events": (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("error", "TEXT"),
+                                ("quarantined_at", "REAL"), ("retry_at", "REAL"))}
 
     # --- annotations -------------------------------------------------------------------------------------------
 
@@ -89,6 +99,7 @@ class LabelStore(SqliteFile):
         annotator: str | None,
         points: Iterable[tuple[int, int, int]],
         cancelled: bool,
+        updated_at: str | None = None,
     ) -> bool:
         """Store an annotation, replacing whatever that annotation id stored before.
 
@@ -101,24 +112,32 @@ class LabelStore(SqliteFile):
             annotator: Who answered (e-mail or user id), for the record.
             points: ``(row, col, label_index)`` per pixel; a pixel given twice keeps its last label.
             cancelled: The annotator skipped the task: the task counts as answered but no points are stored.
+            updated_at: Label Studio's ``updated_at`` (ISO 8601): a delivery older than the stored one is stale and
+                changes nothing, whatever order webhooks arrive in.
 
         Returns:
-            True if anything changed, False if the same annotation was already stored exactly like this.
+            True if anything changed; False if the same annotation was already stored exactly like this, the delivery
+            is stale, or the annotation was deleted in Label Studio (a late update never brings it back).
         """
         wanted = [] if cancelled else sorted({(int(r), int(c)): int(lab) for r, c, lab in points}.items())
         new_points = [(r, c, lab) for (r, c), lab in wanted]
         header = (int(task_id), int(source_task_id), int(round_index), annotator, int(bool(cancelled)))
         key = (project, int(annotation_id))
         with self._write() as db:
-            old = db.execute("SELECT task_id, source_task_id, round_index, annotator, cancelled FROM annotations "
-                             "WHERE project = ? AND annotation_id = ?", key).fetchone()
+            if db.execute("SELECT 1 FROM deleted_annotations WHERE project = ? AND annotation_id = ?", key).fetchone():
+                return False
+            row = db.execute("SELECT task_id, source_task_id, round_index, annotator, cancelled, ls_updated_at "
+                             "FROM annotations WHERE project = ? AND annotation_id = ?", key).fetchone()
+            if row is not None and _is_older(updated_at, row[5]):
+                return False
             old_points = db.execute("SELECT row, col, label FROM points WHERE project = ? AND annotation_id = ? "
                                     "ORDER BY row, col", key).fetchall()
-            if old == header and old_points == new_points:
+            if row is not None and tuple(row[:5]) == header and old_points == new_points:
                 return False
             (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM annotations").fetchone()
-            db.execute("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (*key, *header, seq, time.time()))
+            db.execute("INSERT OR REPLACE INTO annotations (project, annotation_id, task_id, source_task_id, "
+                       "round_index, annotator, cancelled, seq, updated_at, ls_updated_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*key, *header, seq, time.time(), updated_at))
             db.execute("DELETE FROM points WHERE project = ? AND annotation_id = ?", key)
             db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(*key, *p) for p in new_points])
         return True
@@ -131,6 +150,7 @@ class LabelStore(SqliteFile):
         """
         keys = [(project, int(i)) for i in annotation_ids]
         with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO deleted_annotations VALUES (?, ?)", keys)
             db.executemany("DELETE FROM points WHERE project = ? AND annotation_id = ?", keys)
             before = db.total_changes
             db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?", keys)
@@ -195,25 +215,67 @@ class LabelStore(SqliteFile):
                                 (project, action, json.dumps(payload), time.time()))
             return int(cursor.lastrowid)
 
-    def pending_events(self, project: str | None = None) -> list[tuple[int, str, str, dict[str, Any]]]:
-        """Events not yet marked done, oldest first, as ``(id, project, action, payload)``.
+    def pending_events(self, project: str | None = None,
+                       now: float | None = None) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """Events not yet done nor quarantined, oldest first, as ``(id, project, action, payload)``.
 
         Args:
             project: Only this project's events; None for all projects (restart recovery).
+            now: Stop at the first event whose retry is due only later (events apply in order, so none after it).
         """
-        query = "SELECT id, project, action, payload FROM events WHERE done_at IS NULL"
+        query = ("SELECT id, project, action, payload, retry_at FROM events WHERE done_at IS NULL "
+                 "AND quarantined_at IS NULL")
         args: tuple[Any, ...] = ()
         if project is not None:
             query += " AND project = ?"
             args = (project,)
         with self._read() as db:
             rows = db.execute(query + " ORDER BY id", args).fetchall()
-        return [(i, p, a, json.loads(payload)) for i, p, a, payload in rows]
+        out = []
+        for event_id, key, action, payload, retry_at in rows:
+            if now is not None and retry_at is not None and retry_at > now:
+                break
+            out.append((event_id, key, action, json.loads(payload)))
+        return out
 
     def mark_event_done(self, event_id: int) -> None:
         """Mark an event processed; it stays in the file as a record."""
         with self._write() as db:
             db.execute("UPDATE events SET done_at = ? WHERE id = ? AND done_at IS NULL", (time.time(), int(event_id)))
+
+    def retry_event_later(self, event_id: int, error: str) -> int:
+        """Record a transient failure; the event is due again after 2, 4, 8 ... (at most 300) seconds.
+
+        Returns how many attempts have failed.
+        """
+        with self._write() as db:
+            db.execute("UPDATE events SET attempts = attempts + 1, error = ? WHERE id = ?", (error, int(event_id)))
+            (attempts,) = db.execute("SELECT attempts FROM events WHERE id = ?", (int(event_id),)).fetchone()
+            db.execute("UPDATE events SET retry_at = ? WHERE id = ?",
+                       (time.time() + min(300.0, 2.0 ** attempts), int(event_id)))
+        return int(attempts)
+
+    def quarantine_event(self, event_id: int, error: str) -> None:
+        """Set an event aside with its reason: it is not applied, not lost, and ``release_events`` retries it."""
+        with self._write() as db:
+            db.execute("UPDATE events SET quarantined_at = ?, error = ? WHERE id = ?",
+                       (time.time(), error, int(event_id)))
+
+    def quarantined_events(self, project: str) -> list[dict[str, Any]]:
+        """``{"id", "action", "error", "at"}`` of the project's quarantined events, oldest first."""
+        with self._read() as db:
+            rows = db.execute("SELECT id, action, error, quarantined_at FROM events WHERE project = ? AND "
+                              "quarantined_at IS NOT NULL AND done_at IS NULL ORDER BY id", (project,)).fetchall()
+        return [{"id": i, "action": a, "error": e, "at": t} for i, a, e, t in rows]
+
+    def release_events(self, project: str, event_ids: Iterable[int] | None = None) -> int:
+        """Put quarantined events (all of the project's, or ``event_ids``) back in the queue; returns how many."""
+        query = ("UPDATE events SET quarantined_at = NULL, retry_at = NULL, attempts = 0 WHERE project = ? AND "
+                 "quarantined_at IS NOT NULL AND done_at IS NULL")
+        with self._write() as db:
+            if event_ids is None:
+                return db.execute(query, (project,)).rowcount
+            return sum(db.execute(query + " AND id = ?", (project, int(i))).rowcount for i in event_ids)
 
     # --- metrics -----------------------------------------------------------------------------------------------
 
@@ -227,10 +289,20 @@ class LabelStore(SqliteFile):
         with self._read() as db:
             total, cancelled = db.execute("SELECT COUNT(*), COALESCE(SUM(cancelled), 0) FROM annotations "
                                           "WHERE project = ?", (project,)).fetchone()
-        labels = [table[:, 2] for table in self.labelled_points(project).values()]
-        return {
-            "annotations": int(total),
-            "cancelled": int(cancelled),
-            "points": int(sum(len(lab) for lab in labels)),
-            "ignored_points": int(sum(int((lab == IGNORE_INDEX).sum()) for lab in labels)),
-        }
+            points, ignored = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(label = ?), 0) FROM (SELECT p.label, ROW_NUMBER() OVER ("
+                "PARTITION BY a.source_task_id, p.row, p.col ORDER BY a.seq DESC) AS newest FROM points p "
+                "JOIN annotations a ON a.project = p.project AND a.annotation_id = p.annotation_id "
+                "WHERE p.project = ?) WHERE newest = 1", (IGNORE_INDEX, project)).fetchone()
+        return {"annotations": int(total), "cancelled": int(cancelled), "points": int(points),
+                "ignored_points": int(ignored)}
+
+
+def _is_older(new: str | None, stored: str | None) -> bool:
+    """True when both timestamps are known and ``new`` is before ``stored`` (ISO 8601, as Label Studio sends them)."""
+    if not new or not stored:
+        return False
+    try:
+        return datetime.fromisoformat(new) < datetime.fromisoformat(stored)
+    except (TypeError, ValueError):
+        return False

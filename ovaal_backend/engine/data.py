@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..config import IGNORE_INDEX
 
@@ -103,10 +103,22 @@ class SegmentationFolder:
         return np.where(void, IGNORE_INDEX, label)
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+def load_rgb(path: str | Path, max_pixels: int = 0) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB, turned upright by its EXIF orientation.
+
+    Browsers, and so Label Studio, show a JPEG upright, and clicks come in that frame: reading it as stored would put
+    every click of a rotated photo in the wrong place (or outside the image).
+
+    Raises:
+        ValueError: The file is not an image, or has more than ``max_pixels`` pixels (checked before decoding).
+    """
+    try:
+        with Image.open(path) as img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise ValueError(f"{path}: {img.width}x{img.height} is more than MAX_IMAGE_PIXELS={max_pixels}")
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path} is not an image PIL can read ({err})") from err
 
 
 def resize_images(images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:

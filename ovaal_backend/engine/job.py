@@ -104,7 +104,7 @@ def _load_pool(job: RoundJob):
     keys, tensors, sizes, points, unreadable = [], [], [], [], {}
     for key, path, table in zip(job.keys, job.image_paths, job.points, strict=True):
         try:
-            array = load_rgb(path)
+            array = load_rgb(path, job.config.max_image_pixels)
         except Exception as err:  # a broken image must not stop the round
             unreadable[key] = f"{type(err).__name__}: {err}"
             continue

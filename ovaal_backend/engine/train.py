@@ -83,7 +83,7 @@ def semi_loss(logits: torch.Tensor, teacher: SegmentationClassifier, batch: Batc
         y = batch.points[:, 1].round().long().clamp(0, weight.shape[1] - 1)
         x = batch.points[:, 2].round().long().clamp(0, weight.shape[2] - 1)
         weight[b.to(weight.device), y.to(weight.device), x.to(weight.device)] = False
-    return ova_semi_loss(logits, pseudo, weight[:, None], balance=config.class_balance)
+    return ova_semi_loss(logits, pseudo, weight[:, None], balance=config.semi_balance)
 
 
 @torch.no_grad()

@@ -46,9 +46,10 @@ class Oracle:
         return np.stack([queries.rows, queries.cols, labels], 1).astype(np.int64)
 
 
-SEMI_ABLATIONS: dict[str, dict[str, Any]] = {"paper": {"semi_rule": "paper", "semi_teacher": "frozen"}}
+SEMI_ABLATIONS: dict[str, dict[str, Any]] = {"paper": {"semi_rule": "paper", "semi_teacher": "frozen"},
+                                             "unbalanced": {"semi_balance": 0.0}}
 """Other OVAAL+ final phases a simulation can run on the same rounds: ``paper`` = the paper's inversion rule with
-pseudo-labels from the frozen model."""
+pseudo-labels from the frozen model; ``unbalanced`` = the default rule with a plain (unweighted) semi loss."""
 
 
 def select_images(folder: SegmentationFolder, limit: int = 0, prefixes: Sequence[str] = ()) -> list[int]:

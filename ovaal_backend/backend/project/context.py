@@ -60,10 +60,10 @@ class ProjectContext:
     Args:
         config: Settings (engine and server).
         project_id: Label Studio's project id.
-        client: Calls to Label Studio.
+        client: Calls to Label Studio (None: only the stored state is read, as the quarantine command does).
     """
 
-    def __init__(self, config: Config, project_id: int, client: LabelStudioClient) -> None:
+    def __init__(self, config: Config, project_id: int, client: LabelStudioClient | None) -> None:
         self.config = config
         self.project_id = int(project_id)
         self.key = str(self.project_id)
@@ -71,8 +71,9 @@ class ProjectContext:
         self.client = client
         self.store = LabelStore(self.root / STATE_FILE)
         self.rounds = RoundStore(self.root / STATE_FILE)
-        self.model = ProjectModel(config, self.root, ImageFetcher(client, self.root / "images",
-                                                                  config.label_studio_local_files_document_root))
+        fetcher = ImageFetcher(client, self.root / "images", config.label_studio_local_files_document_root,
+                               config.max_image_pixels)
+        self.model = ProjectModel(config, self.root, fetcher)
         self._lock = threading.RLock()
         saved = self.store.get_state(self.key)
         self._state = ProjectState.from_dict(saved) if saved else ProjectState()

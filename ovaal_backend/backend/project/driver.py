@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -166,8 +167,13 @@ class ProjectDriver:
             "query_tasks": len(queries), "answered_query_tasks": len(answered),
             "new_annotations": state.new_annotations,
             "pending_events": len(self.store.pending_events(self.key)), **self.store.counts(self.key),
-            "trainings": trainings,
+            "trainings": trainings, "quarantined": self.quarantined(),
         }
+
+    def quarantined(self) -> dict[str, list[dict[str, Any]]]:
+        """What is set aside, with its reasons: malformed events, and images that cannot be read."""
+        return {"events": self.store.quarantined_events(self.key),
+                "images": self.ctx.rounds.quarantine(self.key, "image")}
 
     def resync(self) -> tuple[int, int]:
         """Queue Label Studio's annotations (and deletions of stored ones it lacks) as events; see EventApplier."""
@@ -185,20 +191,28 @@ class ProjectDriver:
         return state.phase == PHASE_QUERYING and self._round_end_reason() is not None
 
     def process_events(self) -> int:
-        """Apply every stored event not yet done, oldest first; returns how many.
+        """Apply the stored events that are due, oldest first; returns how many were applied or set aside.
 
-        An event that fails is logged and marked done anyway, so one malformed payload cannot block the queue;
-        its effect (if any) can be recovered with ``resync``.
+        A malformed event is quarantined with its reason (kept in the store, shown in /metrics, released by
+        ``python -m ovaal_backend quarantine --release``); a transient failure (the disk, a locked database) stops
+        the queue in order and retries with backoff, so nothing is marked done that was not applied.
         """
-        events = self.store.pending_events(self.key)
-        for event_id, _, action, payload in events:
+        handled = 0
+        for event_id, _, action, payload in self.store.pending_events(self.key, now=time.time()):
             try:
                 self.events.apply(action, payload)
-            except Exception:
-                log.exception("project %s: event %d (%s) failed; it is skipped (run `resync` to recover labels)",
-                              self.key, event_id, action)
-            self.store.mark_event_done(event_id)
-        return len(events)
+            except TRANSIENT as err:
+                attempts = self.store.retry_event_later(event_id, _reason(err))
+                log.warning("project %s: event %d (%s) failed (attempt %d), retried later: %s", self.key, event_id,
+                            action, attempts, _reason(err))
+                break
+            except Exception as err:
+                self.store.quarantine_event(event_id, _reason(err))
+                log.error("project %s: event %d (%s) quarantined: %s", self.key, event_id, action, _reason(err))
+            else:
+                self.store.mark_event_done(event_id)
+            handled += 1
+        return handled
 
     def step(self) -> bool:
         """Do the next piece of work of the state machine; False when there is nothing to do until an event.
@@ -253,11 +267,13 @@ class ProjectDriver:
     def _run_job(self, state: ProjectState) -> None:
         """Run the round job, keep its result as rows, then move on to publishing (the version goes up only now,
         after its weights are on disk and its rows are stored)."""
-        job = self.round_job(state)
+        job, unreachable = self.round_job(state)
         result = self.jobs.run(job)
+        bad_images = {**unreachable, **result.unreadable}
         for key, reason in result.unreadable.items():
             log.error("project %s: task %d: its image cannot be read, left out of this round: %s", self.key, key,
                       reason)
+        self.ctx.rounds.set_quarantine(self.key, "image", bad_images)
         self.publisher.record(result)
         if result.training is not None:
             log.info("project %s: %s saved (round %d%s, %d points on %d images, %.1f s)", self.key,
@@ -270,15 +286,17 @@ class ProjectDriver:
         self.ctx.update(version=result.version, round=round_index, phase=PHASE_PUBLISHING,
                         fresh_model=state.fresh_model and result.training is None)
 
-    def round_job(self, state: ProjectState) -> RoundJob:
-        """The job for the round that ended: every source image's file and its clicks, the checkpoint to continue."""
+    def round_job(self, state: ProjectState) -> tuple[RoundJob, dict[int, str]]:
+        """The job for the round that ended (every source image's file and its clicks, the checkpoint to continue),
+        and the images that could not be fetched (left out of this round, tried again in the next)."""
         sources = self.ctx.list_sources()
         clicks = self.ctx.points_by_source()
-        keys, paths, points = [], [], []
+        keys, paths, points, unreachable = [], [], [], {}
         for task_id in sorted(sources):
             try:
                 path = self.ctx.model.image_path(task_id, self.ctx.image_url(sources[task_id]))
             except Exception as err:  # one unreachable image must not stop the round
+                unreachable[task_id] = _reason(err)
                 log.error("project %s: task %d: its image cannot be fetched, left out of this round: %s", self.key,
                           task_id, err)
                 continue
@@ -289,7 +307,7 @@ class ProjectDriver:
         return RoundJob(config=self.config, classes=list(state.classes), ended_round=state.training_round,
                         keys=keys, image_paths=paths, points=points, checkpoint=str(self.ctx.model.path),
                         version=version, generation=state.generation, fine_tune=not state.fresh_model,
-                        masks_dir=str(self.root / "masks" / version_name(version)))
+                        masks_dir=str(self.root / "masks" / version_name(version))), unreachable
 
     def _publish(self, state: ProjectState) -> None:
         """Import the round's query tasks, push dense masks, then switch the project to the version."""
@@ -322,6 +340,14 @@ class ProjectDriver:
     def pool_image(self, task_id: int, data: dict[str, Any]) -> PoolImage:
         """A source image resized for the model (kept in memory; the file is cached on disk)."""
         return self.ctx.model.image(task_id, self.ctx.image_url(data))
+
+
+TRANSIENT = (sqlite3.OperationalError, OSError)
+"""Failures that may pass by themselves (a locked database, a full disk): retried, never quarantined."""
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:500]
 
 
 def _soon() -> float:

@@ -119,7 +119,8 @@ class EventApplier:
         stored = [(row, col, self._label_key(label)) for row, col, label in points]
         changed = self.ctx.store.put_annotation(self.ctx.key, annotation_id, task_id=task_id, source_task_id=source,
                                                 round_index=round_index, annotator=_annotator(annotation),
-                                                points=stored, cancelled=cancelled)
+                                                points=stored, cancelled=cancelled,
+                                                updated_at=_text(annotation.get("updated_at")))
         if changed and created and (is_query or stored):
             with self.ctx.lock:
                 self.ctx.update(new_annotations=self.ctx.state.new_annotations + 1)
@@ -193,6 +194,10 @@ class EventApplier:
             self.ctx.store.add_event(self.ctx.key, "ANNOTATIONS_DELETED", {"annotations": [{"id": i} for i in gone]})
         log.info("project %s: resync queued %d annotations and %d deletions", self.ctx.key, queued, len(gone))
         return queued, len(gone)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _as_list(value: Any) -> list[Any]:

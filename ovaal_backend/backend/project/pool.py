@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ class ProjectModel:
         self._lock = threading.Lock()  # the caches below
         self._serving: ActiveLearner | None = None
         self._serving_key: tuple[int, int] | None = None  # (generation, version)
-        self._pool: dict[int, PoolImage] = {}
+        self._pool: OrderedDict[int, PoolImage] = OrderedDict()  # least recently used first
 
     # ------------------------------------------------------------ weights
 
@@ -82,13 +83,17 @@ class ProjectModel:
         """A source image resized for the model (kept in memory; the file is cached on disk)."""
         with self._lock:
             cached = self._pool.get(task_id)
-        if cached is not None and cached.url == url:
-            return cached
+            if cached is not None and cached.url == url:
+                self._pool.move_to_end(task_id)
+                return cached
         array = self.fetcher.load(url, task_id)
         image = PoolImage(url, to_tensor_resized(array, self.config.image_height, self.config.image_width),
                           (int(array.shape[0]), int(array.shape[1])))
         with self._lock:
             self._pool[task_id] = image
+            self._pool.move_to_end(task_id)
+            while len(self._pool) > self.config.image_pool_size:
+                self._pool.popitem(last=False)
         return image
 
     def image_path(self, task_id: int, url: str) -> Path:
