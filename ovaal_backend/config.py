@@ -52,6 +52,19 @@ def is_ova(classifier: str) -> bool:
     return classifier in OVA_CLASSIFIERS
 
 
+TRAIN_PROFILES: dict[str, dict[str, Any]] = {
+    "gpu": {},
+    "cpu": {"image_height": 176, "image_width": 240, "epochs": 2, "first_round_epochs": 3, "semi_epochs": 2},
+}
+"""Training defaults per machine: ``gpu`` = the dataclass defaults (the paper's size, 20 epochs a round); ``cpu`` is
+sized so that a round of a 100-image project ends in about 2 minutes on 2 cores (docs/benchmarks.md). A profile
+only replaces fields still at their default; ``auto`` picks ``gpu`` when CUDA is present."""
+
+ALIASES = {"LABEL_STUDIO_ACCESS_TOKEN": "label_studio_api_key", "LABEL_STUDIO_HOST": "label_studio_url",
+           "THREADS": "server_threads", "START_TRAINING_EACH_N_UPDATES": "train_after_annotations"}
+"""label-studio-ml's environment names, accepted for ours (ours win when both are set)."""
+
+
 class ConfigError(ValueError):
     """A setting has a value that cannot work; the message names the setting and what to do."""
 
@@ -71,6 +84,7 @@ class Config:
     device: str = "auto"
 
     # --- training ---
+    train_profile: str = "auto"  # auto | gpu | cpu: which training defaults apply (see TRAIN_PROFILES)
     image_height: int = 360
     image_width: int = 480
     epochs: int = 20
@@ -151,7 +165,8 @@ class Config:
             raise ConfigError(f"classifier={self.classifier!r}: choose one of {', '.join(CLASSIFIERS)}")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection={self.selection!r}: choose one of {', '.join(SELECTIONS)}")
-        for name, value, allowed in (("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+        for name, value, allowed in (("train_profile", self.train_profile, ("auto", *TRAIN_PROFILES)),
+                                     ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
                                      ("semi_rule", self.semi_rule, SEMI_RULES),
                                      ("semi_teacher", self.semi_teacher, SEMI_TEACHERS)):
             if value not in allowed:
@@ -211,14 +226,24 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Defaults, then environment variables named like the fields in upper case, then ``overrides``."""
         environ = os.environ if environ is None else environ
+        types = {f.name: type(f.default) for f in fields(cls)}
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f.name.upper())
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f.name, raw, type(f.default))
+        for alias, name in ALIASES.items():
+            if environ.get(alias):
+                values[name] = _parse(alias, environ[alias], types[name])
+        for name, kind in types.items():
+            raw = environ.get(name.upper())
+            if raw is not None and raw != "":
+                values[name] = _parse(name, raw, kind)
         values.update(overrides)
         return cls(**values)
+
+    def for_machine(self, has_cuda: bool) -> Config:
+        """The config with its training profile applied (``auto``: ``gpu`` with CUDA, else ``cpu``)."""
+        profile = self.train_profile if self.train_profile != "auto" else ("gpu" if has_cuda else "cpu")
+        defaults = {f.name: f.default for f in fields(self)}
+        changes = {k: v for k, v in TRAIN_PROFILES[profile].items() if getattr(self, k) == defaults[k]}
+        return self.replace(**changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, secrets removed (for results files and logs)."""

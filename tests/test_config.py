@@ -28,3 +28,25 @@ def test_secrets_are_hidden_in_dicts():
     dumped = config.to_dict()
     assert dumped["label_studio_api_key"] == "***" and dumped["basic_auth_pass"] == "***"
     assert config.budget == config.init_pixels + config.rounds * config.pixels_per_round
+
+
+def test_label_studio_ml_names_are_aliases_and_ours_win():
+    env = {"LABEL_STUDIO_ACCESS_TOKEN": "tok", "LABEL_STUDIO_HOST": "http://ls:8080", "THREADS": "3",
+           "START_TRAINING_EACH_N_UPDATES": "5"}
+    config = Config.from_env(env)
+    assert (config.label_studio_api_key, config.label_studio_url) == ("tok", "http://ls:8080")
+    assert (config.server_threads, config.train_after_annotations) == (3, 5)
+    assert Config.from_env({**env, "SERVER_THREADS": "6"}).server_threads == 6
+    with pytest.raises(ConfigError, match="THREADS"):
+        Config.from_env({"THREADS": "many"})
+
+
+def test_cpu_profile_replaces_only_the_training_defaults_left_unset():
+    cpu = Config().for_machine(has_cuda=False)
+    assert (cpu.image_height, cpu.image_width, cpu.epochs, cpu.first_round_epochs) == (176, 240, 2, 3)
+    assert Config().for_machine(has_cuda=True) == Config()
+    assert Config(epochs=7).for_machine(has_cuda=False).epochs == 7
+    assert Config(train_profile="gpu").for_machine(has_cuda=False).image_height == 360
+    assert Config(train_profile="cpu").for_machine(has_cuda=True).image_height == 176
+    with pytest.raises(ConfigError, match="train_profile"):
+        Config(train_profile="tpu")

@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__
 from ..config import MAX_PROJECT_ID, Config
-from ..engine.runtime import configure_torch
+from ..engine.runtime import configure_torch, resolve_device
 from ..files import remove_stale_temp_files
 from .client import client_from_config
 from .convert import LabelConfigError
@@ -134,6 +134,7 @@ class Backend:
 def create_app(config: Config | None = None, backend: Backend | None = None, recover: bool = True) -> Flask:
     """The Flask app. ``config`` defaults to ``Config.from_env()``; ``recover`` resumes projects under MODEL_DIR."""
     config = config or Config.from_env()
+    config = config.for_machine(resolve_device(config.device).type == "cuda")
     configure_torch(config)
     backend = backend or Backend(config)
     app = Flask(__name__)
