@@ -63,3 +63,18 @@ def test_rows_share_the_label_store_file(tmp_path):
     labels.set_state(P, {"phase": "new"})
     rounds.add_query_tasks(P, 0, [(10, 3)])
     assert RoundStore(path).query_tasks(P, 0) == {10: 3} and LabelStore(path).get_state(P) == {"phase": "new"}
+
+
+def test_round_progress_counts_answered_query_tasks_in_sql(tmp_path):
+    path = tmp_path / "labels.sqlite3"
+    labels, rounds = LabelStore(path), RoundStore(path)
+    rounds.add_query_tasks(P, 1, [(10, 3), (11, 4), (12, 5)])
+    rounds.add_query_tasks(P, 2, [(13, 3)])
+    assert rounds.round_progress(P, 1) == (3, 0) and rounds.round_progress(P, 3) == (0, 0)
+    labels.put_annotation(P, 1, task_id=10, source_task_id=3, round_index=1, annotator=None, points=[(1, 1, 0)],
+                          cancelled=False)
+    labels.put_annotation(P, 2, task_id=11, source_task_id=4, round_index=1, annotator=None, points=[],
+                          cancelled=True)
+    labels.put_annotation(P, 3, task_id=11, source_task_id=4, round_index=1, annotator=None, points=[],
+                          cancelled=True)
+    assert rounds.round_progress(P, 1) == (3, 2) and rounds.round_progress(P, 2) == (1, 0)

@@ -128,6 +128,18 @@ class RoundStore(SqliteFile):
             (count,) = db.execute(query, args).fetchone()
         return int(count)
 
+    def round_progress(self, project: str, round_index: int) -> tuple[int, int]:
+        """``(query tasks, answered ones)`` of a round, counted in SQL (the annotations table shares this file).
+
+        Called on every wake-up of a project's worker, so it must not load the round's rows into Python.
+        """
+        with self._read() as db:
+            total, answered = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(EXISTS (SELECT 1 FROM annotations a WHERE a.project = q.project "
+                "AND a.task_id = q.task_id)), 0) FROM query_tasks q WHERE q.project = ? AND q.round_index = ?",
+                (project, int(round_index))).fetchone()
+        return int(total), int(answered)
+
     # --- query tasks known by id (ours, or adopted by their markers) ---------------------------------------------
 
     def add_query_tasks(self, project: str, round_index: int, rows: Iterable[tuple[int, int]]) -> None:

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS annotations (
 );
 CREATE INDEX IF NOT EXISTS annotations_round ON annotations (project, round_index);
 CREATE INDEX IF NOT EXISTS annotations_seq ON annotations (seq);
+CREATE INDEX IF NOT EXISTS annotations_task ON annotations (project, task_id);
 CREATE TABLE IF NOT EXISTS deleted_annotations (
     project TEXT NOT NULL,
     annotation_id INTEGER NOT NULL,
@@ -183,13 +184,6 @@ class LabelStore(SqliteFile):
         """Every stored annotation id of a project (a re-sync deletes the ones Label Studio no longer has)."""
         with self._read() as db:
             rows = db.execute("SELECT annotation_id FROM annotations WHERE project = ?", (project,)).fetchall()
-        return {r[0] for r in rows}
-
-    def answered_tasks(self, project: str, round_index: int) -> set[int]:
-        """Query tasks of a round that have an annotation, submitted or skipped."""
-        with self._read() as db:
-            rows = db.execute("SELECT DISTINCT task_id FROM annotations WHERE project = ? AND round_index = ?",
-                              (project, int(round_index))).fetchall()
         return {r[0] for r in rows}
 
     # --- project state -----------------------------------------------------------------------------------------

@@ -158,13 +158,12 @@ class ProjectDriver:
     def metrics(self) -> dict[str, Any]:
         """What /metrics shows for this project."""
         state = self.ctx.state
-        queries = self.ctx.rounds.query_tasks(self.key, state.round)
-        answered = self.store.answered_tasks(self.key, state.round) & set(queries)
+        queries, answered = self.ctx.rounds.round_progress(self.key, state.round)
         trainings = [dict(t, version=version_name(t["version"])) for t in self.ctx.rounds.trainings(self.key)]
         return {
             "phase": state.phase, "round": state.round, "rounds": self.plan.rounds,
             "model_version": self.model_version, "generation": state.generation, "classes": state.classes,
-            "query_tasks": len(queries), "answered_query_tasks": len(answered),
+            "query_tasks": queries, "answered_query_tasks": answered,
             "new_annotations": state.new_annotations,
             "pending_events": len(self.store.pending_events(self.key)), **self.store.counts(self.key),
             "trainings": trainings, "quarantined": self.quarantined(),
@@ -249,8 +248,8 @@ class ProjectDriver:
         state = self.ctx.state
         if state.round_end_requested:
             return state.round_end_requested
-        tasks = self.ctx.rounds.query_tasks(self.key, state.round)
-        if tasks and set(tasks) <= self.store.answered_tasks(self.key, state.round):
+        total, answered = self.ctx.rounds.round_progress(self.key, state.round)
+        if total and answered == total:
             return f"every query task of round {state.round} is answered"
         every = self.config.train_after_annotations
         if every and state.new_annotations >= every:
