@@ -9,7 +9,11 @@ LS_VENV ?= .venv-ls
 LS_VERSION ?= 1.23.2
 LS_STAMP := $(LS_VENV)/.installed-$(LS_VERSION)
 
-.PHONY: install install-ls run test test-fast lint clean
+# The dashboard's browser test (tests/test_dashboard_browser.py) renders the page in Debian's headless Chromium; it is
+# installed with apt-get where missing and possible, and the test skips itself without it.
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install install-ls install-chromium run test test-fast lint clean
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,13 +31,22 @@ $(LS_STAMP):
 
 install-ls: $(LS_STAMP)
 
+install-chromium:
+	@if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "no apt-get here: chromium not installed, the dashboard's browser test will skip"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+		echo "not root and no sudo: chromium not installed, the dashboard's browser test will skip"; exit 0; fi; \
+	$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; } || \
+		echo "apt-get could not install chromium: the dashboard's browser test will skip"
+
 run: install
 	$(PY) -m ovaal_backend serve
 
 lint: install
 	$(VENV)/bin/ruff check ovaal_backend tests benchmarks
 
-test: install install-ls lint
+test: install install-ls install-chromium lint
 	OVAAL_LS_BIN=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest
 
 test-fast: install

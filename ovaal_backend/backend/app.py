@@ -32,6 +32,7 @@ from ..engine.runtime import configure_torch, resolve_device
 from ..files import remove_stale_temp_files
 from .client import client_from_config
 from .convert import LabelConfigError
+from .dashboard import dashboard_blueprint
 from .project.context import known_projects, parse_label_config
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .worker import ProjectWorker
@@ -145,6 +146,7 @@ def create_app(config: Config | None = None, backend: Backend | None = None, rec
     _add_guards(app, config)
     _add_status_routes(app, backend)
     _add_routes(app, backend)
+    app.register_blueprint(dashboard_blueprint(backend))
     return app
 
 

@@ -35,6 +35,7 @@ from ...engine.rounds import RoundPlan
 from ..client import LabelStudioClient
 from ..convert import brush_results
 from ..jobs import InProcessJobs, JobRunner
+from ..progress import project_facts
 from .context import ProjectContext, parse_label_config
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
 from .pool import PoolImage
@@ -167,6 +168,8 @@ class ProjectDriver:
             "new_annotations": state.new_annotations,
             "pending_events": len(self.store.pending_events(self.key)), **self.store.counts(self.key),
             "trainings": trainings, "quarantined": self.quarantined(),
+            **project_facts(self.config, self.plan, self.store, self.ctx.rounds, self.key, state,
+                            self.ctx.iface.ignore_label if state.is_set_up else None),
         }
 
     def quarantined(self) -> dict[str, list[dict[str, Any]]]:
