@@ -141,6 +141,12 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "them within seconds); images are tried again by every round by themselves.")
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--release", action="store_true", help="retry the quarantined events")
+    p = sub.add_parser("worker", help="run round jobs from the Redis queue (REDIS_URL), e.g. on a GPU machine",
+                       description="An RQ worker for the backend's JOB_QUEUE on REDIS_URL: each round job runs in a "
+                                   "freshly spawned process (never a fork, so CUDA is safe). Needs the shared "
+                                   "MODEL_DIR and the image files; start one per GPU (CUDA_VISIBLE_DEVICES=N).")
+    p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    p.add_argument("--name", help="worker name shown by rq (default: a random id)")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -196,6 +202,13 @@ def run_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker(args: argparse.Namespace) -> int:
+    """``worker``: an RQ worker for the backend's round jobs."""
+    from .backend.queue_worker import run_worker as work
+
+    return work(Config.from_env(), burst=args.burst, name=args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ovaal_backend`` parser with one sub-command per driver."""
     parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
@@ -210,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
     args = build_parser().parse_args(argv)
     handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync,
-                "quarantine": run_quarantine}
+                "quarantine": run_quarantine, "worker": run_worker}
     try:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

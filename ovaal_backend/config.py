@@ -151,6 +151,13 @@ class Config:
     max_image_pixels: int = 50_000_000  # width x height of an image, checked before it is decoded
     image_pool_size: int = 2000  # source images kept resized in memory (least recently used ones dropped)
 
+    # --- job queue (scale out; backend/queue_worker.py) ---
+    redis_url: str = ""  # redis://host:6379/0: round jobs go to RQ workers ("" = they run in this process)
+    job_queue: str = "ovaal"  # RQ queue name shared by the backend and its workers
+    job_timeout: int = 21600  # seconds one round job may run on a worker before it is stopped (and retried)
+    job_retries: int = 2  # re-runs of a job whose worker failed or died before it counts as failed
+    worker_heartbeat: int = 30  # seconds between a busy worker's heartbeats; ~2 missed ones = the job is re-run
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -204,6 +211,15 @@ class Config:
             raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if not 0 < self.max_request_mb < 1e6:
             raise ConfigError(f"max_request_mb must be a positive number of MiB, got {self.max_request_mb}")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.job_queue):
+            raise ConfigError(f"job_queue={self.job_queue!r}: use 1-64 letters, digits, '_', '.', ':' or '-'")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis_url must start with redis://, rediss:// or unix:// (or be empty: jobs in-process)")
+        for name in ("job_timeout", "worker_heartbeat"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 second, got {getattr(self, name)}")
+        if self.job_retries < 0:
+            raise ConfigError(f"job_retries must not be negative, got {self.job_retries}")
         if self.max_predict_tasks < 1:
             raise ConfigError(f"max_predict_tasks must be at least 1, got {self.max_predict_tasks}")
         _project_ids(self.allowed_projects)
@@ -251,7 +267,13 @@ class Config:
         for secret in ("label_studio_api_key", "basic_auth_pass"):
             if out[secret]:
                 out[secret] = "***"
+        out["redis_url"] = redact_url(out["redis_url"])
         return out
+
+
+def redact_url(url: str) -> str:
+    """A URL with the password of its ``user:password@`` part replaced by ``***`` (for logs and /metrics)."""
+    return re.sub(r"(?<=://)([^/@]*?):[^/@]*@", r"\1:***@", url)
 
 
 def _project_ids(text: str) -> frozenset[int]:

@@ -221,7 +221,10 @@ def test_dockerignore_keeps_what_is_copied(name):
 
 def test_compose_services_and_ports(compose):
     services = compose["services"]
-    assert set(services) == {"label-studio", "ovaal-backend"}
+    assert set(services) == {"label-studio", "ovaal-backend", "redis", "worker"}
+    # The queue's services start only with --profile queue: a plain `up` is Label Studio + the backend, as before.
+    assert [name for name, s in services.items() if "queue" in (s.get("profiles") or [])] == ["redis", "worker"]
+    assert not services["label-studio"].get("profiles") and not services["ovaal-backend"].get("profiles")
     ls, backend = services["label-studio"], services["ovaal-backend"]
     assert ls["image"] == "heartexlabs/label-studio:1.23.2"
     assert [default_of(p) for p in ls["ports"]] == ["8080:8080"]
@@ -304,6 +307,31 @@ def test_compose_wires_label_studio_to_the_backend(compose):
         return sources[0]
 
     assert images_mount("label-studio") == images_mount("ovaal-backend")
+
+
+def test_compose_queue_worker(compose):
+    """The GPU worker runs `python -m ovaal_backend worker` on the backend's Redis queue, with the same MODEL_DIR
+    volume and image folder as the backend and a GPU reservation; Redis is not published on the host."""
+    services = compose["services"]
+    worker, backend, redis = services["worker"], services["ovaal-backend"], services["redis"]
+    assert worker["command"] == ["python", "-m", "ovaal_backend", "worker"]
+    assert (ROOT / worker["build"]["dockerfile"]).resolve() == (DOCKER / "Dockerfile.cuda").resolve()
+    env = env_of(worker)
+    assert not set(env) - CONFIG_VARS - SDK_VARS, "the worker sets variables that are no Config field"
+    assert default_of(env["REDIS_URL"]) == "redis://redis:6379/0" and "redis" in worker["depends_on"]
+    backend_env = env_of(backend)
+    assert default_of(backend_env["REDIS_URL"]) == ""  # in-process unless REDIS_URL is set
+    assert default_of(env["JOB_QUEUE"]) == default_of(backend_env["JOB_QUEUE"]) == "ovaal"
+    config = Config.from_env({k: default_of(v) for k, v in env.items()})
+    assert config.redis_url and config.model_dir == backend_env["MODEL_DIR"] and config.device == "cuda"
+    assert config.label_studio_local_files_document_root == backend_env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]
+    mounts = {dst: src for src, dst, _ in (split_volume(v) for v in worker["volumes"])}
+    backend_mounts = {dst: src for src, dst, _ in (split_volume(v) for v in backend["volumes"])}
+    assert mounts == backend_mounts and mounts["/data/models"] in compose["volumes"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert [default_of(d) for d in devices[0]["device_ids"]] == ["0"]
+    assert "ports" not in redis and redis["image"].startswith("redis:")
 
 
 def test_gpu_override():

@@ -33,6 +33,7 @@ from ..files import remove_stale_temp_files
 from .client import client_from_config
 from .convert import LabelConfigError
 from .dashboard import dashboard_blueprint
+from .jobs import job_runner
 from .project.context import known_projects, parse_label_config
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .worker import ProjectWorker
@@ -77,6 +78,7 @@ class Backend:
         self.config = config
         self.client = (client_factory or client_from_config)(config)
         self.start_workers = start_workers
+        self.jobs = job_runner(config)  # where round jobs run: this process, or RQ workers when REDIS_URL is set
         self._drivers: dict[int, ProjectDriver] = {}
         self._workers: dict[int, ProjectWorker] = {}
         self._lock = threading.Lock()
@@ -107,7 +109,7 @@ class Backend:
             if driver is None:
                 if not create and project_id not in known_projects(self.config):
                     return None
-                driver = ProjectDriver(self.config, project_id, self.client)
+                driver = ProjectDriver(self.config, project_id, self.client, jobs=self.jobs)
                 if not create and not driver.is_set_up:
                     return None
                 self._drivers[project_id] = driver
@@ -226,7 +228,8 @@ def _add_status_routes(app: Flask, backend: Backend) -> None:
         projects = {}
         for project_id, driver in sorted(backend.projects().items()):
             projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
-        return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects)
+        return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects,
+                       jobs=backend.jobs.status())
 
 
 def _add_routes(app: Flask, backend: Backend) -> None:

@@ -270,7 +270,7 @@ class ProjectDriver:
         """Run the round job, keep its result as rows, then move on to publishing (the version goes up only now,
         after its weights are on disk and its rows are stored)."""
         job, unreachable = self.round_job(state)
-        result = self.jobs.run(job)
+        result = self.jobs.run(job, project=self.key)
         bad_images = {**unreachable, **result.unreadable}
         for key, reason in result.unreadable.items():
             log.error("project %s: task %d: its image cannot be read, left out of this round: %s", self.key, key,

@@ -1,0 +1,327 @@
+"""Round jobs on RQ workers: the web process enqueues, GPU machines train (``REDIS_URL`` set).
+
+Both sides live here. ``RQJobs`` is the backend's ``JobRunner``: called in a project's worker thread, it enqueues the
+round job under the id ``"<project>-" + job.job_id`` (generation, version and round), or finds the job already there
+under that id, and polls until it ends. ``python -m ovaal_backend worker`` (``run_worker``) runs an RQ worker whose
+work horse is a freshly spawned interpreter per job (``SpawnWorker``: CUDA is never used across a fork); it needs
+only Redis, MODEL_DIR (shared, e.g. over NFS) and the image files the job names.
+
+Faults, and why no round is lost:
+
+- SQLite under MODEL_DIR is the state of record; Redis only carries work. A job that vanished (Redis restarted
+  without persistence) is enqueued again; a failed one raises ``QueueJobError`` naming the job and its reason, the
+  project's worker logs it (``/metrics``: ``last_error``) and its next attempt enqueues the job again. Jobs are
+  idempotent: a re-run whose checkpoint was saved reuses it (``engine.job.run_round``).
+- A worker killed mid-job (kill -9, a machine lost): its work horse exits with it (it watches its parent), the job's
+  entry in the started registry stops being renewed and expires about ``2 * WORKER_HEARTBEAT + 5`` s later, and
+  rq's abandoned-job handling (``StartedJobRegistry.cleanup``, which the waiting backend runs every few seconds)
+  puts it back on the queue while retries are left (``JOB_RETRIES``), for another worker to run.
+- The web process restarting while a job runs finds it again under the same id and picks up its result (kept
+  ``RESULT_TTL`` seconds). One project never has two of its jobs queued at once: the driver waits for each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.worker import SpawnWorker, Worker
+
+from ..config import Config, ConfigError, redact_url
+from ..engine.job import RoundJob, RoundResult
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "ovaal_backend.backend.queue_worker.run_queued_round"
+"""What a worker's work horse imports and calls with the RoundJob."""
+RESULT_TTL = 7 * 24 * 3600
+"""Seconds a finished (or failed) job and its result stay in Redis: a backend restarted meanwhile picks them up."""
+POLL_SECONDS = 1.0
+"""How often the waiting backend reads the job's status."""
+CLEANUP_SECONDS = 3.0
+"""How often it runs rq's abandoned-job handling on the queue's started registry while its job runs."""
+NO_WORKER_WARNING_SECONDS = 60.0
+"""A job queued this long with no worker on its queue is logged (the job stays queued)."""
+PARENT_PID_ENV = "OVAAL_QUEUE_WORKER_PID"
+"""Set by ``run_worker``: a work horse whose parent is no longer this process stops (its worker was killed)."""
+WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+
+
+class QueueJobError(RuntimeError):
+    """A round job failed on the queue (or Redis could not be reached); the project's worker retries later."""
+
+
+def connect(url: str, **kwargs: Any) -> Redis:
+    """A Redis client for ``REDIS_URL`` (connects on first command)."""
+    return Redis.from_url(url, **kwargs)
+
+
+# ============================================================================ the backend's side
+
+
+class RQJobs:
+    """``JobRunner`` that hands round jobs to RQ workers and waits for their results (see the module docstring).
+
+    Args:
+        config: Settings: ``redis_url``, ``job_queue``, ``job_timeout``, ``job_retries``.
+        poll_seconds: Status poll interval.
+    """
+
+    def __init__(self, config: Config, poll_seconds: float = POLL_SECONDS) -> None:
+        if not config.redis_url:
+            raise ConfigError("RQJobs needs REDIS_URL")
+        self.config = config
+        self.poll_seconds = poll_seconds
+        self._queue: Queue | None = None
+        self._lock = threading.Lock()
+        self._current: dict[str, str] = {}  # project -> id of the job its worker waits for
+
+    @property
+    def queue(self) -> Queue:
+        """The RQ queue (connected on first use, so settings alone never need Redis)."""
+        with self._lock:
+            if self._queue is None:
+                redis = connect(self.config.redis_url, socket_connect_timeout=5, socket_timeout=30,
+                                health_check_interval=30)
+                self._queue = Queue(self.config.job_queue, connection=redis)
+            return self._queue
+
+    @staticmethod
+    def job_id(job: RoundJob, project: int | str = "") -> str:
+        """The queue's id of a round job: the project, then generation, version and round."""
+        return f"{project}-{job.job_id}" if str(project) else job.job_id
+
+    def run(self, job: RoundJob, project: int | str = "") -> RoundResult:
+        rq_id = self.job_id(job, project)
+        payload = portable(job)
+        digest = job_digest(payload)
+        self._current[str(project)] = rq_id
+        try:
+            return self._wait(self._submit(rq_id, payload, digest, str(project)), payload, digest, str(project))
+        except RedisError as err:
+            raise QueueJobError(f"round job {rq_id}: Redis at {redact_url(self.config.redis_url)} failed "
+                                f"({type(err).__name__}: {err}); the project retries it later") from err
+
+    def _submit(self, rq_id: str, payload: RoundJob, digest: str, project: str) -> Job:
+        """The job with this id: the one already on the queue (still waiting or running, or finished on the same
+        pool), else a new one. A failed, stopped or stale one is replaced."""
+        existing = self._fetch(rq_id)
+        if existing is not None:
+            status = existing.get_status(refresh=False)
+            if status in WAITING:
+                log.info("round job %s is already on queue '%s' (%s): waiting for it", rq_id, self.queue.name,
+                         status.value)
+                return existing
+            if status == JobStatus.FINISHED and existing.meta.get("digest") == digest:
+                return existing
+            log.info("round job %s found %s on the queue%s: enqueued again", rq_id, status.value,
+                     "" if status != JobStatus.FINISHED else " for another pool")
+            existing.delete()
+        return self._enqueue(rq_id, payload, digest, project)
+
+    def _enqueue(self, rq_id: str, payload: RoundJob, digest: str, project: str) -> Job:
+        retries = self.config.job_retries
+        try:
+            job = self.queue.enqueue_call(
+                JOB_FUNCTION, args=(payload,), job_id=rq_id, timeout=self.config.job_timeout, result_ttl=RESULT_TTL,
+                failure_ttl=RESULT_TTL, description=f"round job {rq_id}", meta={"digest": digest, "project": project},
+                retry=Retry(max=retries) if retries else None, unique=True)
+        except DuplicateJobError:  # enqueued by someone else since we looked: wait for that one
+            job = self._fetch(rq_id)
+            if job is None:
+                raise QueueJobError(f"round job {rq_id}: a duplicate appeared and vanished; retried later") from None
+            return job
+        log.info("round job %s enqueued on queue '%s' (%d images)", rq_id, self.queue.name, len(payload.keys))
+        return job
+
+    def _fetch(self, rq_id: str) -> Job | None:
+        """The job under this id, or None (a half-written hash, e.g. after Redis lost it mid-run, is removed)."""
+        try:
+            job = Job.fetch(rq_id, connection=self.queue.connection)
+            job.get_status(refresh=True)
+            return job
+        except (NoSuchJobError, InvalidJobOperation):
+            return None
+        except RedisError:
+            raise
+        except Exception as err:  # unreadable job data
+            log.warning("round job %s: unreadable in Redis (%s); replaced", rq_id, err)
+            self.queue.connection.delete(Job.key_for(rq_id))
+            return None
+
+    def _wait(self, job: Job, payload: RoundJob, digest: str, project: str) -> RoundResult:
+        """Poll the job until it finishes (its result), fails (QueueJobError) or vanishes (enqueued again)."""
+        queued_since, warned, last_cleanup = time.monotonic(), False, 0.0
+        while True:
+            try:
+                status = job.get_status(refresh=True)
+            except InvalidJobOperation:  # the hash is gone: Redis restarted, or the job was deleted
+                log.warning("round job %s vanished from Redis (restarted?): enqueued again", job.id)
+                job = self._enqueue(job.id, payload, digest, project)
+                continue
+            if status == JobStatus.FINISHED:
+                result = job.return_value(refresh=True)
+                if isinstance(result, RoundResult):
+                    return result
+                log.warning("round job %s finished but its result is gone: enqueued again", job.id)
+                job.delete()
+                job = self._enqueue(job.id, payload, digest, project)
+                continue
+            if status not in WAITING:
+                raise QueueJobError(f"round job {job.id} {status.value} on queue '{self.queue.name}': "
+                                    f"{failure_reason(job)}; the project enqueues it again at its next attempt")
+            now = time.monotonic()
+            if status == JobStatus.STARTED:
+                queued_since, warned = now, False
+                if now - last_cleanup >= CLEANUP_SECONDS:  # rq's abandoned-job handling: a dead worker's job
+                    StartedJobRegistry(queue=self.queue).cleanup()  # goes back on the queue (or fails)
+                    last_cleanup = now
+            elif not warned and now - queued_since > NO_WORKER_WARNING_SECONDS:
+                warned = True
+                if not Worker.count(queue=self.queue):
+                    log.warning("round job %s waits on queue '%s' with no worker listening: start "
+                                "`python -m ovaal_backend worker` with REDIS_URL and MODEL_DIR", job.id,
+                                self.queue.name)
+            time.sleep(self.poll_seconds)
+
+    def status(self) -> dict[str, Any]:
+        """The queue's view for /metrics: counts, workers, and each project's current job."""
+        out: dict[str, Any] = {"kind": "rq", "redis": redact_url(self.config.redis_url),
+                               "queue": self.config.job_queue}
+        try:
+            queue = self.queue
+            out.update(queued=queue.count, started=StartedJobRegistry(queue=queue).count,
+                       failed=FailedJobRegistry(queue=queue).count, workers=Worker.count(queue=queue))
+            jobs = {}
+            for project, rq_id in sorted(self._current.items()):
+                job = self._fetch(rq_id)
+                jobs[project] = {"job": rq_id, "status": job.get_status(refresh=False).value if job else "gone"}
+            out["jobs"] = jobs
+        except RedisError as err:
+            out["error"] = f"{type(err).__name__}: {err}"
+        return out
+
+
+def portable(job: RoundJob) -> RoundJob:
+    """The job as it travels through Redis: the same work without the backend's secrets."""
+    config = job.config.replace(label_studio_api_key="", basic_auth_user="", basic_auth_pass="", redis_url="")
+    return dataclasses.replace(job, config=config)
+
+
+def job_digest(job: RoundJob) -> str:
+    """What a stored result must match to be reused: the pool, classes, files and model it was computed for."""
+    text = json.dumps([job.keys, job.image_paths, job.classes, job.checkpoint, job.version, job.generation,
+                       job.ended_round, job.fine_tune, job.masks_dir])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def failure_reason(job: Job) -> str:
+    """The last line of the job's failure (the exception), or its status when rq kept none."""
+    try:
+        result = job.latest_result()
+    except Exception:  # noqa: BLE001 - a reason is best effort
+        result = None
+    text = (getattr(result, "exc_string", None) or "").strip()
+    return text.splitlines()[-1][:500] if text else "no reason recorded"
+
+
+# ============================================================================ the worker's side
+
+
+class RoundWorker(SpawnWorker):
+    """An RQ worker whose work horse is a fresh interpreter (``posix_spawn``), never a fork.
+
+    Its running job's entry in the started registry lives ``2 * job_monitoring_interval + 5`` s past each heartbeat
+    (rq adds a fixed minute), so a killed worker's job is found abandoned and re-run soon.
+    """
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return int(2 * self.job_monitoring_interval + 5)
+
+
+def run_worker(config: Config, burst: bool = False, name: str | None = None) -> int:
+    """``python -m ovaal_backend worker``: run round jobs from ``JOB_QUEUE`` until stopped (SIGTERM: after the job)."""
+    if not config.redis_url:
+        raise ConfigError("the worker needs REDIS_URL (the Redis the backend enqueues round jobs on)")
+    redis = connect(config.redis_url)
+    try:
+        redis.ping()
+    except RedisError as err:
+        raise RuntimeError(f"cannot reach Redis at {redact_url(config.redis_url)}: {err}") from err
+    os.environ[PARENT_PID_ENV] = str(os.getpid())
+    worker = RoundWorker([Queue(config.job_queue, connection=redis)], connection=redis, name=name,
+                         job_monitoring_interval=config.worker_heartbeat)
+    log.info("worker %s on queue '%s' at %s (MODEL_DIR=%s, CUDA_VISIBLE_DEVICES=%s, DEVICE=%s)", worker.name,
+             config.job_queue, redact_url(config.redis_url), config.model_dir,
+             os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"), config.device)
+    worker.work(burst=burst, logging_level=config.log_level.upper())
+    return 0
+
+
+def run_queued_round(job: RoundJob) -> RoundResult:
+    """The job function, run in a freshly spawned work horse: the round job with this machine's paths and device.
+
+    ``MODEL_DIR`` and ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` of this machine replace the backend's at the start
+    of the job's paths (the same share may be mounted elsewhere); ``DEVICE`` and ``NUM_THREADS`` are this machine's.
+    """
+    from ..engine.job import run_round
+    from ..engine.runtime import configure_torch
+
+    _exit_with_parent()
+    here = Config.from_env()
+    theirs = job.config
+    moves = [(theirs.model_dir, here.model_dir)]
+    if theirs.label_studio_local_files_document_root and here.label_studio_local_files_document_root:
+        moves.append((theirs.label_studio_local_files_document_root, here.label_studio_local_files_document_root))
+    config = theirs.replace(device=here.device, num_threads=here.num_threads, model_dir=here.model_dir,
+                            label_studio_local_files_document_root=here.label_studio_local_files_document_root)
+    mine = dataclasses.replace(
+        job, config=config, image_paths=[rebase(p, moves) for p in job.image_paths],
+        checkpoint=rebase(job.checkpoint, moves), masks_dir=job.masks_dir and rebase(job.masks_dir, moves))
+    configure_torch(config)
+    log.info("round job %s: %d images, device %s", job.job_id, len(job.keys), config.device)
+    result = run_round(mine)
+    back = [(dst, src) for src, dst in moves]
+    result.masks = {key: rebase(path, back) for key, path in result.masks.items()}
+    return result
+
+
+def rebase(path: str, moves: list[tuple[str, str]]) -> str:
+    """``path`` with the first matching root of ``moves`` (``(from, to)`` pairs) replaced."""
+    norm = os.path.normpath(path)
+    for src, dst in moves:
+        src = os.path.normpath(src)
+        if src == os.path.normpath(dst):
+            continue
+        if norm == src or norm.startswith(src.rstrip(os.sep) + os.sep):
+            return os.path.join(os.path.normpath(dst), os.path.relpath(norm, src)) if norm != src else dst
+    return path
+
+
+def _exit_with_parent(interval: float = 0.5) -> None:
+    """In a work horse of ``run_worker``: end this process when the worker dies (kill -9), so a job that rq
+    re-runs elsewhere never trains twice at once."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or os.getppid() != int(parent):
+        return  # not a horse of our worker (a test calling the function, rq's SimpleWorker)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != int(parent):
+                log.error("worker process %s is gone: this job's work horse stops", parent)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="ovaal-parent-watch", daemon=True).start()

