@@ -141,6 +141,13 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "them within seconds); images are tried again by every round by themselves.")
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--release", action="store_true", help="retry the quarantined events")
+    p = sub.add_parser("cleanup", help="remove from a Label Studio project everything the backend wrote into it",
+                       description="Deletes the backend's query tasks (with their annotations), its predictions "
+                                   "(model versions ovaal-N) and its Data Manager tab, and sets the project back to "
+                                   "sequential sampling and no model version. Disconnect the model in Label Studio "
+                                   "first, or the backend starts a new round. MODEL_DIR/<id> is left as it is.")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    p.add_argument("--yes", action="store_true", help="really do it (without: only say what would happen)")
     p = sub.add_parser("worker", help="run round jobs from the Redis queue (REDIS_URL), e.g. on a GPU machine",
                        description="An RQ worker for the backend's JOB_QUEUE on REDIS_URL: each round job runs in a "
                                    "freshly spawned process (never a fork, so CUDA is safe). Needs the shared "
@@ -159,11 +166,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``export``: label maps and previews of one project's source images."""
-    from .backend.app import Backend
+    from .backend.client import client_from_config
     from .backend.export import export_project
 
     config = Config.from_env()
-    written = export_project(config, args.project, args.out, Backend(config, start_workers=False).client)
+    written = export_project(config, args.project, args.out, client_from_config(config))
     print(f"project {args.project}: {len(written)} label maps -> {args.out}")
     return 0
 
@@ -209,6 +216,21 @@ def run_worker(args: argparse.Namespace) -> int:
     return work(Config.from_env(), burst=args.burst, name=args.name)
 
 
+def run_cleanup(args: argparse.Namespace) -> int:
+    """``cleanup``: everything the backend wrote into a project, removed."""
+    from .backend.cleanup import clean_project
+    from .backend.client import client_from_config
+
+    if not args.yes:
+        print(f"project {args.project}: would delete the backend's query tasks, its ovaal-N predictions and its "
+              "Data Manager tab, and set sampling back to sequential; run again with --yes")
+        return 0
+    removed = clean_project(client_from_config(Config.from_env()), args.project)
+    print(f"project {args.project}: removed {removed['query_tasks']} query tasks, {removed['predictions']} "
+          f"predictions, {removed['views']} tabs; sampling is sequential again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ovaal_backend`` parser with one sub-command per driver."""
     parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
@@ -223,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
     args = build_parser().parse_args(argv)
     handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync,
-                "quarantine": run_quarantine, "worker": run_worker}
+                "quarantine": run_quarantine, "worker": run_worker, "cleanup": run_cleanup}
     try:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

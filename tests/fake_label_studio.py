@@ -155,6 +155,31 @@ class FakeLabelStudio:
         self._call("task_predictions", task_id)
         return copy.deepcopy(self.tasks[task_id]["predictions"])
 
+    def delete_task(self, task_id: int) -> None:
+        self._call("delete_task", task_id)
+        self.tasks.pop(task_id, None)
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        self._call("delete_prediction", prediction_id)
+        for task in self.tasks.values():
+            task["predictions"] = [p for p in task["predictions"] if p["id"] != prediction_id]
+
+    def list_views(self, project_id: int) -> list[dict[str, Any]]:
+        self._call("list_views", project_id)
+        return copy.deepcopy(self.projects[project_id].get("views", []))
+
+    def create_view(self, project_id: int, title: str, filters: dict[str, Any]) -> int:
+        self._call("create_view", (project_id, title))
+        views = self.projects[project_id].setdefault("views", [])
+        self._ids["view"] = self._ids.get("view", 0) + 1
+        views.append({"id": self._ids["view"], "data": {"title": title, "filters": copy.deepcopy(filters)}})
+        return self._ids["view"]
+
+    def delete_view(self, view_id: int) -> None:
+        self._call("delete_view", view_id)
+        for project in self.projects.values():
+            project["views"] = [v for v in project.get("views", []) if v["id"] != view_id]
+
     def download(self, url: str, task_id: int | None = None) -> bytes:
         self._call("download", url)
         if url not in self.files:

@@ -238,4 +238,19 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     wait_for("the resync events to be applied", lambda: backend.metrics(pid)["pending_events"] == 0, 30,
              backend)
     assert backend.metrics(pid)["annotations"] == 2 * N_IMAGES  # nothing changed, nothing duplicated
+
+    # Cleanup: everything the backend wrote into the project goes, the images and people's work stay.
+    views = session.get(f"{label_studio.url}/api/dm/views/", params={"project": pid}).json()
+    assert [v["data"]["title"] for v in views].count("OVAAL queries") == 1
+    run = subprocess.run([sys.executable, "-m", "ovaal_backend", "cleanup", "--project", str(pid), "--yes"],
+                         cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    tasks = session.get(f"{label_studio.url}/api/tasks", params={"project": pid, "fields": "all",
+                                                               "page_size": 1000}).json()["tasks"]
+    assert len(tasks) == N_IMAGES and not any(t["data"].get("ovaal_query") for t in tasks)
+    predictions = [p for t in tasks for p in session.get(f"{label_studio.url}/api/predictions",
+                                                         params={"task": t["id"]}).json()]
+    assert not [p for p in predictions if str(p.get("model_version", "")).startswith("ovaal-")]
+    views = session.get(f"{label_studio.url}/api/dm/views/", params={"project": pid}).json()
+    assert "OVAAL queries" not in [v["data"]["title"] for v in views]
     print(f"\nend-to-end loop: {time.monotonic() - t_start:.0f} s after Label Studio was up")

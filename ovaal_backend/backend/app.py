@@ -137,7 +137,8 @@ class Backend:
 def create_app(config: Config | None = None, backend: Backend | None = None, recover: bool = True) -> Flask:
     """The Flask app. ``config`` defaults to ``Config.from_env()``; ``recover`` resumes projects under MODEL_DIR."""
     config = config or Config.from_env()
-    config = config.for_machine(resolve_device(config.device).type == "cuda")
+    # Queue workers train on their own (GPU) machines: the web machine's device says nothing about them.
+    config = config.for_machine(bool(config.redis_url) or resolve_device(config.device).type == "cuda")
     configure_torch(config)
     backend = backend or Backend(config)
     app = Flask(__name__)

@@ -201,6 +201,25 @@ class LabelStudioClient:
 
     # --- files -------------------------------------------------------------------------------------------------
 
+    def delete_task(self, task_id: int) -> None:
+        """Delete a task (with its annotations and predictions); a task already gone is fine."""
+        self.request("DELETE", f"/api/tasks/{int(task_id)}", expect=(200, 204, 404))
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        self.request("DELETE", f"/api/predictions/{int(prediction_id)}", expect=(200, 204, 404))
+
+    def list_views(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's Data Manager tabs (``id``, ``data.title``, ``data.filters``)."""
+        return self.request("GET", "/api/dm/views/", params={"project": int(project_id)}).json()
+
+    def create_view(self, project_id: int, title: str, filters: dict[str, Any]) -> int:
+        """Add a Data Manager tab with ``filters``; returns its id."""
+        body = {"project": int(project_id), "data": {"title": title, "filters": filters}}
+        return int(self.request("POST", "/api/dm/views/", json=body).json()["id"])
+
+    def delete_view(self, view_id: int) -> None:
+        self.request("DELETE", f"/api/dm/views/{int(view_id)}/", expect=(200, 204, 404))
+
     def download(self, url: str, task_id: int | None = None) -> bytes:
         """The bytes behind a task's image URL.
 

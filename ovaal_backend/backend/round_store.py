@@ -140,6 +140,19 @@ class RoundStore(SqliteFile):
                 (project, int(round_index))).fetchone()
         return int(total), int(answered)
 
+    def unanswered_query_tasks(self, project: str, round_index: int) -> list[int]:
+        """Query tasks of a round that no annotation answered (submitted or skipped)."""
+        with self._read() as db:
+            rows = db.execute("SELECT task_id FROM query_tasks q WHERE project = ? AND round_index = ? AND NOT EXISTS "
+                              "(SELECT 1 FROM annotations a WHERE a.project = q.project AND a.task_id = q.task_id) "
+                              "ORDER BY task_id", (project, int(round_index))).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def forget_query_tasks(self, project: str, task_ids: list[int]) -> None:
+        with self._write() as db:
+            db.executemany("DELETE FROM query_tasks WHERE project = ? AND task_id = ?",
+                           [(project, int(t)) for t in task_ids])
+
     # --- query tasks known by id (ours, or adopted by their markers) ---------------------------------------------
 
     def add_query_tasks(self, project: str, round_index: int, rows: Iterable[tuple[int, int]]) -> None:

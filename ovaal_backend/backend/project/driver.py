@@ -314,6 +314,8 @@ class ProjectDriver:
     def _publish(self, state: ProjectState) -> None:
         """Import the round's query tasks, push dense masks, then switch the project to the version."""
         created = 0 if state.final else self.publisher.publish_queries(state.round, state.version)
+        if state.final or state.round > 0:
+            self.publisher.retire_round(state.round if state.final else state.round - 1)
         self.publisher.push_masks(state.version)
         shutil.rmtree(self.root / "masks" / version_name(state.version), ignore_errors=True)
         self.upkeep.sync(check=False)

@@ -110,6 +110,18 @@ class Publisher:
         log.info("project %s: round %d: adopted %d query tasks found in Label Studio, %d to import again",
                  self.ctx.key, round_index, len(found), len(pending) - len(found))
 
+    def retire_round(self, round_index: int) -> int:
+        """Delete the round's unanswered query tasks from Label Studio once it has ended, so the label stream stops
+        serving points chosen by an older model (the next round asks every image again). Returns how many."""
+        stale = self.ctx.rounds.unanswered_query_tasks(self.ctx.key, round_index)
+        for task_id in stale:
+            self.ctx.client.delete_task(task_id)
+            self.ctx.rounds.forget_query_tasks(self.ctx.key, [task_id])
+        if stale:
+            log.info("project %s: round %d ended; removed its %d unanswered query tasks", self.ctx.key, round_index,
+                     len(stale))
+        return len(stale)
+
     def query_prediction(self, task_id: int) -> tuple[list[dict[str, Any]], float] | None:
         """The keypoints and score a query task was imported with (None for a task the backend did not import)."""
         return self.ctx.rounds.query_prediction(self.ctx.key, task_id)

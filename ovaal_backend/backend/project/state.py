@@ -32,6 +32,10 @@ SOURCE_KEY = "ovaal_source_task"
 """Task data key of a query task: the id of the source task (the pool image) it asks about."""
 ROUND_KEY = "ovaal_round"
 """Task data key of a query task: its acquisition round (0 = random cold start)."""
+QUERY_VIEW_TITLE = "OVAAL queries"
+"""The Data Manager tab the backend adds: only its query tasks (the label stream still serves every task)."""
+QUERY_VIEW_FILTERS = {"conjunction": "and", "items": [
+    {"filter": f"filter:tasks:data.{QUERY_MARKER}", "operator": "equal", "type": "Boolean", "value": True}]}
 SOURCE_ROUND = -1
 """Round recorded for clicks made on a source task (no query round asked for them; a re-sync never moves them)."""
 
@@ -66,6 +70,7 @@ class ProjectState:
     final: bool = False
     versions_in_label_studio: list[int] = field(default_factory=list)
     check_project_at: float | None = None
+    query_view_id: int = 0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProjectState:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .context import ProjectContext
-from .state import PHASE_NEW, version_name
+from .state import PHASE_NEW, QUERY_VIEW_FILTERS, QUERY_VIEW_TITLE, version_name
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,19 @@ class Upkeep:
         update), and the webhook Label Studio creates for the model carries no basic-auth header.
         """
         self.ensure_webhook_auth()
+        self.ensure_query_view()
         if self.ctx.state.phase != PHASE_NEW:
             self.sync(check=True)
         self.ctx.update(check_project_at=None)
+
+    def ensure_query_view(self) -> None:
+        """The Data Manager tab that lists only query tasks (added once; added again if an admin deleted it)."""
+        views = self.ctx.client.list_views(self.ctx.project_id)
+        if any(int(v.get("id", -1)) == self.ctx.state.query_view_id for v in views):
+            return
+        view_id = self.ctx.client.create_view(self.ctx.project_id, QUERY_VIEW_TITLE, QUERY_VIEW_FILTERS)
+        self.ctx.update(query_view_id=view_id)
+        log.info("project %s: added the Data Manager tab %r (view %d)", self.ctx.key, QUERY_VIEW_TITLE, view_id)
 
     def ensure_webhook_auth(self) -> None:
         """Give the project's webhook to this backend our basic-auth header.
