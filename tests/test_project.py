@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ovaal_backend.backend.app import parse_project_uid
 from ovaal_backend.backend.client import LabelStudioError
 from ovaal_backend.backend.convert import LabelConfigError, decode_brush, percent_to_pixel
 from ovaal_backend.backend.project.context import known_projects, remap_points
 from ovaal_backend.backend.project.driver import ProjectDriver, ProjectMismatchError
 from ovaal_backend.backend.project.state import PHASE_DONE, PHASE_NEW, PHASE_QUERYING, PHASE_TRAINING
+from ovaal_backend.backend.validate import parse_project_uid
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import IGNORE_INDEX
 

@@ -17,7 +17,6 @@ import base64
 import binascii
 import hmac
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..config import MAX_PROJECT_ID, Config
+from ..config import Config
 from ..engine.runtime import configure_torch, resolve_device
 from ..files import remove_stale_temp_files
 from .client import client_from_config
@@ -36,6 +35,7 @@ from .dashboard import dashboard_blueprint
 from .jobs import job_runner
 from .project.context import known_projects, parse_label_config
 from .project.driver import ProjectDriver, ProjectMismatchError
+from .validate import ACTION, BadRequest, check_event, clip, json_body, predict_tasks, project_of
 from .worker import ProjectWorker
 
 log = logging.getLogger(__name__)
@@ -44,23 +44,8 @@ MODEL_CLASS = "OVAAL"
 """What /health reports as ``model_class``."""
 OPEN_ROUTES = ("/", "/health")
 """Routes answered without basic auth: they reveal nothing, and container health checks carry no password."""
-MAX_TASK_ID = 2**63 - 1
-"""The largest task or annotation id accepted (SQLite's integers are signed 64-bit)."""
-MAX_JSON_DEPTH = 100
-"""Deepest nesting of a request's JSON (Label Studio's payloads nest about 8 levels)."""
 INTERNAL_ERROR = "internal error; see the backend's log"
 """The whole text of a 500 answer, besides its request id: exception text and paths stay in the log."""
-ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
-_ACTION = re.compile(r"[A-Za-z0-9_]{1,64}")
-_PROJECT_UID = re.compile(r"([0-9]{1,10})(?:\.[0-9A-Za-z_.:+-]{0,64})?")
-
-
-class BadRequest(ValueError):
-    """The request cannot be served; answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Backend:
@@ -240,24 +225,25 @@ def _add_routes(app: Flask, backend: Backend) -> None:
     folder and thread, so a refused request leaves nothing behind.
     """
     config = backend.config
+    _add_event_routes(app, backend)
 
     @app.post("/setup")
     def setup() -> Response:
-        body = _json_body()
-        project_id, uid = _project_of(body.get("project"), config)
+        body = json_body()
+        project_id, uid = project_of(body.get("project"), config)
         schema = body.get("schema")
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("'schema' (the project's label config XML) is missing")
         try:
             parse_label_config(schema, config)
         except (LabelConfigError, ValueError, RecursionError) as err:  # ValueError: e.g. unencodable characters
-            raise BadRequest(f"label config not usable: {_clip(str(err), 500)}") from None
+            raise BadRequest(f"label config not usable: {clip(str(err), 500)}") from None
         driver = backend.driver(project_id, create=True)
         assert driver is not None
         try:
             version = driver.setup(uid, schema)
         except LabelConfigError as err:
-            raise BadRequest(f"label config not usable: {_clip(str(err), 500)}") from None
+            raise BadRequest(f"label config not usable: {clip(str(err), 500)}") from None
         except ProjectMismatchError as err:
             log.warning("/setup of project %s refused: %s", uid, err)
             raise BadRequest(f"MODEL_DIR holds another Label Studio project with id {project_id} (the same id "
@@ -268,23 +254,28 @@ def _add_routes(app: Flask, backend: Backend) -> None:
 
     @app.post("/predict")
     def predict() -> Response:
-        body = _json_body()
-        tasks = _predict_tasks(body.get("tasks"), config.max_predict_tasks)
+        body = json_body()
+        tasks = predict_tasks(body.get("tasks"), config.max_predict_tasks)
         project = body.get("project") or (tasks[0].get("project") if tasks else None)
-        driver = _known_driver(_project_of(project, config)[0])
+        driver = known_driver(backend, project_of(project, config)[0])
         results = driver.predict(tasks)
         return jsonify(results=results, model_version=driver.model_version)
 
+
+def _add_event_routes(app: Flask, backend: Backend) -> None:
+    """/webhook (Label Studio's events, stored before the answer) and /train (the old way to ask for training)."""
+    config = backend.config
+
     @app.post("/webhook")
     def webhook() -> tuple[Response, int]:
-        body = _json_body()
+        body = json_body()
         action = body.get("action")
-        if not isinstance(action, str) or not _ACTION.fullmatch(action):
+        if not isinstance(action, str) or not ACTION.fullmatch(action):
             raise BadRequest("'action' must be a Label Studio webhook action such as ANNOTATION_CREATED")
         project = body.get("project")
-        project_id = _project_of(project.get("id") if isinstance(project, dict) else project, config)[0]
-        driver = _known_driver(project_id)
-        _check_event(action, body)
+        project_id = project_of(project.get("id") if isinstance(project, dict) else project, config)[0]
+        driver = known_driver(backend, project_id)
+        check_event(action, body)
         payload = dict(body, project=project if isinstance(project, dict) else {"id": project_id})
         event_id = driver.add_event(action, payload)
         if event_id is None:
@@ -294,141 +285,18 @@ def _add_routes(app: Flask, backend: Backend) -> None:
 
     @app.post("/train")
     def train() -> tuple[Response, int]:
-        body = _json_body()
-        project_id = _project_of(body.get("project"), config)[0]
-        driver = _known_driver(project_id)
+        body = json_body()
+        project_id = project_of(body.get("project"), config)[0]
+        driver = known_driver(backend, project_id)
         event_id = driver.add_event("START_TRAINING", {})
         backend.wake(project_id)
         return jsonify(status="queued", action="START_TRAINING", event=event_id), 201
 
-    def _known_driver(project_id: int) -> ProjectDriver:
-        driver = backend.driver(project_id)
-        if driver is None:
-            raise BadRequest(f"unknown project {project_id}: connect the model to the project in Label Studio "
-                             "(its /setup call registers the project)", 404)
-        return driver
 
-
-# --------------------------------------------------------------------------- request checks
-
-def _json_body() -> dict[str, Any]:
-    """The request's JSON object (400 for anything else, 413 past MAX_REQUEST_MB)."""
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        body = None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    if _nested_deeper(body, MAX_JSON_DEPTH):
-        raise BadRequest(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
-    return body
-
-
-def _nested_deeper(value: Any, limit: int) -> bool:
-    """Whether JSON lists and objects nest more than ``limit`` levels (walked without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
-
-
-def _is_id(value: Any, largest: int) -> bool:
-    """A JSON integer (not a boolean) in 1..largest."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= largest
-
-
-def _describe(value: Any) -> str:
-    """A short, safe description of a rejected value for an error message."""
-    if isinstance(value, str):
-        return _clip(repr(value), 40)
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, int):
-        return _clip(str(value), 24)
-    return f"a {type(value).__name__}"
-
-
-def _clip(text: str, length: int) -> str:
-    return text if len(text) <= length else text[:length - 3] + "..."
-
-
-def _project_of(value: Any, config: Config) -> tuple[int, str]:
-    """The project's ``(id, uid)``; 400 when malformed, 403 outside ALLOWED_PROJECTS."""
-    try:
-        project_id, uid = parse_project_uid(value)
-    except ValueError as err:
-        raise BadRequest(str(err)) from None
-    allowed = config.allowed_project_ids
-    if allowed and project_id not in allowed:
-        raise BadRequest(f"project {project_id} is not served by this backend: it is not in ALLOWED_PROJECTS", 403)
-    return project_id, uid
-
-
-def _predict_tasks(tasks: Any, most: int) -> list[dict[str, Any]]:
-    """/predict's ``tasks``: a list of at most ``most`` objects, each with an integer ``id`` and an object ``data``."""
-    if not isinstance(tasks, list):
-        raise BadRequest("'tasks' must be a list of tasks, each with an 'id'")
-    if len(tasks) > most:
-        raise BadRequest(f"'tasks' holds {len(tasks)} tasks; at most MAX_PREDICT_TASKS={most} per call")
-    for i, task in enumerate(tasks):
-        if not isinstance(task, dict) or not _is_id(task.get("id"), MAX_TASK_ID):
-            raise BadRequest(f"tasks[{i}] must be a task with an integer 'id' in 1..2**63-1, got "
-                             f"{_describe(task.get('id') if isinstance(task, dict) else task)}")
-        if "data" in task and not isinstance(task["data"], dict):
-            raise BadRequest(f"tasks[{i}].data must be an object, got {_describe(task['data'])}")
-    return tasks
-
-
-def _check_event(action: str, body: dict[str, Any]) -> None:
-    """400 for a webhook whose annotations, tasks or label config have the wrong shape (nothing is stored)."""
-    if action in ANNOTATION_ACTIONS:
-        for annotation in _one_or_many(body.get("annotation")):
-            task = annotation.get("task") if isinstance(annotation, dict) else None
-            if not _has_id(annotation) or not (_is_id(task, MAX_TASK_ID) or _has_id(task)):
-                raise BadRequest(f"{action}: 'annotation' must be an annotation (or a list of them) with an integer "
-                                 "'id' and its 'task'")
-        tasks = body.get("task")
-        for task in [] if tasks is None else _one_or_many(tasks):
-            if not _has_id(task) or not isinstance(task.get("data", {}), dict):
-                raise BadRequest(f"{action}: 'task' must be a task (or a list of them) with an integer 'id' and "
-                                 "object 'data'")
-    elif action == "ANNOTATIONS_DELETED":
-        annotations = body.get("annotations")
-        if not isinstance(annotations, list) or not all(
-                isinstance(a, dict) and _is_id(a.get("id"), MAX_TASK_ID) for a in annotations):
-            raise BadRequest("ANNOTATIONS_DELETED: 'annotations' must be a list of annotations with integer ids")
-    elif action == "PROJECT_UPDATED":
-        project = body.get("project")
-        schema = project.get("label_config") if isinstance(project, dict) else None
-        if schema is not None and not isinstance(schema, str):
-            raise BadRequest("PROJECT_UPDATED: the project's 'label_config' must be a string")
-
-
-def _one_or_many(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _has_id(item: Any) -> bool:
-    """An object with an integer ``id`` in 1..2**63-1 (a task or an annotation)."""
-    return isinstance(item, dict) and _is_id(item.get("id"), MAX_TASK_ID)
-
-
-def parse_project_uid(value: Any) -> tuple[int, str]:
-    """Label Studio's ``"<id>.<created timestamp>"`` (or a bare id, as a number or a string) as ``(id, uid)``.
-
-    Raises:
-        ValueError: It is not a project id in 1..2**31-1, alone or followed by a dot and a short suffix.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        text = str(value) if 0 < value <= MAX_PROJECT_ID else ""
-    else:
-        text = value.strip() if isinstance(value, str) else ""
-    match = _PROJECT_UID.fullmatch(text)
-    if match is None or not 0 < int(match.group(1)) <= MAX_PROJECT_ID:
-        raise ValueError(f"project must be a Label Studio project id (an integer 1..{MAX_PROJECT_ID}) or "
-                         f"'<id>.<timestamp>', got {_describe(value)}")
-    return int(match.group(1)), text
+def known_driver(backend: Backend, project_id: int) -> ProjectDriver:
+    """The driver of a project that went through /setup; 404 otherwise."""
+    driver = backend.driver(project_id)
+    if driver is None:
+        raise BadRequest(f"unknown project {project_id}: connect the model to the project in Label Studio "
+                         "(its /setup call registers the project)", 404)
+    return driver
