@@ -14,7 +14,7 @@ def test_environment_overrides_defaults():
     ({"PIXELS_PER_ROUND": "many"}, "PIXELS_PER_ROUND='many' is not a valid int"),
     ({"RETRAIN": "perhaps"}, "RETRAIN"),
     ({"CLASSIFIER": "svm"}, "classifier='svm': choose one of"),
-    ({"CLASSIFIER": "multiclass", "SELECTION": "margin"}, "use an OVA classifier or set SEMI=false"),
+    ({"CLASSIFIER": "multiclass", "SELECTION": "margin", "SEMI": "true"}, "use an OVA classifier or set SEMI=false"),
     ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
     ({"DEVICE": "tpu"}, "device='tpu'"),
 ])

@@ -42,7 +42,8 @@ N_IMAGES = 3
 AUTH = ("ovaal", "e2e-secret")
 SETTINGS = {  # tiny: the whole loop in about a minute on two CPU cores
     "IMAGE_HEIGHT": "64", "IMAGE_WIDTH": "96", "INIT_PIXELS": "6", "PIXELS_PER_ROUND": "6", "ROUNDS": "1",
-    "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1", "SEMI_EPOCHS": "1", "BATCH_SIZE": "4", "ENCODER_WEIGHTS": "none",
+    "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1", "SEMI_EPOCHS": "1", "SEMI": "true", "BATCH_SIZE": "4",
+    "ENCODER_WEIGHTS": "none",
     "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SERVER_THREADS": "4",
     "HOST": "127.0.0.1", "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1], "LOG_LEVEL": "INFO",
 }

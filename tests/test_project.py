@@ -46,7 +46,7 @@ def queried_pixels(task: dict) -> set[tuple[int, int]]:
 # --------------------------------------------------------------------------- the whole loop
 
 def test_full_loop_round0_round1_final(tmp_path, fake, truth):
-    driver = started(tmp_path, fake)
+    driver = started(tmp_path, fake, semi=True)  # the OVAAL+ phase, off by default
     assert driver.phase == PHASE_QUERYING and driver.state().round == 0
 
     # Round 0: one query task per source image, random pixels pre-labelled "ignore", no model yet.

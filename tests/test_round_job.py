@@ -13,8 +13,9 @@ from ovaal_backend.engine.train import load_checkpoint
 
 from .synthetic import CLASSES, VOID, make_dataset
 
-TINY = dict(encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1, first_round_epochs=1,
-            semi_epochs=1, num_threads=1, device="cpu", init_pixels=5, pixels_per_round=6, rounds=2)
+TINY = dict(semi=True, encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1,
+            first_round_epochs=1, semi_epochs=1, num_threads=1, device="cpu", init_pixels=5, pixels_per_round=6,
+            rounds=2)
 
 
 def test_round_plan():
