@@ -238,13 +238,13 @@ def make_fake_project() -> tuple[FakeLabelStudio, int]:
     return fake, P
 
 
-def add_scenes(fake: FakeLabelStudio, count: int, seed: int = 0) -> dict[int, np.ndarray]:
-    """Synthetic 48x64 source images in the fake project; returns task id -> ground-truth class map."""
+def add_scenes(fake: FakeLabelStudio, count: int, seed: int = 0, project: int = P) -> dict[int, np.ndarray]:
+    """Synthetic 48x64 source images in a fake project; returns task id -> ground-truth class map."""
     rng = np.random.default_rng(seed)
     out = {}
     for i in range(count):
         image, label = make_scene(rng)
-        out[fake.add_image_task(P, image, f"scene_{i}")] = label
+        out[fake.add_image_task(project, image, f"scene_{i}")] = label
     return out
 
 

