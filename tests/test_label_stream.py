@@ -56,3 +56,22 @@ def test_cleanup_removes_everything_the_backend_wrote(tmp_path, fake, truth):
     assert fake.query_tasks(P, 0) == [] and fake.query_tasks(P, 1) == [] and fake.projects[P].get("views") == []
     assert [p["model_version"] for t in fake.source_tasks(P) for p in t["predictions"]] == ["someone-else"]
     assert fake.projects[P]["sampling"] == "Sequential sampling" and fake.projects[P]["model_version"] == ""
+
+
+def test_setup_trusts_label_studios_label_config_over_the_request(tmp_path, fake, truth):
+    forged = fake.projects[P]["label_config"].replace('name="query"', 'name="forged"')
+    driver = started(tmp_path, fake)
+    assert driver.setup("1.1700000000", forged) == "ovaal-0"
+    drain(driver)
+    assert driver.ctx.iface.query_from_name == "query"  # Label Studio's control names, so predictions are kept
+    assert driver.state().label_config == fake.projects[P]["label_config"]
+
+
+def test_label_studio_unreachable_delays_the_setup_event_instead_of_dropping_it(tmp_path, fake, truth):
+    from ovaal_backend.backend.client import LabelStudioError
+
+    driver = started(tmp_path, fake)
+    fake.fail_next["get_project"] = LabelStudioError("GET /api/projects/1 failed: connection refused")
+    driver.setup("1.1700000000", fake.projects[P]["label_config"].replace('name="query"', 'name="other"'))
+    driver.process_events()
+    assert len(driver.store.pending_events(driver.key)) == 1 and not driver.metrics()["quarantined"]["events"]

@@ -324,6 +324,7 @@ def test_class_change_remaps_clicks_by_name_and_starts_a_new_generation(tmp_path
         <Label value="triangle"/><Label value="ignore"/></KeyPointLabels>
       <BrushLabels name="mask" toName="image"><Label value="square"/><Label value="background"/>
         <Label value="triangle"/></BrushLabels></View>"""
+    fake.projects[P]["label_config"] = changed  # what the admin saved in Label Studio
     assert driver.setup(UID, changed) == "ovaal-1"
     drain(driver)
     state = driver.state()

@@ -32,7 +32,7 @@ from ...config import Config
 from ...engine.job import START, RoundJob
 from ...engine.learner import ActiveLearner
 from ...engine.rounds import RoundPlan
-from ..client import LabelStudioClient
+from ..client import LabelStudioClient, LabelStudioError
 from ..convert import brush_results
 from ..jobs import InProcessJobs, JobRunner
 from ..progress import project_facts
@@ -346,8 +346,9 @@ class ProjectDriver:
         return self.ctx.model.image(task_id, self.ctx.image_url(data))
 
 
-TRANSIENT = (sqlite3.OperationalError, OSError)
-"""Failures that may pass by themselves (a locked database, a full disk): retried, never quarantined."""
+TRANSIENT = (sqlite3.OperationalError, OSError, LabelStudioError)
+"""Failures that may pass by themselves (a locked database, a full disk, Label Studio unreachable): retried in order,
+never quarantined."""
 
 
 def _reason(err: BaseException) -> str:

@@ -76,6 +76,8 @@ class EventApplier:
                 self.ctx.update(start_requested=True)
         elif action in ("PROJECT_UPDATED", SETUP_ACTION):
             schema = payload.get("label_config") or payload.get("schema")
+            if action == SETUP_ACTION:
+                schema = self._trusted_label_config(schema)
             if schema:
                 self.apply_label_config(schema)
             if action == SETUP_ACTION:
@@ -83,6 +85,18 @@ class EventApplier:
                 self.ctx.update(check_project_at=time.time() + CHECK_PROJECT_DELAY)
                 if self.ctx.state.phase == PHASE_NEW:
                     self.ctx.update(start_requested=True)
+
+    def _trusted_label_config(self, claimed: str | None) -> str | None:
+        """The label config Label Studio holds for the project, which wins over the one a /setup body claims.
+
+        /setup's body can come from anyone who reaches the port, and a config whose control names differ from the
+        project's makes Label Studio drop every prediction we send; Label Studio's own copy is the truth.
+        """
+        actual = self.ctx.client.get_project(self.ctx.project_id).get("label_config")
+        if actual and claimed and actual != claimed:
+            log.warning("project %s: /setup sent a label config that differs from Label Studio's; using Label "
+                        "Studio's", self.ctx.key)
+        return actual or claimed
 
     def _annotations(self, action: str, payload: dict[str, Any]) -> None:
         tasks = {int(t["id"]): t for t in _as_list(payload.get("task")) if isinstance(t, dict) and "id" in t}
