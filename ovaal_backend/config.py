@@ -98,7 +98,7 @@ class Config:
     scale_min: float = 0.75
     scale_max: float = 1.5
     color_jitter: float = 0.3
-    class_balance: float = 1.0  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
+    class_balance: float = 0.5  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
     lr_schedule: str = "cosine"
     keep_optimizer: bool = False
     amp: bool = True
