@@ -148,6 +148,8 @@ class Config:
     predict_batch: int = 4
     max_download_mb: float = 64.0  # one image download, in MiB
     download_seconds: float = 120.0  # one image download in all (not per read)
+    label_studio_timeout: float = 60.0  # seconds one Label Studio API call may take (connect and each read)
+    retry_seconds: float = 30.0  # wait after a project's step failed (Label Studio down) before trying again
     max_image_pixels: int = 50_000_000  # width x height of an image, checked before it is decoded
     image_pool_size: int = 2000  # source images kept resized in memory (least recently used ones dropped)
 
@@ -184,7 +186,8 @@ class Config:
         if self.semi and not is_ova(self.classifier):
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")
-        for name in ("max_download_mb", "download_seconds", "max_image_pixels", "image_pool_size"):
+        for name in ("max_download_mb", "download_seconds", "max_image_pixels", "image_pool_size",
+                     "label_studio_timeout", "retry_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch",

@@ -98,7 +98,7 @@ class Backend:
                 if not create and not driver.is_set_up:
                     return None
                 self._drivers[project_id] = driver
-                self._workers[project_id] = worker = ProjectWorker(driver)
+                self._workers[project_id] = worker = ProjectWorker(driver, retry_seconds=self.config.retry_seconds)
                 if self.start_workers:
                     worker.start()
             return driver

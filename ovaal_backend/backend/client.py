@@ -272,5 +272,6 @@ def client_from_config(config: Config) -> LabelStudioClient:
         log.warning("LABEL_STUDIO_API_KEY is empty: the backend cannot import query tasks or read images from "
                     "Label Studio; set it to an API token of a Label Studio user with access to the projects")
     return LabelStudioClient(config.label_studio_url, config.label_studio_api_key,
+                             timeout=config.label_studio_timeout,
                              max_download_bytes=int(config.max_download_mb * 2**20),
                              download_seconds=config.download_seconds)
