@@ -217,5 +217,7 @@ def _run(label_studio, project, backend, tap, model_dir, seed, t_start) -> None:
     assert not found["duplicate_predictions"], f"duplicate predictions (task, version): {found}"
     assert not metrics["quarantined"]["events"], metrics["quarantined"]
     assert metrics["round"] > last_round
+    views = ls_session(label_studio).get(f"{label_studio.url}/api/dm/views/", params={"project": pid}).json()
+    assert [v["data"]["title"] for v in views].count("OVAAL queries") == 1, "the backend's tab, once"
     current = query_tasks(tasks, metrics["round"])
     assert sorted(t["data"]["ovaal_source_task"] for t in current) == sorted(project.sources)

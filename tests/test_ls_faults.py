@@ -4,6 +4,8 @@ not one extra task is created.
 The backend (``python -m ovaal_backend serve``) reaches Label Studio only through a fault proxy (tests/fault_kit.py)
 in ``LABEL_STUDIO_URL``. A seeded schedule decides per request:
 
+- the first request adding the "OVAAL queries" Data Manager tab stalls past the timeout (the tab exists, the
+  backend never hears of it);
 - the first three imports of query tasks get, in a seeded order: a 502 (Label Studio never saw the import), a stall
   past the client's timeout (Label Studio created the tasks, the answer never comes) and an import whose prediction
   list the proxy drops (Label Studio creates the tasks without their queries and says so);
@@ -11,8 +13,9 @@ in ``LABEL_STUDIO_URL``. A seeded schedule decides per request:
 
 Label Studio's webhooks reach the backend directly; a scripted annotator answers every query task through Label
 Studio's API. Afterwards, counted in Label Studio itself: exactly one query task per round and source image (0
-extra tasks), each with exactly one prediction per model version (the dropped queries were added back), the
-backend's annotation count equals Label Studio's, and the project is in a round after the last fault.
+extra tasks), each with exactly one prediction per model version (the dropped queries were added back), one
+"OVAAL queries" tab, the backend's annotation count equals Label Studio's, and the project is in a round after the
+last fault.
 
 ``OVAAL_FAULT_SEED`` fixes the seed (printed). ``LABEL_STUDIO_TIMEOUT`` and ``RETRY_SECONDS`` are set low so a
 stall and a retry cost seconds, not minutes. Run with
@@ -64,6 +67,7 @@ class FaultPlan:
         self.import_faults = [Fault("status", 502), Fault("stall", seconds=STALL), Fault("drop_predictions")]
         self.rng.shuffle(self.import_faults)
         self.others = [Fault("status", 502), Fault("status", 503), Fault("stall", seconds=STALL)]
+        self.view_stalled = False
         self.fired: list[tuple[float, str, str, Fault]] = []
         self.requests = 0
 
@@ -74,6 +78,9 @@ class FaultPlan:
         self.requests += 1
         if method == "POST" and IMPORT.fullmatch(route):
             fault = self.import_faults.pop(0) if self.import_faults else None
+        elif method == "POST" and route == "/api/dm/views/" and not self.view_stalled:
+            self.view_stalled = True  # Label Studio adds the tab; the backend never hears of it
+            fault = Fault("stall", seconds=STALL)
         else:
             fault = self.rng.choice(self.others) if self.rng.random() < P_OTHER else None
         if fault is not None:
@@ -136,10 +143,12 @@ def _run(label_studio, project, backend, plan: FaultPlan, proxy: Proxy, t_start:
     print(f"seed {seed}: {len(plan.fired)} faults in {plan.requests} API calls of the backend:")
     for at, method, route, fault in plan.fired:
         print(f"  {at - t_start:6.1f} s  {method:6s} {route:40s} {fault}")
-    recovered = backend.log_path.read_text(errors="replace").count("adopted")
+    log_text = backend.log_path.read_text(errors="replace")
+    recovered = log_text.count("query tasks found in Label Studio")
+    tab = log_text.count("adopted the Data Manager tab")
     print(f"round {metrics['round']} reached in {time.monotonic() - t_start:.0f} s; {len(queries)} query tasks in "
           f"Label Studio for {rounds} rounds x {N_IMAGES} images; {found['predictions']} predictions; "
-          f"imports reconciled by reading Label Studio back: {recovered}")
+          f"imports reconciled by reading Label Studio back: {recovered}, tab adopted: {tab}")
 
     assert not found["duplicate_query_tasks"], f"extra query tasks (round, source): {found}"
     assert len(queries) == rounds * N_IMAGES, "extra or missing query tasks"
@@ -149,4 +158,6 @@ def _run(label_studio, project, backend, plan: FaultPlan, proxy: Proxy, t_start:
         assert len(versions) == 1 and keypoint_prediction(task) is not None, f"task {task['id']}: {versions}"
     assert len([t for t in tasks if not t["data"].get("ovaal_query")]) == N_IMAGES  # no extra source task either
     assert metrics["annotations"] == len(live_annotations(tasks))
+    views = session.get(f"{label_studio.url}/api/dm/views/", params={"project": pid}).json()
+    assert [v["data"]["title"] for v in views].count("OVAAL queries") == 1, "the backend's tab, once"
     assert not metrics["quarantined"]["events"], metrics["quarantined"]

@@ -38,9 +38,19 @@ class Upkeep:
         self.ctx.update(check_project_at=None)
 
     def ensure_query_view(self) -> None:
-        """The Data Manager tab that lists only query tasks (added once; added again if an admin deleted it)."""
+        """The Data Manager tab that lists only query tasks (added once; added again if an admin deleted it).
+
+        A tab with our title but another id is ours from a call whose answer was lost (a timeout, a kill): it is
+        adopted, never added twice.
+        """
         views = self.ctx.client.list_views(self.ctx.project_id)
         if any(int(v.get("id", -1)) == self.ctx.state.query_view_id for v in views):
+            return
+        titled = [int(v["id"]) for v in views if (v.get("data") or {}).get("title") == QUERY_VIEW_TITLE]
+        if titled:
+            self.ctx.update(query_view_id=titled[0])
+            log.info("project %s: adopted the Data Manager tab %r (view %d)", self.ctx.key, QUERY_VIEW_TITLE,
+                     titled[0])
             return
         view_id = self.ctx.client.create_view(self.ctx.project_id, QUERY_VIEW_TITLE, QUERY_VIEW_FILTERS)
         self.ctx.update(query_view_id=view_id)
