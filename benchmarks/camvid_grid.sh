@@ -36,22 +36,21 @@ job() {  # job SPLIT NAME SEED FLAGS...: one line for the runner, or nothing whe
        "--threads $THREADS --seed $seed --quiet $*"
 }
 
-jobs_list() {
+jobs_list() {  # main rows for every seed first (product default first), then the protocol checks
   for seed in $SEEDS; do
     for split in val cross; do
       local ablations=""
       [[ $split == val ]] && ablations="--semi-ablations paper,unbalanced"
-      job "$split" ovaal+ "$seed" --method ovaal+ $ablations --save-checkpoint "$CKPT/${split}_ovaal_seed$seed.pt"
+      # the product's default: OVA with class balance 0.5 (the ovaal row is its final phase without the semi loss)
+      job "$split" ovaal+-balance0.5 "$seed" --method ovaal+ --class-balance 0.5 $ablations \
+          --save-checkpoint "$CKPT/${split}_ovaal_seed$seed.pt"
       job "$split" pixelpick "$seed" --method pixelpick
       job "$split" pixelpick-balanced "$seed" --method pixelpick-balanced
+      job "$split" ovaal+ "$seed" --method ovaal+ $ablations  # full balance (1.0)
     done
-    # the large classes: a softer class balance, on both splits (first three seeds)
-    if [[ $seed -le 2 ]]; then
-      for split in val cross; do job "$split" ovaal+-balance0.5 "$seed" --method ovaal+ --class-balance 0.5; done
-    fi
   done
   # the noise of the protocol: random's change from the last round to the final phase, and its seed spread
-  for seed in $SEEDS; do job val random "$seed" --method random; done
+  for seed in $SEEDS; do for split in val cross; do job "$split" random "$seed" --method random; done; done
   # a decision: Adam's state kept across rounds
   for seed in 0 1 2; do job val pixelpick-keep-optimizer "$seed" --method pixelpick --keep-optimizer; done
 }

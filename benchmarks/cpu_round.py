@@ -5,12 +5,13 @@ from the CamVid ground truth; the job trains (first-round epochs), selects round
 Studio's side (import, mask push) is not included: see the backend benchmark for it.
 
 Usage: .venv/bin/python benchmarks/cpu_round.py [--images 20 100] [--no-docs]
-Needs ../shared/data/camvid; writes docs/benchmarks.md section CPU-ROUND.
+Needs ../shared/data/camvid (or $CAMVID); writes docs/benchmarks.md section CPU-ROUND.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from ovaal_backend.engine.data import SegmentationFolder  # noqa: E402
 from ovaal_backend.engine.job import RoundJob, run_round  # noqa: E402
 from ovaal_backend.engine.runtime import configure_torch, resolve_device  # noqa: E402
 
-CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "train"
+CAMVID = Path(os.environ.get("CAMVID", ROOT.parent / "shared" / "data" / "camvid")) / "train"
 
 
 def clicks(label: np.ndarray, rng: np.random.Generator, n: int = 22) -> np.ndarray:
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--section", default="CPU-ROUND", help="docs/benchmarks.md section (GPU-ROUND on a GPU)")
     args = parser.parse_args(argv)
     base = Config.from_env()
     config = base.for_machine(resolve_device(base.device).type == "cuda")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = SegmentationFolder(CAMVID)
     rows = [one_round(config, folder, n) for n in args.images]
     text = "\n".join([
-        "## One round with the pure defaults",
+        f"## One round with the pure defaults ({resolve_device(config.device).type})",
         "",
         f"`python benchmarks/cpu_round.py {' '.join(sys.argv[1:])}`: profile `{config.train_profile}` resolved to "
         f"{config.image_height}x{config.image_width}, {config.first_round_epochs} first-round epochs, device "
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ]) + "\n"
     print(text)
     if not args.no_docs:
-        write_section("CPU-ROUND", text)
+        write_section(args.section, text)
     return 0
 
 
