@@ -46,7 +46,7 @@ jobs_list() {  # main rows for every seed first (product default first), then th
           --save-checkpoint "$CKPT/${split}_ovaal_seed$seed.pt"
       job "$split" pixelpick "$seed" --method pixelpick
       job "$split" pixelpick-balanced "$seed" --method pixelpick-balanced
-      job "$split" ovaal+ "$seed" --method ovaal+ $ablations  # full balance (1.0)
+      job "$split" ovaal+-balance1 "$seed" --method ovaal+ --class-balance 1 $ablations  # full balance
     done
   done
   # the noise of the protocol: random's change from the last round to the final phase, and its seed spread

@@ -275,28 +275,21 @@ def reading(m: dict) -> str:
     """What the table says, in words (worst configured colour, the candidates measured with --try)."""
     configured = {n: r for n, r in m["results"].items() if " as " not in n}
     name, worst = max(configured.items(), key=lambda kv: kv[1]["hard"])
-    others = max(r["hard"] for n, r in configured.items() if n != name)
-    under = ", ".join(f"{c} {100 * share:.0f} %" for c, share in sorted(worst["hard_on"].items(),
-                                                                        key=lambda kv: -kv[1])[:3])
     ratios = [r["ratio_median"] for n, r in configured.items() if n != "ignore"]
-    text = (f"**Reading.** `{name}` ({worst['colour']}) is the colour that vanishes: {100 * worst['hard']:.0f} % of "
-            f"its points are hard to see ({100 * worst['hard_bright']:.0f} % on bright scenes, "
-            f"{100 * worst['hard_dark']:.0f} % on dark ones; the hard ones lie on {under}), every other colour at "
-            f"most {100 * others:.1f} %. Luminance contrast is low for all class colours (median ratio "
-            f"{min(ratios):.1f} to {max(ratios):.1f}, most points under 3:1): they are dark mid-tones like CamVid's "
-            "streets, and their hue carries them. Label Studio 1.23.2 has no outline option for labelled keypoints "
-            "(`strokeColor` applies to unlabelled ones only; the outline is the label colour), so the fix is the "
-            "colour itself.")
+    text = (f"**Reading.** The configured colour hardest to see is `{name}` ({worst['colour']}): "
+            f"{100 * worst['hard']:.1f} % of its points ({100 * worst['hard_bright']:.1f} % on bright scenes, "
+            f"{100 * worst['hard_dark']:.1f} % on dark ones). Luminance contrast is low for most class colours "
+            f"(median ratio {min(ratios):.1f} to {max(ratios):.1f}): they are dark mid-tones like CamVid's streets, and "
+            "their hue carries them. Label Studio 1.23.2 has no outline option for labelled keypoints (`strokeColor` "
+            "applies to unlabelled ones only; the outline is the label colour), so the fix for a colour that vanishes "
+            "is the colour itself.")
     tried = {n: r for n, r in m["results"].items() if " as " in n}
     if tried:
         text += " Measured alternatives: " + "; ".join(
             f"{n}: {100 * r['hard']:.1f} % hard, {100 * r['hard_bright']:.1f} % on bright scenes, ratio median "
             f"{r['ratio_median']:.1f}" for n, r in tried.items()) + "."
     if worst["hard"] > 0.05:
-        text += (f" Not changed here: tests/test_label_configs.py pins every point colour to the mask colour and the "
-                 f"dataset's table; giving the `{name}` keypoint label its own colour (the mask keeps the dataset's) "
-                 f"needs that rule relaxed for it. Meanwhile `alt+.` (next point) outlines each point in red in "
-                 f"turn, so a faded point is still found (README, For annotators).")
+        text += f" `{name}` needs another point colour (the mask can keep the dataset's: tests/test_label_configs.py)."
     return text
 
 

@@ -23,12 +23,12 @@ SPLIT_TITLES = {"val": "val (pool camvid/train -> camvid/val, the tuning split)"
                 "cross": "cross (pool 0001TP+0016E5 -> 0006R0 train images, held out by sequence)"}
 DEFAULT_ROW, DEFAULT_SEMI_ROW = "ovaal-balance0.5", "ovaal+-balance0.5"  # the product default (CLASS_BALANCE=0.5)
 OVA_ROWS = (DEFAULT_ROW, DEFAULT_SEMI_ROW, "ovaal+paper-balance0.5", "ovaal+unbalanced-balance0.5",
-            "ovaal", "ovaal+", "ovaal+paper", "ovaal+unbalanced")
+            "ovaal-balance1", "ovaal+-balance1", "ovaal+paper-balance1", "ovaal+unbalanced-balance1")
 BASELINES = ("pixelpick", "pixelpick-balanced")
 ORDER = ("pixelpick", "pixelpick-balanced", "random", "pixelpick-keep-optimizer", *OVA_ROWS)
 SEMI_PAIRS = [(DEFAULT_SEMI_ROW, DEFAULT_ROW), ("ovaal+paper-balance0.5", DEFAULT_ROW),
-              ("ovaal+unbalanced-balance0.5", DEFAULT_ROW), ("ovaal+", "ovaal"), ("ovaal+paper", "ovaal"),
-              ("ovaal+unbalanced", "ovaal")]
+              ("ovaal+unbalanced-balance0.5", DEFAULT_ROW), ("ovaal+-balance1", "ovaal-balance1"),
+              ("ovaal+paper-balance1", "ovaal-balance1"), ("ovaal+unbalanced-balance1", "ovaal-balance1")]
 PLOTTED = {"pixelpick": "C0", "pixelpick-balanced": "C1", DEFAULT_ROW: "C2", DEFAULT_SEMI_ROW: "C3"}  # row -> colour
 LARGE = ("sky", "building", "road", "pavement", "tree", "car")
 LARGE_TOLERANCE = -2.0

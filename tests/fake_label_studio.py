@@ -168,11 +168,12 @@ class FakeLabelStudio:
         self._call("list_views", project_id)
         return copy.deepcopy(self.projects[project_id].get("views", []))
 
-    def create_view(self, project_id: int, title: str, filters: dict[str, Any]) -> int:
+    def create_view(self, project_id: int, title: str, filters: dict[str, Any], ordering: list[str]) -> int:
         self._call("create_view", (project_id, title))
         views = self.projects[project_id].setdefault("views", [])
         self._ids["view"] = self._ids.get("view", 0) + 1
-        views.append({"id": self._ids["view"], "data": {"title": title, "filters": copy.deepcopy(filters)}})
+        views.append({"id": self._ids["view"], "data": {"title": title, "filters": copy.deepcopy(filters),
+                                                        "ordering": list(ordering)}})
         return self._ids["view"]
 
     def delete_view(self, view_id: int) -> None:

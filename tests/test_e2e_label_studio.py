@@ -195,6 +195,15 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
         old = next(t for t in round0 if t.data["ovaal_source_task"] == task.data["ovaal_source_task"])
         assert not set(keypoint_pixels(prediction)) & set(keypoint_pixels(prediction_of(old, "ovaal-0")))
     check_masks(client, pid, "ovaal-1", sources, iface)
+    # The "OVAAL queries" tab lists round 1 from the least to the most certain prediction: Label All Tasks from that
+    # tab serves tasks in this order.
+    (view,) = [v for v in session.get(f"{label_studio.url}/api/dm/views/", params={"project": pid}).json()
+               if v["data"]["title"] == "OVAAL queries"]
+    listed = session.get(f"{label_studio.url}/api/tasks", params={"project": pid, "view": view["id"],
+                                                                  "page_size": 1000}).json()["tasks"]
+    score = {t.id: prediction_of(t, "ovaal-1").score for t in round1}
+    in_tab = [score[t["id"]] for t in listed if t["id"] in score]
+    assert len(in_tab) == N_IMAGES and in_tab == sorted(in_tab) and len(set(in_tab)) > 1
 
     # Restart the backend mid-project: it picks up where it was.
     backend.stop()

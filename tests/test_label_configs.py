@@ -77,13 +77,18 @@ def test_hotkeys_unique_and_free(name):
     assert all(label.get("hotkey") is None for label in labels_of(xml, "BrushLabels"))
 
 
+POINT_COLOURS = {"camvid": {"sky": "#FFFF00"}}
+"""Point colours that differ from the mask colour on purpose: CamVid's sky grey was hard to see on 21 % of points
+(docs/benchmarks.md, POINT-CONTRAST); yellow on 0 %."""
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_brush_labels_match_query_classes_and_colours(name):
     xml = read(name)
     query = {label.get("value"): label.get("background") for label in labels_of(xml, "KeyPointLabels")}
     brush = {label.get("value"): label.get("background") for label in labels_of(xml, "BrushLabels")}
     assert list(brush) == list(CONFIGS[name])
-    assert brush == {k: v for k, v in query.items() if k != "ignore"}
+    assert {**brush, **POINT_COLOURS.get(name, {})} == {k: v for k, v in query.items() if k != "ignore"}
     ignore = [label for label in labels_of(xml, "KeyPointLabels") if label.get("value") == "ignore"]
     assert [label.get("ovaal") for label in ignore] == ["ignore"]
 

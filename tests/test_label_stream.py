@@ -23,6 +23,7 @@ def test_the_query_tab_is_added_once_and_again_when_deleted(tmp_path, fake, trut
     (view,) = fake.projects[P]["views"]
     assert view["data"]["title"] == QUERY_VIEW_TITLE
     assert view["data"]["filters"]["items"][0]["filter"] == "filter:tasks:data.ovaal_query"
+    assert view["data"]["ordering"] == ["tasks:predictions_score"]  # least certain first
     driver.ctx.update(check_project_at=0.0)
     drain(driver)
     assert len(fake.projects[P]["views"]) == 1

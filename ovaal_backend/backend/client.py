@@ -212,9 +212,10 @@ class LabelStudioClient:
         """The project's Data Manager tabs (``id``, ``data.title``, ``data.filters``)."""
         return self.request("GET", "/api/dm/views/", params={"project": int(project_id)}).json()
 
-    def create_view(self, project_id: int, title: str, filters: dict[str, Any]) -> int:
-        """Add a Data Manager tab with ``filters``; returns its id."""
-        body = {"project": int(project_id), "data": {"title": title, "filters": filters}}
+    def create_view(self, project_id: int, title: str, filters: dict[str, Any], ordering: list[str]) -> int:
+        """Add a Data Manager tab with ``filters`` and a sort ``ordering`` (column names, ``-`` for descending);
+        returns its id."""
+        body = {"project": int(project_id), "data": {"title": title, "filters": filters, "ordering": ordering}}
         return int(self.request("POST", "/api/dm/views/", json=body).json()["id"])
 
     def delete_view(self, view_id: int) -> None:

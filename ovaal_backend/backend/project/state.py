@@ -36,6 +36,9 @@ QUERY_VIEW_TITLE = "OVAAL queries"
 """The Data Manager tab the backend adds: only its query tasks (the label stream still serves every task)."""
 QUERY_VIEW_FILTERS = {"conjunction": "and", "items": [
     {"filter": f"filter:tasks:data.{QUERY_MARKER}", "operator": "equal", "type": "Boolean", "value": True}]}
+QUERY_VIEW_ORDERING = ["tasks:predictions_score"]
+"""The tab lists query tasks by their prediction's score, lowest first: the score is the model's certainty, and Label
+Studio 1.23.2's "Label All Tasks" serves a tab's tasks in its list order, so the most uncertain task comes first."""
 SOURCE_ROUND = -1
 """Round recorded for clicks made on a source task (no query round asked for them; a re-sync never moves them)."""
 

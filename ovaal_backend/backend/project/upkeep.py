@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .context import ProjectContext
-from .state import PHASE_NEW, QUERY_VIEW_FILTERS, QUERY_VIEW_TITLE, version_name
+from .state import PHASE_NEW, QUERY_VIEW_FILTERS, QUERY_VIEW_ORDERING, QUERY_VIEW_TITLE, version_name
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class Upkeep:
             log.info("project %s: adopted the Data Manager tab %r (view %d)", self.ctx.key, QUERY_VIEW_TITLE,
                      titled[0])
             return
-        view_id = self.ctx.client.create_view(self.ctx.project_id, QUERY_VIEW_TITLE, QUERY_VIEW_FILTERS)
+        view_id = self.ctx.client.create_view(self.ctx.project_id, QUERY_VIEW_TITLE, QUERY_VIEW_FILTERS,
+                                               QUERY_VIEW_ORDERING)
         self.ctx.update(query_view_id=view_id)
         log.info("project %s: added the Data Manager tab %r (view %d)", self.ctx.key, QUERY_VIEW_TITLE, view_id)
 

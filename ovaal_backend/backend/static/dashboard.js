@@ -440,7 +440,8 @@
         clicksChart(project, color)),
       card('Pre-label kept (no ground truth needed)',
         'Per round, the share of answered query points whose pre-label (the model\'s guess) the annotator kept; ' +
-        'round 0\'s random points are pre-labelled "ignore" (no model yet).', qualityChart(project, color)),
+        'round 0\'s random points are pre-labelled "ignore" (no model yet). Queries are the model\'s most uncertain ' +
+        'pixels: a pessimistic figure, not its pixel accuracy.', qualityChart(project, color)),
       card('Round timeline', 'When each round\'s answers came in, and its training.', timelineChart(project, now)),
       card('Trainings', 'Last loss and duration of each training (final: the OVAAL+ phase included).',
         trainingCharts(project), true),
