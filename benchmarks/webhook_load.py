@@ -9,11 +9,13 @@ real parts: Label Studio, the backend as ``python -m ovaal_backend serve`` (guni
    (1440x1920 by default; synthetic scenes of that size without ../shared/data/camvid), the model connected through a
    recording proxy, round 0 answered through Label Studio's API so a model (``ovaal-1``) exists and source tasks get
    dense masks. The proxy keeps the real ANNOTATION_CREATED payloads Label Studio sent.
-2. Per ``SERVER_THREADS`` value (``--threads``, default ``8,16``; the backend is restarted on the same MODEL_DIR):
-   an idle baseline of webhooks, then ``--predictors`` (8) client threads calling ``/predict`` back to back (each
-   call: ``--tasks-per-call`` source tasks, dense masks at the original size) while webhooks (Label Studio's own
-   payloads, replayed, each on a fresh connection as Label Studio sends them) arrive at ``--rate`` per second for
-   ``--seconds``. Webhook latency is the client's: connect, send, the backend storing the event, the answer.
+2. Per ``SERVER_THREADS:MAX_PREDICT_CALLS`` pair (``--configs``, default ``8:2,8:7``: the defaults, and as many
+   /predict calls as leave one thread; the backend is restarted on the same MODEL_DIR): an idle baseline of webhooks,
+   then ``--predictors`` (8) client threads calling ``/predict`` back to back (each call: ``--tasks-per-call``
+   source tasks, dense masks at the original size; a call refused with 503 waits its ``Retry-After``) while webhooks
+   (Label Studio's own payloads, replayed, each on a fresh connection as Label Studio sends them) arrive at
+   ``--rate`` per second for ``--seconds``. Webhook latency is the client's: connect, send, the backend storing the
+   event, the answer.
 
 Usage::
 
@@ -169,14 +171,20 @@ class Predictors:
         self.backend, self.project, self.tasks, self.per_call = backend, project, tasks, per_call
         self.latencies: list[float] = []
         self.errors = 0
+        self.refused = 0
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(n)]
 
-    def call(self, tasks: list[dict[str, Any]]) -> float:
+    def call(self, tasks: list[dict[str, Any]]) -> float | None:
+        """Seconds of one /predict; None when it was refused (503), after waiting its ``Retry-After``."""
         t0 = time.monotonic()
         response = self.backend.session().post(f"{self.backend.url}/predict", timeout=900, json={
             "project": f"{self.project.id}.0", "tasks": [{"id": t["id"], "data": t["data"]} for t in tasks]})
+        if response.status_code == 503:
+            assert "MAX_PREDICT_CALLS" in response.json()["error"]
+            time.sleep(float(response.headers["Retry-After"]))
+            return None
         response.raise_for_status()
         results = response.json()["results"]
         assert len(results) == len(tasks) and all(r["result"] for r in results), "empty /predict result"
@@ -190,7 +198,10 @@ class Predictors:
             try:
                 seconds = self.call(batch)
                 with self.lock:
-                    self.latencies.append(seconds)
+                    if seconds is None:
+                        self.refused += 1
+                    else:
+                        self.latencies.append(seconds)
             except Exception:
                 with self.lock:
                     self.errors += 1
@@ -212,7 +223,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def measure(backend: BackendProcess, project: SmallProject, sources: list[dict[str, Any]],
-            payloads: list[dict[str, Any]], args: argparse.Namespace, threads: int) -> dict[str, Any]:
+            payloads: list[dict[str, Any]], args: argparse.Namespace, threads: int, calls: int) -> dict[str, Any]:
     """Idle webhooks, then webhooks during ``args.predictors`` concurrent /predict loops; then webhooks with Label
     Studio's own 1 s timeout, to count how many it would give up on and whether the backend stored them anyway."""
     url, model_dir = f"{backend.url}/webhook", Path(backend.env["MODEL_DIR"])
@@ -230,7 +241,8 @@ def measure(backend: BackendProcess, project: SmallProject, sources: list[dict[s
     sent = len(loaded) + len(like_ls)
     stored = wait_for("every webhook stored", lambda: (n := stored_events(model_dir, project.id) - events_before)
                       >= sent and n, 120, backend)
-    return {"threads": threads, "cold_predict": summary(cold), "alone_predict": summary(alone),
+    return {"threads": threads, "calls": calls, "refused": predictors.refused,
+            "cold_predict": summary(cold), "alone_predict": summary(alone),
             "idle": summary([s for s, _ in idle]), "loaded": summary([s for s, _ in loaded]),
             "over_1s": sum(s > 1.0 for s, _ in loaded), "webhooks": len(loaded),
             "statuses": sorted({s for _, s in idle + loaded}),
@@ -254,24 +266,37 @@ def markdown(runs: list[dict[str, Any]], args: argparse.Namespace, size: tuple[i
         f"Load: {args.predictors} client threads calling `/predict` back to back, {args.tasks_per_call} source "
         "task(s) per call (a dense mask at the original size each), while Label Studio's own ANNOTATION_CREATED "
         f"payloads (recorded when round 0 was answered) arrive at `/webhook` at {args.rate:g}/s for "
-        f"{args.seconds:g} s, each on a fresh connection as Label Studio sends them. Label Studio waits 1 s "
-        "(`WEBHOOK_TIMEOUT`) and never re-sends: the target is a webhook p99 below 1 s.",
+        f"{args.seconds:g} s, each on a fresh connection as Label Studio sends them; a `/predict` refused with 503 "
+        "waits its `Retry-After` before the next. Label Studio waits 1 s (`WEBHOOK_TIMEOUT`) and never re-sends: the "
+        "target is a webhook p99 below 1 s.",
         "",
-        "| `SERVER_THREADS` | webhook idle p50 / p99 | webhook under load p50 / p99 / max | over 1 s | "
-        "`/predict` alone p50 (cold) | `/predict` under load p50 / p90 / max | images/s | others' CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| `SERVER_THREADS` | `MAX_PREDICT_CALLS` | webhook idle p50 / p99 | webhook under load p50 / p99 / max | "
+        "over 1 s | `/predict` alone p50 (cold) | `/predict` under load p50 / p90 / max | refused (503) | images/s | "
+        "others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
-            f"| {r['threads']} | {r['idle']['p50'] * 1e3:.0f} / {r['idle']['p99'] * 1e3:.0f} ms | "
+            f"| {r['threads']} | {r['calls']} | {r['idle']['p50'] * 1e3:.0f} / {r['idle']['p99'] * 1e3:.0f} ms | "
             f"{r['loaded']['p50']:.2f} / {r['loaded']['p99']:.2f} / {r['loaded']['max']:.2f} s | "
             f"{r['over_1s']} of {r['webhooks']} | {r['alone_predict']['p50']:.2f} s "
             f"({r['cold_predict']['p50']:.2f} s) | "
             f"{r['predict']['p50']:.1f} / {r['predict']['p90']:.1f} / {r['predict']['max']:.1f} s "
-            f"({r['predict']['n']} calls) | {r['images_per_s']:.2f} | {100 * r['cpu']['other_share']:.0f} % |")
-    lines += ["", verdict(runs, args)]
+            f"({r['predict']['n']} calls) | {r['refused']} | {r['images_per_s']:.2f} | "
+            f"{100 * r['cpu']['other_share']:.0f} % |")
+    lines += EARLIER_ROWS + ["", verdict(runs, args)]
     return "\n".join(line if line.startswith("|") else textwrap.fill(line, 120, break_on_hyphens=False)
                      for line in lines)
+
+
+EARLIER_ROWS = [
+    "| 8 | none (before it existed) | 28 / 111 ms | 0.67 / 2.04 / 2.30 s | 42 of 160 | 0.93 s (0.94 s) | "
+    "8.4 / 10.0 / 10.5 s (57 calls) | 0 | 1.35 | 14 % |",
+    "| 16 | none (before it existed) | 26 / 36 ms | 0.05 / 0.16 / 0.36 s | 0 of 160 | 1.21 s (1.06 s) | "
+    "8.2 / 8.9 / 9.3 s (56 calls) | 0 | 1.34 | 19 % |",
+]
+"""The rows measured on 2026-11-25 (commit 28cb320, same machine and settings), before MAX_PREDICT_CALLS: every
+/predict waited on its thread for the one forward pass, so 8 of them held all 8 default threads."""
 
 
 def verdict(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -280,32 +305,27 @@ def verdict(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     for r in runs:
         p99 = r["loaded"]["p99"]
         met = "meets it" if p99 < 1.0 else f"misses it by {p99 - 1.0:.2f} s"
-        parts.append(f"`SERVER_THREADS={r['threads']}` {met} (p99 {p99:.2f} s)")
+        parts.append(f"`SERVER_THREADS={r['threads']}`, `MAX_PREDICT_CALLS={r['calls']}` {met} (p99 {p99:.2f} s, "
+                     f"{r['over_1s']} of {r['webhooks']} over 1 s)")
     text = "**Target webhook p99 < 1 s:** " + "; ".join(parts) + ". "
-    short = [r for r in runs if r["threads"] <= args.predictors]
-    spare = [r for r in runs if r["threads"] > args.predictors]
-    if short:
-        r = short[0]
-        gap = r["predict"]["p50"] / args.predictors
-        text += (f"Why: gunicorn's gthread worker serves every request from one pool of `SERVER_THREADS` threads, "
-                 f"shared by `/predict` and `/webhook`. With {args.predictors} `/predict` calls in flight on "
-                 f"{r['threads']} threads, a webhook waits in gunicorn's queue until one of them ends; each takes "
-                 f"{r['predict']['p50']:.1f} s here (about {args.predictors} images sharing 2 cores and one forward "
-                 f"pass at a time), so one ends every {gap:.1f} s on average, in bunches, and a webhook waits for "
-                 f"the next (p50 {r['loaded']['p50']:.2f} s, p99 {r['loaded']['p99']:.2f} s). ")
-    if spare:
-        r = spare[0]
-        text += (f"With {r['threads']} threads one is always free: the webhook is served at once and only shares "
-                 f"the CPU (and Python's GIL) with the masks being encoded (p99 {r['loaded']['p99']:.2f} s), while "
-                 f"`/predict` is no slower ({r['predict']['p50']:.1f} s p50). ")
+    text += ("The two rows below them are the earlier measurement without the cap: with the default 8 threads, 8 "
+             "`/predict` calls waiting for the one forward pass held every thread and a webhook waited in gunicorn's "
+             "queue for one to end (p99 2.04 s). Now at most `MAX_PREDICT_CALLS` calls compute and hold a thread; "
+             "the next is answered 503 with `Retry-After` at once (Label Studio shows no prediction for that task "
+             "and logs it), so `SERVER_THREADS - MAX_PREDICT_CALLS` threads always serve webhooks, whatever the "
+             "number of editors. ")
+    base = runs[0]
+    text += (f"The price is in `/predict`: with `MAX_PREDICT_CALLS={base['calls']}` a computed call took "
+             f"{base['predict']['p50']:.1f} s p50 (8.4 s when 8 shared the machine), {base['refused']} calls were "
+             f"refused, and the machine encoded {base['images_per_s']:.2f} images/s (1.35 in the earlier run: a freed "
+             "slot can stay idle while the refused clients wait their `Retry-After`, and other processes took "
+             f"{100 * base['cpu']['other_share']:.0f} % of the cores instead of 14 %). ")
     gave_up = sum(r["like_ls_gave_up"] for r in runs)
     stored = all(r["stored"] >= r["sent"] for r in runs)
     text += (f"A late answer loses nothing in the backend: of the webhooks sent with Label Studio's own 1 s timeout "
              f"under the same load, the client gave up on {gave_up} of {sum(r['like_ls'] for r in runs)}, and "
              f"{'every webhook sent was stored' if stored else 'NOT every webhook sent was stored'} (the backend "
-             "reads the request from the socket and stores the event before answering); Label Studio only logs a "
-             "timeout. In production set `SERVER_THREADS` above the number of editors that may wait on `/predict` "
-             "at once (the default 8 leaves no thread for webhooks when 8 do).")
+             "reads the request from the socket and stores the event before answering).")
     return text
 
 
@@ -319,21 +339,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks-per-call", type=int, default=1)
     parser.add_argument("--rate", type=float, default=4.0, help="webhooks per second")
     parser.add_argument("--seconds", type=float, default=40.0)
-    parser.add_argument("--threads", default="8,16", help="SERVER_THREADS values to measure, comma-separated")
+    parser.add_argument("--configs", default="8:2,8:7",
+                        help="SERVER_THREADS:MAX_PREDICT_CALLS pairs to measure, comma-separated")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     ls_bin = os.environ.get("OVAAL_LS_BIN") or str(ROOT / ".venv-ls" / "bin" / "label-studio")
     if not os.access(ls_bin, os.X_OK):
         print(f"skipped: no Label Studio at {ls_bin} (make install-ls)")
         return 0
-    threads = [int(t) for t in args.threads.split(",")]
+    configs = [tuple(int(n) for n in pair.split(":")) for pair in args.configs.split(",")]
     work = Path(tempfile.mkdtemp(prefix="ovaal-webhook-load-"))
     try:
         with LabelStudioServer(ls_bin, document_root=work / "files") as ls:
             print(f"Label Studio up in {ls.startup_seconds:.0f} s", flush=True)
             project = make_large_project(ls, args.images, args.scale)
             size = next(iter(project.sources.values())).shape
-            env = backend_env(ls, work / "models", **SETTINGS, SERVER_THREADS=str(threads[0]), DEVICE="cpu")
+            env = backend_env(ls, work / "models", **SETTINGS, SERVER_THREADS=str(configs[0][0]),
+                              MAX_PREDICT_CALLS=str(configs[0][1]), DEVICE="cpu")
             backend = BackendProcess(env, work / "backend.log", startup_timeout=180)
             backend.start()
             tap = Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"))
@@ -341,14 +363,14 @@ def main(argv: list[str] | None = None) -> int:
                 with tap:
                     payloads = first_model(ls, project, backend, tap)
                 runs = []
-                for n in threads:
-                    if n != threads[0]:
+                for i, (n, calls) in enumerate(configs):
+                    if i:
                         backend.stop()
-                        backend.env["SERVER_THREADS"] = str(n)
+                        backend.env.update(SERVER_THREADS=str(n), MAX_PREDICT_CALLS=str(calls))
                         backend.start()
                     sources = [t for t in all_tasks(ls, project.id) if not t["data"].get("ovaal_query")]
-                    print(f"SERVER_THREADS={n}: measuring ...", flush=True)
-                    runs.append(measure(backend, project, sources, payloads, args, n))
+                    print(f"SERVER_THREADS={n}, MAX_PREDICT_CALLS={calls}: measuring ...", flush=True)
+                    runs.append(measure(backend, project, sources, payloads, args, n, calls))
                     print(json.dumps(runs[-1], indent=1), flush=True)
             finally:
                 backend.stop()

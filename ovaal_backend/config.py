@@ -138,6 +138,9 @@ class Config:
     max_request_mb: float = 16.0  # largest request body, in MiB (413 above)
     max_predict_tasks: int = 100  # most tasks in one /predict call (400 above)
     server_threads: int = 8  # gunicorn threads of the single worker (requests served at once)
+    # /predict calls computing at once; one more is answered 503 at once, so SERVER_THREADS - MAX_PREDICT_CALLS
+    # threads always stay free for /webhook, /health and /metrics (Label Studio waits 1 s for a webhook)
+    max_predict_calls: int = 2
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
@@ -225,6 +228,10 @@ class Config:
             raise ConfigError(f"job_retries must not be negative, got {self.job_retries}")
         if self.max_predict_tasks < 1:
             raise ConfigError(f"max_predict_tasks must be at least 1, got {self.max_predict_tasks}")
+        if not 1 <= self.max_predict_calls < self.server_threads:
+            raise ConfigError(f"max_predict_calls={self.max_predict_calls} with server_threads={self.server_threads}: "
+                              "MAX_PREDICT_CALLS must lie in 1..SERVER_THREADS-1, so that threads stay free for "
+                              "/webhook (raise SERVER_THREADS or lower MAX_PREDICT_CALLS)")
         _project_ids(self.allowed_projects)
 
     @property

@@ -226,10 +226,13 @@ class BackendProcess:
     """``python -m ovaal_backend serve`` in its own process group on 127.0.0.1, logging to a file.
 
     Shared by the end-to-end test and benchmarks/backend_bench.py; ``env`` must set PORT (and HOST=127.0.0.1).
+    ``preexec_fn`` runs in the child before ``exec`` (e.g. a file-size limit that makes the disk look full).
     """
 
-    def __init__(self, env: dict[str, str], log_path: str | os.PathLike, startup_timeout: float = 120.0) -> None:
+    def __init__(self, env: dict[str, str], log_path: str | os.PathLike, startup_timeout: float = 120.0,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.env = env
+        self.preexec_fn = preexec_fn
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
         self.url = f"http://127.0.0.1:{env['PORT']}"
@@ -243,7 +246,8 @@ class BackendProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "serve"], cwd=REPO_ROOT,
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=self.preexec_fn)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while time.monotonic() - t0 < self.startup_timeout:
             if self.proc.poll() is not None:

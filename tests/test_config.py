@@ -17,6 +17,9 @@ def test_environment_overrides_defaults():
     ({"CLASSIFIER": "multiclass", "SELECTION": "margin", "SEMI": "true"}, "use an OVA classifier or set SEMI=false"),
     ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
     ({"DEVICE": "tpu"}, "device='tpu'"),
+    ({"MAX_PREDICT_CALLS": "8"}, "MAX_PREDICT_CALLS must lie in 1..SERVER_THREADS-1"),
+    ({"MAX_PREDICT_CALLS": "0"}, "MAX_PREDICT_CALLS must lie in 1..SERVER_THREADS-1"),
+    ({"SERVER_THREADS": "2"}, "max_predict_calls=2 with server_threads=2"),
 ])
 def test_bad_settings_name_the_problem(env, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -8,6 +8,7 @@ no request gets a 5xx, every error body is JSON ``{"error": ...}`` without MODEL
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -197,6 +198,46 @@ def test_other_http_errors_are_json(tmp_path, fake):
                      client.post("/setup", data=b"\xff\xfe", content_type="application/json"),
                      client.post("/setup", data="{}", content_type="text/plain")):
         assert 400 <= response.status_code < 500 and isinstance(response.json["error"], str)
+    backend.shutdown(timeout=30)
+
+
+def test_predict_past_max_predict_calls_is_a_503_at_once(tmp_path, fake):
+    """A /predict past MAX_PREDICT_CALLS waits for nothing: 503, Retry-After, a JSON reason; webhooks go on."""
+    app, backend = make_app(tmp_path, fake, max_predict_calls=1)
+    client = app.test_client()
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    body = {"project": UID, "tasks": [{"id": 1, "data": {}}]}
+    with backend.predict_slots.take() as taken:  # one /predict computing
+        assert taken
+        started = time.monotonic()
+        response = client.post("/predict", json=body)
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+        assert "MAX_PREDICT_CALLS=1" in response.json["error"]
+        assert_clean_error(client.post("/predict", json={"project": UID, "tasks": "x"}), tmp_path / "models", 400)
+        assert client.post("/webhook", json=route_bodies()["/webhook"]).status_code == 201
+        assert client.get("/metrics").json["predict"] == {"slots": 1, "busy": 1, "refused": 1}
+    assert client.post("/predict", json=body).status_code == 200
+    assert client.get("/metrics").json["predict"] == {"slots": 1, "busy": 0, "refused": 1}
+    backend.shutdown(timeout=30)
+
+
+def test_a_full_disk_is_a_507_that_names_no_path(tmp_path, fake, monkeypatch):
+    """The server's fault, not the request's: 507 with the fix in words, the path only in the log."""
+    app, backend = make_app(tmp_path, fake)
+    client = app.test_client()
+    assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
+    driver = backend.driver(P)
+    secret = str(tmp_path / "models" / "1" / "labels.sqlite3-wal")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", secret)
+
+    monkeypatch.setattr(driver.store, "add_event", full)
+    response = client.post("/webhook", json=route_bodies()["/webhook"])
+    assert response.status_code == 507 and set(response.json) == {"error", "request_id"}
+    assert "disk full" in response.json["error"] and "resync" in response.json["error"]
+    assert secret not in response.get_data(as_text=True) and str(tmp_path) not in response.get_data(as_text=True)
     backend.shutdown(timeout=30)
 
 

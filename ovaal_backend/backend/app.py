@@ -3,9 +3,10 @@
 Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``POST /train`` (the old
 way Label Studio asked for training), ``GET /metrics``. Each parses JSON, calls one driver method and answers JSON;
 every error is JSON ``{"error": reason}``: 400 for malformed input (checked before any project state is created),
-401 (basic auth), 403 (a project outside ALLOWED_PROJECTS), 404, 409, 413 (over MAX_REQUEST_MB), and a 500 that
-names only a request id (the details go to the log). Nothing heavy happens at import or in ``create_app``: models
-load on first use, in the project's worker or its first /predict.
+401 (basic auth), 403 (a project outside ALLOWED_PROJECTS), 404, 409, 413 (over MAX_REQUEST_MB), 503 with
+``Retry-After`` (a /predict past MAX_PREDICT_CALLS), 507 (MODEL_DIR cannot be written: a full disk) and a 500; a 507
+or 500 names only a request id besides its reason (the details go to the log). Nothing heavy happens at import or in
+``create_app``: models load on first use, in the project's worker or its first /predict.
 
 Run it with ``python -m ovaal_backend serve`` (gunicorn, one worker process, ``SERVER_THREADS`` threads, no request
 timeout): one process, because the project drivers and their worker threads live in its memory.
@@ -19,7 +20,8 @@ import hmac
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -35,6 +37,7 @@ from .dashboard import dashboard_blueprint
 from .jobs import job_runner
 from .project.context import known_projects, parse_label_config
 from .project.driver import ProjectDriver, ProjectMismatchError
+from .sqlite import is_storage_fault
 from .validate import ACTION, BadRequest, check_event, clip, json_body, predict_tasks, project_of
 from .worker import ProjectWorker
 
@@ -46,6 +49,52 @@ OPEN_ROUTES = ("/", "/health")
 """Routes answered without basic auth: they reveal nothing, and container health checks carry no password."""
 INTERNAL_ERROR = "internal error; see the backend's log"
 """The whole text of a 500 answer, besides its request id: exception text and paths stay in the log."""
+STORAGE_ERROR = ("the backend could not write to its MODEL_DIR (disk full or not writable), so nothing of this "
+                 "request was stored; free space, then `python -m ovaal_backend resync --project <id>` re-reads "
+                 "what Label Studio sent meanwhile")
+"""The whole text of a 507 answer, besides its request id: a full disk is the server's fault, and this says the fix."""
+PREDICT_RETRY_AFTER_S = 2
+"""``Retry-After`` of a /predict refused because MAX_PREDICT_CALLS are computing (about one dense mask's time)."""
+
+
+class PredictSlots:
+    """At most ``size`` /predict calls compute at once; one more is refused at once instead of waiting.
+
+    Why: gunicorn's gthread worker serves every route from one pool of SERVER_THREADS threads, and a /predict waits
+    for the project's single forward pass while it holds its thread. Unbounded, eight slow /predict calls hold eight
+    threads and a webhook waits seconds for one (docs/benchmarks.md, WEBHOOK-LOAD), though Label Studio gives it 1 s
+    and never re-sends it. Bounded below SERVER_THREADS (Config.validate), threads stay free for /webhook, and a
+    refused /predict costs Label Studio only that task's prediction.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self.busy = 0
+        self.refused = 0
+
+    @contextmanager
+    def take(self) -> Iterator[bool]:
+        """Hold a slot for the block (yields True), or yield False at once when every slot is busy."""
+        if not self._free.acquire(blocking=False):
+            with self._lock:
+                self.refused += 1
+            yield False
+            return
+        with self._lock:
+            self.busy += 1
+        try:
+            yield True
+        finally:
+            with self._lock:
+                self.busy -= 1
+            self._free.release()
+
+    def status(self) -> dict[str, int]:
+        """For /metrics: the slots, how many are busy, how many calls were refused since the start."""
+        with self._lock:
+            return {"slots": self.size, "busy": self.busy, "refused": self.refused}
 
 
 class Backend:
@@ -64,6 +113,7 @@ class Backend:
         self.client = (client_factory or client_from_config)(config)
         self.start_workers = start_workers
         self.jobs = job_runner(config)  # where round jobs run: this process, or RQ workers when REDIS_URL is set
+        self.predict_slots = PredictSlots(config.max_predict_calls)
         self._drivers: dict[int, ProjectDriver] = {}
         self._workers: dict[int, ProjectWorker] = {}
         self._lock = threading.Lock()
@@ -197,6 +247,10 @@ def _add_guards(app: Flask, config: Config) -> None:
     @app.errorhandler(Exception)
     def _internal_error(err: Exception) -> tuple[Response, int]:
         request_id = uuid.uuid4().hex[:12]
+        if is_storage_fault(err):
+            log.error("%s %s failed: MODEL_DIR cannot be written (request %s)", request.method, request.path,
+                      request_id, exc_info=err)
+            return jsonify(error=f"{STORAGE_ERROR} (request {request_id})", request_id=request_id), 507
         log.exception("%s %s failed (request %s)", request.method, request.path, request_id, exc_info=err)
         return jsonify(error=f"{INTERNAL_ERROR} (request {request_id})", request_id=request_id), 500
 
@@ -215,7 +269,7 @@ def _add_status_routes(app: Flask, backend: Backend) -> None:
         for project_id, driver in sorted(backend.projects().items()):
             projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
         return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects,
-                       jobs=backend.jobs.status())
+                       jobs=backend.jobs.status(), predict=backend.predict_slots.status())
 
 
 def _add_routes(app: Flask, backend: Backend) -> None:
@@ -253,12 +307,15 @@ def _add_routes(app: Flask, backend: Backend) -> None:
         return jsonify(model_version=version)
 
     @app.post("/predict")
-    def predict() -> Response:
+    def predict() -> Response | tuple[Response, int, dict[str, str]]:
         body = json_body()
         tasks = predict_tasks(body.get("tasks"), config.max_predict_tasks)
         project = body.get("project") or (tasks[0].get("project") if tasks else None)
         driver = known_driver(backend, project_of(project, config)[0])
-        results = driver.predict(tasks)
+        with backend.predict_slots.take() as taken:
+            if not taken:
+                return predict_busy(config)
+            results = driver.predict(tasks)
         return jsonify(results=results, model_version=driver.model_version)
 
 
@@ -291,6 +348,14 @@ def _add_event_routes(app: Flask, backend: Backend) -> None:
         event_id = driver.add_event("START_TRAINING", {})
         backend.wake(project_id)
         return jsonify(status="queued", action="START_TRAINING", event=event_id), 201
+
+
+def predict_busy(config: Config) -> tuple[Response, int, dict[str, str]]:
+    """503 for a /predict past MAX_PREDICT_CALLS: Label Studio shows no prediction for those tasks and goes on."""
+    log.debug("/predict refused: all %d MAX_PREDICT_CALLS slots busy", config.max_predict_calls)
+    return (jsonify(error=f"busy: MAX_PREDICT_CALLS={config.max_predict_calls} predictions are being computed; "
+                          f"try again in {PREDICT_RETRY_AFTER_S} s"),
+            503, {"Retry-After": str(PREDICT_RETRY_AFTER_S)})
 
 
 def known_driver(backend: Backend, project_id: int) -> ProjectDriver:

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""OS errors that say the disk cannot take a write: full, over quota, over a file-size limit, mounted read-only."""
+SQLITE_STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN,
+                                  sqlite3.SQLITE_READONLY})
+"""SQLite's primary result codes for the same faults (a write that hits EFBIG surfaces as SQLITE_IOERR)."""
+
+
+def is_storage_fault(err: BaseException) -> bool:
+    """Whether an exception, or one it was raised from, means MODEL_DIR cannot be written.
+
+    Why: a full disk is the server's fault, not the request's, and it passes once an admin frees space; the HTTP
+    layer answers it with its own status and a reason that tells what to do, rather than a bare 500.
+    """
+    seen: BaseException | None = err
+    for _ in range(8):  # exception chains are short; the bound guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, sqlite3.Error) and (getattr(seen, "sqlite_errorcode", -1) & 0xFF) in SQLITE_STORAGE_CODES:
+            return True
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class SqliteFile:
