@@ -279,10 +279,10 @@ def reading(m: dict) -> str:
     text = (f"**Reading.** The configured colour hardest to see is `{name}` ({worst['colour']}): "
             f"{100 * worst['hard']:.1f} % of its points ({100 * worst['hard_bright']:.1f} % on bright scenes, "
             f"{100 * worst['hard_dark']:.1f} % on dark ones). Luminance contrast is low for most class colours "
-            f"(median ratio {min(ratios):.1f} to {max(ratios):.1f}): they are dark mid-tones like CamVid's streets, and "
-            "their hue carries them. Label Studio 1.23.2 has no outline option for labelled keypoints (`strokeColor` "
-            "applies to unlabelled ones only; the outline is the label colour), so the fix for a colour that vanishes "
-            "is the colour itself.")
+            f"(median ratio {min(ratios):.1f} to {max(ratios):.1f}): they are dark mid-tones like CamVid's streets, "
+            "and their hue carries them. Label Studio 1.23.2 has no outline option for labelled keypoints "
+            "(`strokeColor` applies to unlabelled ones only; the outline is the label colour), so the fix for a "
+            "colour that vanishes is the colour itself.")
     tried = {n: r for n, r in m["results"].items() if " as " in n}
     if tried:
         text += " Measured alternatives: " + "; ".join(

@@ -44,7 +44,9 @@ class Fault:
 
     kind: ``status`` (answer ``status`` without forwarding), ``stall`` (forward, then hold the answer ``seconds``
     and close the connection without one: the server did the work, the client never hears of it),
-    ``drop_predictions`` (forward an import with every task's ``predictions`` removed).
+    ``drop_predictions`` (forward an import with every task's ``predictions`` removed), ``late`` (hold the request
+    ``seconds`` before forwarding it and answer nothing: the client gives up before the server even starts, and
+    the server does the work afterwards, as a Label Studio slower than the client's timeout does).
     """
 
     kind: str
@@ -53,7 +55,7 @@ class Fault:
 
     def __str__(self) -> str:
         return {"status": f"answer {self.status}", "stall": f"stall {self.seconds:.0f} s",
-                "drop_predictions": "drop the predictions"}[self.kind]
+                "drop_predictions": "drop the predictions", "late": f"forward after {self.seconds:.0f} s"}[self.kind]
 
 
 @dataclass
@@ -140,6 +142,8 @@ class Proxy:
                     proxy._record(Exchange(self.command, self.path, fault.status, time.monotonic() - t0, fault,
                                            kept))
                     return
+                if fault is not None and fault.kind == "late":
+                    time.sleep(fault.seconds)
                 if fault is not None and fault.kind == "drop_predictions":
                     tasks = json.loads(body)
                     for task in tasks:
@@ -149,7 +153,7 @@ class Proxy:
                     status, headers, payload = self._forward(body)
                 except OSError as err:  # the real server is down or died mid-request
                     status, headers, payload = 502, [("Content-Type", "text/plain")], f"proxy: {err}".encode()
-                if fault is not None and fault.kind == "stall":
+                if fault is not None and fault.kind in ("stall", "late"):
                     time.sleep(fault.seconds)
                     proxy._record(Exchange(self.command, self.path, None, time.monotonic() - t0, fault, kept))
                     self.close_connection = True

@@ -6,8 +6,9 @@ in ``LABEL_STUDIO_URL``. A seeded schedule decides per request:
 
 - the first request adding the "OVAAL queries" Data Manager tab stalls past the timeout (the tab exists, the
   backend never hears of it);
-- the first three imports of query tasks get, in a seeded order: a 502 (Label Studio never saw the import), a stall
-  past the client's timeout (Label Studio created the tasks, the answer never comes) and an import whose prediction
+- the first four imports of query tasks get, in a seeded order: a 502 (Label Studio never saw the import), a stall
+  past the client's timeout (Label Studio created the tasks, the answer never comes), a late import (forwarded
+  only after the client gave up and retried: Label Studio slower than the timeout) and an import whose prediction
   list the proxy drops (Label Studio creates the tasks without their queries and says so);
 - every other API call gets, with probability ``P_OTHER``, a 502, a 503 or a stall past the timeout.
 
@@ -55,6 +56,7 @@ pytestmark = pytest.mark.e2e
 N_IMAGES = 3
 CLIENT_TIMEOUT = 4.0  # LABEL_STUDIO_TIMEOUT of the backend
 STALL = CLIENT_TIMEOUT + 3.0  # a stalled answer comes (never) this long after the request
+LATE = CLIENT_TIMEOUT + 5.0  # a late import reaches Label Studio this long after the request: after the retry
 P_OTHER = 0.12  # chance of a fault on any other API call
 IMPORT = re.compile(r"/api/projects/\d+/import")
 
@@ -64,7 +66,8 @@ class FaultPlan:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.import_faults = [Fault("status", 502), Fault("stall", seconds=STALL), Fault("drop_predictions")]
+        self.import_faults = [Fault("status", 502), Fault("stall", seconds=STALL), Fault("late", seconds=LATE),
+                              Fault("drop_predictions")]
         self.rng.shuffle(self.import_faults)
         self.others = [Fault("status", 502), Fault("status", 503), Fault("stall", seconds=STALL)]
         self.view_stalled = False

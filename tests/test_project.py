@@ -281,6 +281,19 @@ def test_lost_import_answer_adopts_the_created_tasks(tmp_path, fake, truth):
     assert driver.predict([fake.query_tasks(P, 0)[0]])[0]["result"]
 
 
+def test_lost_import_waits_for_a_slow_label_studio_before_importing_again(tmp_path, fake, truth):
+    driver = ProjectDriver(tiny_config(tmp_path), P, fake)
+    driver.setup(UID, XML)
+    fake.fail_next["import_tasks"] = LabelStudioError("read timed out")  # not in Label Studio (yet)
+    worker = ProjectWorker(driver)
+    assert not worker.run_pending()
+    assert not worker.run_pending()  # Label Studio may still create them: the rows wait, nothing is sent again
+    assert fake.query_tasks(P, 0) == [] and [c[0] for c in fake.calls].count("import_tasks") == 1
+    driver.publisher._late_until = 0.0  # twice LABEL_STUDIO_TIMEOUT later
+    drain(driver)
+    assert len(fake.query_tasks(P, 0)) == 3
+
+
 def test_weights_saved_before_a_crash_are_used(tmp_path, fake, truth):
     driver = started(tmp_path, fake)
     answer_round(fake, driver, truth, 0)

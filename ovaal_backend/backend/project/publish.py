@@ -8,10 +8,12 @@ Studio back: query tasks are adopted by their own markers (never imported twice)
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from ...engine.job import RoundResult, read_mask
 from ...engine.learner import Queries
+from ..client import LabelStudioError
 from ..convert import brush_results, keypoint_results
 from ..round_store import IMPORTED, IMPORTING, PLANNED, PUSHED, SENDING, TODO
 from .context import ProjectContext
@@ -37,6 +39,7 @@ class Publisher:
     def __init__(self, ctx: ProjectContext, upkeep: Upkeep) -> None:
         self.ctx = ctx
         self.upkeep = upkeep
+        self._late_until = 0.0  # monotonic time until which a lost import may still land in Label Studio
 
     def record(self, result: RoundResult) -> None:
         """Keep a round job's result as rows: the next round's query tasks, the new version's masks, its training."""
@@ -74,7 +77,12 @@ class Publisher:
             tasks = [self._task(src, sources[src], score, result, round_index, version)
                      for src, score, result in batch]
             self.ctx.rounds.set_query_status(self.ctx.key, round_index, [src for src, _, _ in batch], IMPORTING)
-            ids = self.ctx.client.import_tasks(self.ctx.project_id, tasks)
+            try:
+                ids = self.ctx.client.import_tasks(self.ctx.project_id, tasks)
+            except Exception:
+                # Label Studio may still be working on it (slower than our timeout): give it as long again
+                self._late_until = time.monotonic() + 2 * self.ctx.config.label_studio_timeout
+                raise
             self.ctx.rounds.set_imported(self.ctx.key, round_index, zip([s for s, _, _ in batch], ids, strict=True))
             self.upkeep.mark_version(version)
             log.info("project %s: round %d: imported %d query tasks", self.ctx.key, round_index, len(ids))
@@ -88,7 +96,12 @@ class Publisher:
 
     def _adopt(self, round_index: int, version: int) -> None:
         """Rows of a batch whose import answer was lost: the tasks Label Studio holds (found by their markers) are
-        recorded, given their prediction if Label Studio dropped it, and the rest go back to ``planned``."""
+        recorded, given their prediction if Label Studio dropped it, and the rest go back to ``planned``.
+
+        Within twice LABEL_STUDIO_TIMEOUT of the lost answer the rest wait instead (LabelStudioError, retried later):
+        a Label Studio slower than our timeout creates the tasks after we gave up, and importing them again then
+        would make duplicates. After a restart the wait is not known, and the rows go back at once.
+        """
         pending = {src: (score, result) for src, score, result in
                    self.ctx.rounds.queries(self.ctx.key, round_index, IMPORTING)}
         if not pending:
@@ -106,7 +119,12 @@ class Publisher:
                 self.ctx.client.import_predictions(self.ctx.project_id, [
                     {"task": task_id, "result": result, "score": score, "model_version": name}])
         self.ctx.rounds.set_imported(self.ctx.key, round_index, found.items())
-        self.ctx.rounds.set_query_status(self.ctx.key, round_index, set(pending) - set(found), PLANNED)
+        missing = set(pending) - set(found)
+        if missing and time.monotonic() < self._late_until:
+            raise LabelStudioError(f"round {round_index}: {len(missing)} query tasks of an import whose answer was "
+                                   f"lost are not in Label Studio yet; waiting up to "
+                                   f"{self._late_until - time.monotonic():.0f} s before importing them again")
+        self.ctx.rounds.set_query_status(self.ctx.key, round_index, missing, PLANNED)
         log.info("project %s: round %d: adopted %d query tasks found in Label Studio, %d to import again",
                  self.ctx.key, round_index, len(found), len(pending) - len(found))
 
