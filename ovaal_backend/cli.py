@@ -1,4 +1,4 @@
-"""Command line: ``python -m ovaal_backend simulate | serve | export``."""
+"""Command line: ``python -m ovaal_backend <command>``, one sub-command per driver and admin task."""
 
 from __future__ import annotations
 
@@ -154,6 +154,12 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "MODEL_DIR and the image files; start one per GPU (CUDA_VISIBLE_DEVICES=N).")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     p.add_argument("--name", help="worker name shown by rq (default: a random id)")
+    p = sub.add_parser("requeue", help="run a project's round job again after it failed for good",
+                       description="A round job that failed on every retry holds its project (shown under "
+                                   "failed_job in /metrics). After fixing the cause, this puts the job back on the "
+                                   "queue (REDIS_URL) or, without a queue, has the backend run it again in its "
+                                   "process; a running backend picks it up within seconds, a stopped one on start.")
+    p.add_argument("--project", type=int, required=True, help="Label Studio project id")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -216,6 +222,31 @@ def run_worker(args: argparse.Namespace) -> int:
     return work(Config.from_env(), burst=args.burst, name=args.name)
 
 
+def run_requeue(args: argparse.Namespace) -> int:
+    """``requeue``: release a project's round job that failed for good (re-queued on Redis when there is a queue)."""
+    from .backend.project.context import ProjectContext, known_projects
+    from .backend.project.events import REQUEUE_ACTION
+
+    config = Config.from_env()
+    if args.project not in known_projects(config):
+        raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}")
+    ctx = ProjectContext(config, args.project, client=None)  # reads the store, queues one event
+    failed = ctx.state.held_job()
+    if failed is None:
+        raise ValueError(f"project {args.project} has no round job that failed for good (phase "
+                         f"{ctx.state.phase}): nothing to requeue")
+    print(f"project {args.project}: round job {failed['job']} (round {failed['round']}) failed: {failed['reason']}")
+    if config.redis_url:
+        from .backend.queue_worker import requeue_failed
+
+        print(requeue_failed(config, failed["queue_id"]))
+    else:
+        print("no REDIS_URL: the backend runs it again in its own process")
+    ctx.store.add_event(ctx.key, REQUEUE_ACTION, {"job": failed["job"]})
+    print(f"project {args.project}: released; a running backend resumes the round within seconds")
+    return 0
+
+
 def run_cleanup(args: argparse.Namespace) -> int:
     """``cleanup``: everything the backend wrote into a project, removed."""
     from .backend.cleanup import clean_project
@@ -245,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
     args = build_parser().parse_args(argv)
     handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync,
-                "quarantine": run_quarantine, "worker": run_worker, "cleanup": run_cleanup}
+                "quarantine": run_quarantine, "worker": run_worker, "requeue": run_requeue,
+                "cleanup": run_cleanup}
     try:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

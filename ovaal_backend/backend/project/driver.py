@@ -34,7 +34,7 @@ from ...engine.learner import ActiveLearner
 from ...engine.rounds import RoundPlan
 from ..client import LabelStudioClient, LabelStudioError
 from ..convert import brush_results
-from ..jobs import InProcessJobs, JobRunner
+from ..jobs import InProcessJobs, JobFailedError, JobRunner
 from ..progress import project_facts
 from .context import ProjectContext, parse_label_config
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
@@ -167,7 +167,7 @@ class ProjectDriver:
             "query_tasks": queries, "answered_query_tasks": answered,
             "new_annotations": state.new_annotations,
             "pending_events": len(self.store.pending_events(self.key)), **self.store.counts(self.key),
-            "trainings": trainings, "quarantined": self.quarantined(),
+            "trainings": trainings, "quarantined": self.quarantined(), "failed_job": state.held_job(),
             **project_facts(self.config, self.plan, self.store, self.ctx.rounds, self.key, state,
                             self.ctx.iface.ignore_label if state.is_set_up else None),
         }
@@ -186,8 +186,10 @@ class ProjectDriver:
     def needs_step(self) -> bool:
         """True when ``step`` has something to do now (cheap: the worker asks after every wake-up)."""
         state = self.ctx.state
-        if state.phase in (PHASE_TRAINING, PHASE_PUBLISHING) or self.upkeep.check_due():
+        if state.phase == PHASE_PUBLISHING or self.upkeep.check_due():
             return True
+        if state.phase == PHASE_TRAINING:
+            return state.held_job() is None
         if state.phase == PHASE_NEW:
             return state.start_requested
         return state.phase == PHASE_QUERYING and self._round_end_reason() is not None
@@ -223,7 +225,7 @@ class ProjectDriver:
         persisted phase.
         """
         state = self.ctx.state
-        if state.phase == PHASE_TRAINING:
+        if state.phase == PHASE_TRAINING and state.held_job() is None:
             self._run_job(state)
         elif state.phase == PHASE_PUBLISHING:
             self._publish(state)
@@ -270,7 +272,11 @@ class ProjectDriver:
         """Run the round job, keep its result as rows, then move on to publishing (the version goes up only now,
         after its weights are on disk and its rows are stored)."""
         job, unreachable = self.round_job(state)
-        result = self.jobs.run(job, project=self.key)
+        try:
+            result = self.jobs.run(job, project=self.key)
+        except JobFailedError as err:
+            self._hold(state, job, err)
+            return
         bad_images = {**unreachable, **result.unreadable}
         for key, reason in result.unreadable.items():
             log.error("project %s: task %d: its image cannot be read, left out of this round: %s", self.key, key,
@@ -286,7 +292,14 @@ class ProjectDriver:
                         "stays as it is", self.key)
         round_index = state.round if result.next_round is None else result.next_round
         self.ctx.update(version=result.version, round=round_index, phase=PHASE_PUBLISHING,
-                        fresh_model=state.fresh_model and result.training is None)
+                        fresh_model=state.fresh_model and result.training is None, failed_job={})
+
+    def _hold(self, state: ProjectState, job: RoundJob, err: JobFailedError) -> None:
+        """Record a job that failed for good: the project waits (``held_job``) instead of failing it again."""
+        self.ctx.update(failed_job={"job": job.job_id, "queue_id": err.job_id, "round": state.training_round,
+                                    "reason": err.reason, "failed_at": time.time()})
+        log.error("project %s: %s; the round waits until `python -m ovaal_backend requeue --project %s`", self.key,
+                  err, self.key)
 
     def round_job(self, state: ProjectState) -> tuple[RoundJob, dict[int, str]]:
         """The job for the round that ended (every source image's file and its clicks, the checkpoint to continue),

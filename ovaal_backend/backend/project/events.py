@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 SETUP_ACTION = "OVAAL_SETUP"
 """Our own event: /setup saw a label config to apply, or a project waiting for its first round."""
+REQUEUE_ACTION = "OVAAL_REQUEUE"
+"""Our own event, queued by ``python -m ovaal_backend requeue``: run the round job that failed for good again."""
 CHECK_PROJECT_DELAY = 2.0
 """Seconds after /setup or a publish before the Label Studio project is read back and repaired once: connecting a
 model sets the project's version to the model's title and creates the model's webhook (without our basic-auth
@@ -74,6 +76,8 @@ class EventApplier:
         elif action == "TASKS_CREATED":
             if self.ctx.state.phase == PHASE_NEW:
                 self.ctx.update(start_requested=True)
+        elif action == REQUEUE_ACTION:
+            self._release_failed_job(str(payload.get("job") or ""))
         elif action in ("PROJECT_UPDATED", SETUP_ACTION):
             schema = payload.get("label_config") or payload.get("schema")
             if action == SETUP_ACTION:
@@ -85,6 +89,15 @@ class EventApplier:
                 self.ctx.update(check_project_at=time.time() + CHECK_PROJECT_DELAY)
                 if self.ctx.state.phase == PHASE_NEW:
                     self.ctx.update(start_requested=True)
+
+    def _release_failed_job(self, job_id: str) -> None:
+        """Forget the failure of ``job_id`` so the worker runs the round again (a newer failure stays)."""
+        failed = self.ctx.state.failed_job
+        if failed and failed.get("job") == job_id:
+            self.ctx.update(failed_job={})
+            log.info("project %s: round job %s released by requeue: the round runs again", self.ctx.key, job_id)
+        else:
+            log.info("project %s: requeue of %s: no such failed job held (already released)", self.ctx.key, job_id)
 
     def _trusted_label_config(self, claimed: str | None) -> str | None:
         """The label config Label Studio holds for the project, which wins over the one a /setup body claims.

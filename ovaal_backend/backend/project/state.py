@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...engine.job import round_job_id
+
 log = logging.getLogger(__name__)
 
 PHASE_NEW = "new"
@@ -55,6 +57,9 @@ class ProjectState:
     ``label_names`` only grows: stored clicks keep an index into it, so a label config that removes or reorders
     classes remaps clicks by name. ``training_round`` is the round whose end the job is working on (-1 = the start,
     which only picks round 0's random pixels); ``final`` marks that work, and the publish after it, as the last.
+    ``failed_job`` (``job``, ``queue_id``, ``round``, ``reason``, ``failed_at``) is the round job that failed for good:
+    while it names the job the state waits for, the project holds (re-running it unasked fails the same way) until
+    ``python -m ovaal_backend requeue`` queues a REQUEUE event.
     """
 
     uid: str = ""
@@ -74,6 +79,7 @@ class ProjectState:
     versions_in_label_studio: list[int] = field(default_factory=list)
     check_project_at: float | None = None
     query_view_id: int = 0
+    failed_job: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProjectState:
@@ -92,6 +98,16 @@ class ProjectState:
 
     def copy(self) -> ProjectState:
         return ProjectState.from_dict(self.to_dict())
+
+    def held_job(self) -> dict[str, Any] | None:
+        """The round job that failed for good and holds the project (None when nothing is held).
+
+        Only a failure of the very job the state waits for holds: a new label config (a new generation) or late
+        answers after the budget make a different job, which runs.
+        """
+        waiting_for = round_job_id(self.generation, self.version + 1, self.training_round)
+        held = self.phase == PHASE_TRAINING and self.failed_job.get("job") == waiting_for
+        return dict(self.failed_job) if held else None
 
     @property
     def is_set_up(self) -> bool:
