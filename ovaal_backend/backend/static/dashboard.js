@@ -369,7 +369,14 @@
   function quarantineBlock(project) {
     var q = project.quarantined || {events: [], images: []};
     var events = q.events || [], images = q.images || [];
-    var box = h('div', {'data-field': 'quarantined', 'data-events': events.length, 'data-images': images.length});
+    var failed = project.failed_job || {};
+    var box = h('div', {'data-field': 'quarantined', 'data-events': events.length, 'data-images': images.length,
+      'data-failed-job': failed.job ? 1 : 0});
+    if (failed.job) {
+      box.appendChild(h('p', {'class': 'reason'}, 'Round job ' + failed.job + ' (round ' + failed.round +
+        ') failed on every retry: ' + failed.reason + '. The project waits; after the fix run ' +
+        'python -m ovaal_backend requeue --project <id>.'));
+    }
     if (!events.length && !images.length) {
       box.appendChild(h('p', {'class': 'ok'}, 'Nothing quarantined.'));
       return box;
@@ -445,7 +452,8 @@
       card('Round timeline', 'When each round\'s answers came in, and its training.', timelineChart(project, now)),
       card('Trainings', 'Last loss and duration of each training (final: the OVAAL+ phase included).',
         trainingCharts(project), true),
-      card('Quarantined', 'Events that could not be applied and images that cannot be read, with their reason.',
+      card('Quarantined and failing', 'Events that could not be applied, images that cannot be read, and a round ' +
+        'job that failed for good, with their reason.',
         quarantineBlock(project), true));
     return h('article', {'class': 'project', 'data-project': id},
       h('h2', null, 'Project ' + id, h('span', {'class': 'phase phase-' + project.phase}, project.phase)),
