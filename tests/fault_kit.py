@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import ls_server
 import numpy as np
 import requests
 from annotator import answer_keypoints
@@ -198,21 +198,14 @@ class Proxy:
 AUTH = ("ovaal", "fault-secret")
 SETTINGS = {  # tiny and endless: each round trains for a moment; the project never runs out of rounds
     "IMAGE_HEIGHT": "48", "IMAGE_WIDTH": "64", "INIT_PIXELS": "6", "PIXELS_PER_ROUND": "6", "ROUNDS": "50",
-    "FIRST_ROUND_EPOCHS": "1", "EPOCHS": "1", "BATCH_SIZE": "4", "ENCODER_WEIGHTS": "none", "SEMI": "false",
-    "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SERVER_THREADS": "4",
-    "HOST": "127.0.0.1", "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1], "LOG_LEVEL": "INFO",
+    "FIRST_ROUND_EPOCHS": "1", "EPOCHS": "1", "BATCH_SIZE": "4", "SEMI": "false",
+    "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1],
 }
 
 
 def backend_env(label_studio, model_dir, **extra: str) -> dict[str, str]:
-    """The backend's environment: SETTINGS, a free port, the Label Studio to call (``extra`` overrides)."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    env.update(SETTINGS, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PORT=str(free_port()),
-               MODEL_DIR=str(model_dir), LABEL_STUDIO_URL=label_studio.url,
-               LABEL_STUDIO_API_KEY=label_studio.token,
-               LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
-    env.update(extra)
-    return env
+    """ls_server.backend_env with this kit's small endless project (``extra`` overrides)."""
+    return ls_server.backend_env(label_studio, model_dir, SETTINGS, **extra)
 
 
 def project_metrics(backend: BackendProcess, project_id: int, timeout: float = 2.0) -> dict[str, Any] | None:

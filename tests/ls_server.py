@@ -45,6 +45,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TEST_BACKEND = {  # every real-backend test: CPU, one torch thread, loopback, few server threads
+    "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SERVER_THREADS": "4",
+    "HOST": "127.0.0.1", "LOG_LEVEL": "INFO", "ENCODER_WEIGHTS": "none",
+}
+
+
+def backend_env(label_studio: Any, model_dir: str | os.PathLike, settings: dict[str, str],
+                **extra: str) -> dict[str, str]:
+    """The environment of a backend under test: this process's (proxies removed), TEST_BACKEND, the test's
+    ``settings``, a free port, MODEL_DIR and the Label Studio to call; ``extra`` overrides all of it."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.update(TEST_BACKEND, **settings)
+    env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PORT=str(free_port()),
+               MODEL_DIR=str(model_dir), LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
+               LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
+    env.update(extra)
+    return env
+
+
 class LabelStudioError(RuntimeError):
     """Label Studio did not start or died; the message carries the end of its log."""
 

@@ -22,7 +22,6 @@ the end pin benchmarks/point_contrast.py's colour model to the fills Label Studi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ls_server import BackendError, BackendProcess, free_port, loopback_session, wait_for
+from ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
 
 from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel
 from ovaal_backend.backend.store import LabelStore
@@ -53,8 +52,6 @@ WINDOW = (1400, 900)
 SETTINGS = {
     "IMAGE_HEIGHT": "64", "IMAGE_WIDTH": "96", "INIT_PIXELS": str(POINTS), "PIXELS_PER_ROUND": str(POINTS),
     "ROUNDS": "1", "FIRST_ROUND_EPOCHS": "1", "EPOCHS": "1", "SEMI": "false", "BATCH_SIZE": "4",
-    "ENCODER_WEIGHTS": "none", "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-    "SERVER_THREADS": "4", "HOST": "127.0.0.1", "LOG_LEVEL": "INFO",
 }
 
 NO_CHROMIUM = "no chromium binary (Debian: apt-get install -y chromium; `make test` installs it; OVAAL_CHROMIUM)"
@@ -208,11 +205,7 @@ def dataset(label_studio) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def backend(label_studio, tmp_path_factory):
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    env.update(SETTINGS, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-               PORT=str(free_port()), MODEL_DIR=str(tmp_path_factory.mktemp("ovaal-browser-models")),
-               LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
-               LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
+    env = backend_env(label_studio, tmp_path_factory.mktemp("ovaal-browser-models"), SETTINGS)
     process = BackendProcess(env, tmp_path_factory.mktemp("ovaal-browser-log") / "backend.log", startup_timeout=90)
     try:
         process.start()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ls_server import BackendError, BackendProcess, free_port, loopback_session, wait_for
+from ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
 from PIL import Image
 
 from ovaal_backend.backend.convert import LabelInterface, decode_brush, percent_to_pixel
@@ -47,9 +46,7 @@ WORKER_NAMES = ("e2e-worker-a", "e2e-worker-b")
 SETTINGS = {  # tiny: the whole loop in about a minute on two CPU cores
     "IMAGE_HEIGHT": "64", "IMAGE_WIDTH": "96", "INIT_PIXELS": "6", "PIXELS_PER_ROUND": "6", "ROUNDS": "1",
     "FIRST_ROUND_EPOCHS": "2", "EPOCHS": "1", "SEMI_EPOCHS": "1", "SEMI": "true", "BATCH_SIZE": "4",
-    "ENCODER_WEIGHTS": "none",
-    "DEVICE": "cpu", "NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SERVER_THREADS": "4",
-    "HOST": "127.0.0.1", "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1], "LOG_LEVEL": "INFO",
+    "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1],
 }
 
 
@@ -88,12 +85,8 @@ def dataset(label_studio) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=["in-process", "queue"])
 def backend(request, label_studio, tmp_path_factory):
     """The backend as `serve`; with the param "queue" its round jobs go through a real Redis to two workers."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     model_dir = tmp_path_factory.mktemp("ovaal-models")
-    env.update(SETTINGS, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-               PORT=str(free_port()), MODEL_DIR=str(model_dir),
-               LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
-               LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(label_studio.document_root))
+    env = backend_env(label_studio, model_dir, SETTINGS)
     workers = None
     if request.param == "queue":
         from queue_kit import Workers
