@@ -135,6 +135,7 @@ class Config:
     # Serve a non-loopback HOST without basic auth (only on a network where everyone who reaches the port is trusted).
     allow_open_network: bool = False
     allowed_projects: str = ""  # comma-separated Label Studio project ids this backend serves ("" = every project)
+    max_projects: int = 20  # most projects one backend serves (each has a thread, a model and an image pool)
     max_request_mb: float = 16.0  # largest request body, in MiB (413 above)
     max_predict_tasks: int = 100  # most tasks in one /predict call (400 above)
     server_threads: int = 8  # gunicorn threads of the single worker (requests served at once)
@@ -228,6 +229,8 @@ class Config:
             raise ConfigError(f"job_retries must not be negative, got {self.job_retries}")
         if self.max_predict_tasks < 1:
             raise ConfigError(f"max_predict_tasks must be at least 1, got {self.max_predict_tasks}")
+        if self.max_projects < 1:
+            raise ConfigError(f"max_projects must be at least 1, got {self.max_projects}")
         if not 1 <= self.max_predict_calls < self.server_threads:
             raise ConfigError(f"max_predict_calls={self.max_predict_calls} with server_threads={self.server_threads}: "
                               "MAX_PREDICT_CALLS must lie in 1..SERVER_THREADS-1, so that threads stay free for "

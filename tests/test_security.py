@@ -157,6 +157,23 @@ def test_allowed_projects_refuse_other_ids_before_any_state(tmp_path, fake):
         Config(allowed_projects="1,abc")
 
 
+def test_max_projects_refuses_one_more_before_any_state(tmp_path, fake):
+    for extra in (8, 9):
+        fake.add_project(extra)
+    app, backend = make_app(tmp_path, fake, max_projects=2)
+    client, model_dir = app.test_client(), tmp_path / "models"
+    assert client.post("/setup", json={"project": f"{P}.1", "schema": XML}).status_code == 200
+    assert client.post("/setup", json={"project": "8.1", "schema": XML}).status_code == 200
+    response = client.post("/setup", json={"project": "9.1", "schema": XML})
+    assert_clean_error(response, model_dir, 403)
+    assert "MAX_PROJECTS=2" in response.json["error"]
+    assert folders(model_dir) == {str(P), "8"} and sorted(backend.projects()) == sorted([P, 8])
+    assert client.post("/setup", json={"project": f"{P}.1", "schema": XML}).status_code == 200  # known: still served
+    backend.shutdown(timeout=30)
+    with pytest.raises(ConfigError, match="max_projects"):
+        Config(max_projects=0)
+
+
 def test_request_body_limit_is_a_413_json(tmp_path, fake):
     app, backend = make_app(tmp_path, fake, max_request_mb=0.01)  # 10 KiB
     client = app.test_client()

@@ -138,12 +138,20 @@ class Backend:
         return ids
 
     def driver(self, project_id: int, create: bool = False) -> ProjectDriver | None:
-        """The project's driver; None for a project never set up, unless ``create``."""
+        """The project's driver; None for a project never set up, unless ``create``.
+
+        Raises:
+            BadRequest: 403 when ``create`` would make one project more than MAX_PROJECTS.
+        """
         with self._lock:
             driver = self._drivers.get(project_id)
             if driver is None:
-                if not create and project_id not in known_projects(self.config):
+                known = known_projects(self.config)
+                if not create and project_id not in known:
                     return None
+                if project_id not in known and len(set(known) | set(self._drivers)) >= self.config.max_projects:
+                    raise BadRequest(f"this backend already serves MAX_PROJECTS={self.config.max_projects} "
+                                     "projects: raise MAX_PROJECTS or run another backend for this one", 403)
                 driver = ProjectDriver(self.config, project_id, self.client, jobs=self.jobs)
                 if not create and not driver.is_set_up:
                     return None
