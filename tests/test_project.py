@@ -105,6 +105,19 @@ def test_full_loop_round0_round1_final(tmp_path, fake, truth):
     assert counts["annotations"] == 6 and counts["points"] == 3 * (5 + 6)
 
 
+def test_pixelpick_design_runs_the_same_loop(tmp_path, fake, truth):
+    # The README's alternative for scenes unlike the pool: PixelPick's softmax, margin selection, plain loss.
+    driver = started(tmp_path, fake, classifier="multiclass", selection="margin", class_balance=0.0)
+    answer_round(fake, driver, truth, 0)
+    drain(driver)
+    assert driver.state().round == 1 and driver.model_version == "ovaal-1"
+    for task in fake.query_tasks(P, 1):
+        (prediction,) = task["predictions"]
+        assert len(prediction["result"]) == 6 and 0.0 <= prediction["score"] <= 1.0
+        assert {r["value"]["keypointlabels"][0] for r in prediction["result"]} <= set(CLASSES)
+    assert all(len(fake.predictions_of(s, "ovaal-1")) == 1 for s in truth)  # dense masks too
+
+
 def test_start_waits_for_source_tasks_then_tasks_created_starts(tmp_path, fake):
     driver = started(tmp_path, fake)
     assert driver.phase == PHASE_NEW and fake.query_tasks(P, 0) == []
