@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,10 +45,11 @@ def one_round(config: Config, folder: SegmentationFolder, count: int) -> dict[st
                        keys=list(range(count)), image_paths=[str(p) for p in folder.image_paths[:count]],
                        points=[clicks(folder.load_label(i), rng) for i in range(count)],
                        checkpoint=str(Path(tmp) / "model.pt"), version=1, generation=0, masks_dir=str(Path(tmp) / "m"))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = run_round(job)
-        total = time.perf_counter() - started
-    return {"total": total, "train": result.training["seconds"], "images": count}
+        total, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"total": total, "train": result.training["seconds"], "images": count, "cpu": cpu,
+            "load": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{resolve_device(config.device)}. The round job after round 0 (22 clicks per image): train, select round 1, "
         "write masks; Label Studio's import and mask push come on top (backend benchmark).",
         "",
-        "| pool images | job total (s) | of which training (s) |",
-        "|---|---|---|",
-        *[f"| {r['images']} | {r['total']:.1f} | {r['train']:.1f} |" for r in rows],
+        "| pool images | job total (s) | of which training (s) | CPU time (s, all threads) | quiet estimate (s) | "
+        "load average (1 min) at the end |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['images']} | {r['total']:.1f} | {r['train']:.1f} | {r['cpu']:.1f} | "
+          f"{r['cpu'] / torch.get_num_threads():.0f} | {r['load']:.1f} (of {os.cpu_count()} cores) |" for r in rows],
+        "",
+        f"Quiet estimate = CPU time / torch's threads ({torch.get_num_threads()}): the wall time when the job has its "
+        "threads' cores to itself. CPU time is far less sensitive than wall time to other processes on the machine "
+        "(not free of it: they share caches and memory bandwidth).",
     ]) + "\n"
     print(text)
     if not args.no_docs:
