@@ -137,10 +137,12 @@ def final_table(groups: Groups) -> str:
 
 
 def comparisons(groups: Groups) -> list[tuple[str, str]]:
-    """Every OVA row and every exploratory row (a name outside ORDER) against each baseline, then OVAAL+ - OVAAL."""
-    rows = [*OVA_ROWS, *(n for n in ordered(groups) if n not in ORDER)]
-    pairs = [(row, base) for row in rows for base in BASELINES]
-    return [p for p in pairs + SEMI_PAIRS if p[0] in groups and p[1] in groups]
+    """Every OVA row and every exploratory row (a name outside ORDER) against each baseline, an exploratory row also
+    against the baseline run the same way (``ovaal-x-final6`` - ``pixelpick-final6``), then OVAAL+ - OVAAL."""
+    extra = [n for n in ordered(groups) if n not in ORDER]
+    pairs = [(row, base) for row in [*OVA_ROWS, *extra] for base in BASELINES]
+    pairs += [(row, f"{base}-{row.rsplit('-', 1)[1]}") for row in extra for base in BASELINES if "-" in row]
+    return [p for p in pairs + SEMI_PAIRS if p[0] in groups and p[1] in groups and p[0] != p[1]]
 
 
 def paired_table(groups: Groups) -> str:
@@ -164,13 +166,16 @@ def class_table(groups: Groups, classes: list[str]) -> str:
 
 
 def large_class_table(groups: Groups) -> str:
-    """(c) each OVA row minus pixelpick on the large classes (paired), bold where below the tolerance."""
+    """(c) each OVA row minus pixelpick on the large classes (paired), bold where below the tolerance; an
+    exploratory row minus pixelpick run the same way where there is one (``pixelpick-final6``)."""
     rows = []
-    extra = [n for n in ordered(groups) if n not in ORDER]
+    extra = [n for n in ordered(groups) if n not in ORDER and not n.startswith("pixelpick")]
     for row in (r for r in (*OVA_ROWS, *extra) if r in groups and "pixelpick" in groups):
-        cells = [mean(paired(groups, row, "pixelpick", class_iou(c))) for c in LARGE]
-        rows.append([f"{row} - pixelpick"] + [f"**{c}**" if c != "-" and float(c) < LARGE_TOLERANCE else c
-                                              for c in cells])
+        base = f"pixelpick-{row.rsplit('-', 1)[1]}" if row in extra else "pixelpick"
+        base = base if base in groups else "pixelpick"
+        cells = [mean(paired(groups, row, base, class_iou(c))) for c in LARGE]
+        rows.append([f"{row} - {base}"] + [f"**{c}**" if c != "-" and float(c) < LARGE_TOLERANCE else c
+                                           for c in cells])
     return section(f"Large classes: IoU difference to pixelpick (paired mean; bold = below {LARGE_TOLERANCE:+.0f})",
                    ["difference", *LARGE], rows, "No pixelpick and OVA rows with a common seed yet.")
 
