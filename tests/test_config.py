@@ -46,7 +46,8 @@ def test_label_studio_ml_names_are_aliases_and_ours_win():
 
 def test_cpu_profile_replaces_only_the_training_defaults_left_unset():
     cpu = Config().for_machine(has_cuda=False)
-    assert (cpu.image_height, cpu.image_width, cpu.epochs, cpu.first_round_epochs) == (176, 240, 2, 3)
+    assert (cpu.image_height, cpu.image_width, cpu.epochs, cpu.first_round_epochs, cpu.semi_epochs) == \
+        (176, 240, 2, 3, 6)
     assert Config().for_machine(has_cuda=True) == Config()
     assert Config(epochs=7).for_machine(has_cuda=False).epochs == 7
     assert Config(train_profile="gpu").for_machine(has_cuda=False).image_height == 360
