@@ -14,12 +14,15 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
 
     The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over ``path``; on any
     error the temporary file is removed and ``path`` is left as it was. Concurrent writers each use their own
-    temporary file, so the last rename wins with a whole file.
+    temporary file, so the last rename wins with a whole file. The file gets the mode a plain ``open()`` gives (0666
+    less the umask), not ``mkstemp``'s 0600: with umask 002 (the Docker images) a worker running as another user of
+    the same group reads the cached images the backend wrote and replaces its ``model.pt`` (docker/README.md).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -28,6 +31,21 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` reads it only by setting it, which races other
+    threads creating files); falls back to that where ``/proc`` is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temp_files(root: str | Path) -> int:
