@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -540,10 +541,10 @@ def test_a_job_written_by_one_uid_is_read_and_replaced_by_another_of_the_group()
     """The single-host queue set-up, with processes started through the images' entrypoint: the backend (one uid)
     caches an image and saves model.pt; a worker of ANOTHER uid in the same group reads both, replaces model.pt and
     writes a mask; the backend reads what the worker wrote. With mkstemp's 0600 files or 0755 folders this fails."""
+    import torch
     from PIL import Image
 
     from ovaal_backend.backend.images import ImageFetcher
-    from ovaal_backend.engine.train import load_checkpoint, save_checkpoint
 
     backend_uid, worker_uid, gid = 47001, 47002, 47000  # no such users: only the numbers count
     shared = Path(tempfile.mkdtemp(prefix="ovaal-uids-", dir="/tmp"))
@@ -555,8 +556,8 @@ def test_a_job_written_by_one_uid_is_read_and_replaced_by_another_of_the_group()
         models.chmod(0o2775)
         png, first, second = shared / "a.png", shared / "v1.pt", shared / "v2.pt"
         Image.new("RGB", (3, 2), (10, 20, 30)).save(png)
-        save_checkpoint(first, {"version": 1})
-        save_checkpoint(second, {"version": 2})
+        torch.save({"version": 1}, first)  # what save_checkpoint hands write_atomically
+        torch.save({"version": 2}, second)
         image = ImageFetcher(None, models / "3" / "images").cached_path("http://label-studio:8080/data/upload/3/a.png")
         python, path = python_for_another_uid()
         env = {**os.environ, "HOME": str(shared), "PYTHONDONTWRITEBYTECODE": "1", **path}
@@ -571,7 +572,7 @@ def test_a_job_written_by_one_uid_is_read_and_replaced_by_another_of_the_group()
         run_as(backend_uid, WRITE_AS_BACKEND, image, png, first)
         run_as(worker_uid, TRAIN_AS_WORKER, image, second)
         assert run_as(backend_uid, READ_AS_BACKEND) == "(2, 3) True"
-        assert load_checkpoint(models / "3" / "model.pt")["version"] == 2
+        assert torch.load(models / "3" / "model.pt", weights_only=True)["version"] == 2
         assert (models / "3" / "model.pt").stat().st_uid == worker_uid
         for folder in (models / "3", models / "3" / "images", models / "3" / "masks"):
             assert folder.stat().st_gid == gid and folder.stat().st_mode & 0o2070 == 0o2070, folder
@@ -651,16 +652,36 @@ assert len(lines) == 4, lines
 values = {}
 exec("\\n".join(lines), {"get_bool_env": get_bool_env, "get_env_list": get_env_list}, values)
 settings.configure(**values)
+import requests
 from core.utils.exceptions import SsrfBlockedUrlError
-from core.utils.io import validate_url_for_ssrf
+from core.utils.io import SsrfSafeHTTPAdapter, ssrf_safe_post, validate_url_for_ssrf
 print(values["SSRF_PROTECTION_ENABLED"], values["ML_BLOCK_LOCAL_IP"])
-for url in sys.argv[1:]:
+for url in sys.argv[2:]:
     try:
-        validate_url_for_ssrf(url, block_local_urls=True)
+        if sys.argv[1] == "check":  # what the Connect dialog and the webhook form run on the URL
+            validate_url_for_ssrf(url, block_local_urls=True)
+        else:  # what sending does: a webhook (webhooks/utils.py), an ML backend call (ml/api_connector.py)
+            ssrf_safe_post(url, json={"action": "PING"}, timeout=10)
+            with requests.Session() as ml:
+                ml.mount("http://", SsrfSafeHTTPAdapter())
+                ml.get(url, timeout=10)
         print(url, "allowed")
-    except SsrfBlockedUrlError:
+    except (SsrfBlockedUrlError, requests.ConnectionError):
         print(url, "refused")
 """
+
+
+def run_label_studio_ssrf(mode: str, environment: dict[str, str], urls: list[str]) -> list[str]:
+    """Label Studio's verdict on ``urls`` under ``environment`` (its own settings parsing and checks, 1.23.2)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LABEL_STUDIO_", "HEARTEX_")) and "proxy" not in k.lower()}
+    env.update({**environment, "NO_PROXY": "*", "no_proxy": "*"})
+    result = subprocess.run([str(ROOT / ".venv-ls/bin/python"), "-c", LS_SSRF_CHECK, mode, *urls], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "True True"  # protection on, for ML backends too
+    return lines[1:]
 
 
 @pytest.mark.skipif(LS_PACKAGE is None, reason="Label Studio is not installed in .venv-ls (make install-ls)")
@@ -671,14 +692,44 @@ def test_label_studio_itself_reaches_the_backend_and_refuses_other_private_addre
     listed = re.findall(r"'([0-9a-f:.]+/\d+)'", text[text.index("default_banned_subnets = ["):
                                                    text.index("\n    banned_subnets = [")])
     assert tuple(listed) == ssrf_module().LABEL_STUDIO_DEFAULT_BANNED_SUBNETS
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "HEARTEX_"))},
-           **env_of(compose["services"]["label-studio"])}
     backend = f"http://{backend_address(compose)}:9090"
     urls = [f"{backend}/setup", f"{backend}/webhook", "http://172.31.250.1:22/", "http://172.31.250.11:9090/",
             "http://172.18.0.2:6379/", "http://127.0.0.1:8080/", "http://169.254.169.254/latest/meta-data/"]
-    result = subprocess.run([str(ROOT / ".venv-ls/bin/python"), "-c", LS_SSRF_CHECK, *urls], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    assert lines[0] == "True True"  # protection on, for ML backends too
-    assert lines[1:] == [f"{urls[0]} allowed", f"{urls[1]} allowed"] + [f"{u} refused" for u in urls[2:]]
+    verdicts = run_label_studio_ssrf("check", env_of(compose["services"]["label-studio"]), urls)
+    assert verdicts == [f"{urls[0]} allowed", f"{urls[1]} allowed"] + [f"{u} refused" for u in urls[2:]]
+
+
+@pytest.mark.skipif(LS_PACKAGE is None, reason="Label Studio is not installed in .venv-ls (make install-ls)")
+def test_label_studio_sends_only_to_the_let_through_address():
+    """Label Studio's real sending code (webhook post, ML backend session) with the list made for one address: the
+    server there gets both requests, a server on another loopback address (refused, like every private one) none."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = {"127.0.0.1": 0, "127.0.0.2": 0}
+
+    class Count(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            received[self.server.server_address[0]] += 1
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer((host, 0), Count) for host in received]
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        urls = [f"http://{host}:{port}/webhook" for host, port in (server.server_address for server in servers)]
+        verdicts = run_label_studio_ssrf("send", ssrf_module().settings(["127.0.0.1"]), urls)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert verdicts == [f"{urls[0]} allowed", f"{urls[1]} refused"]
+    assert received == {"127.0.0.1": 2, "127.0.0.2": 0}
