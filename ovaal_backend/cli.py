@@ -154,6 +154,12 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "MODEL_DIR and the image files; start one per GPU (CUDA_VISIBLE_DEVICES=N).")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     p.add_argument("--name", help="worker name shown by rq (default: a random id)")
+    p = sub.add_parser("check", help="say what is right and how to fix what is not, before connecting",
+                       description="One line per item: Label Studio's URL and the API key, the local-files document "
+                                   "root and one image read through it, MODEL_DIR writable, the device and the "
+                                   "training profile, Redis and its workers (with REDIS_URL), and the settings in "
+                                   "effect after the profile. Exit status 0 when every item is ok, 1 otherwise.")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of lines")
     p = sub.add_parser("requeue", help="run a project's round job again after it failed for good",
                        description="A round job that failed on every retry holds its project (shown under "
                                    "failed_job in /metrics). After fixing the cause, this puts the job back on the "
@@ -262,6 +268,15 @@ def run_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check(args: argparse.Namespace) -> int:
+    """``check``: every item's line (or JSON); 0 when all are ok, 1 otherwise."""
+    from .backend.check import report, run_checks
+
+    findings = run_checks(Config.from_env())
+    print(report(findings, args.json))
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m ovaal_backend`` parser with one sub-command per driver."""
     parser = argparse.ArgumentParser(prog="python -m ovaal_backend",
@@ -277,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync,
                 "quarantine": run_quarantine, "worker": run_worker, "requeue": run_requeue,
-                "cleanup": run_cleanup}
+                "cleanup": run_cleanup, "check": run_check}
     try:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 IGNORE_INDEX = -1
@@ -59,8 +59,9 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
 """Training defaults per machine: ``gpu`` = the dataclass defaults (the paper's size, 20 epochs a round); ``cpu`` is
 sized so that a round of a 100-image project ends in about 2 minutes on 2 cores (docs/benchmarks.md). Its final phase
 runs once per project and is longer (6 epochs): in the CamVid grid 6 final epochs instead of 2 raised every run
-measured, both OVA and PixelPick, by about 2 mIoU. A profile only replaces fields still at their default; ``auto``
-picks ``gpu`` when CUDA is present."""
+measured, both OVA and PixelPick, by about 2 mIoU. A profile never replaces a setting given explicitly (environment
+or overrides, see ``Config.explicit``), whatever its value; ``auto`` picks ``gpu`` where CUDA is present on the machine
+that trains (a queue worker decides for itself)."""
 
 ALIASES = {"LABEL_STUDIO_ACCESS_TOKEN": "label_studio_api_key", "LABEL_STUDIO_HOST": "label_studio_url",
            "THREADS": "server_threads", "START_TRAINING_EACH_N_UPDATES": "train_after_annotations"}
@@ -155,6 +156,9 @@ class Config:
     max_download_mb: float = 64.0  # one image download, in MiB
     download_seconds: float = 120.0  # one image download in all (not per read)
     label_studio_timeout: float = 60.0  # seconds one Label Studio API call may take (connect and each read)
+    # /setup waits this long for Label Studio when it checks LABEL_STUDIO_URL and the key (Label Studio gives /setup
+    # 3 s in all, ML_TIMEOUT_SETUP, and waits blocked meanwhile); no answer by then connects without the check
+    setup_check_seconds: float = 1.5
     retry_seconds: float = 30.0  # wait after a project's step failed (Label Studio down) before trying again
     max_image_pixels: int = 50_000_000  # width x height of an image, checked before it is decoded
     image_pool_size: int = 2000  # source images kept resized in memory (least recently used ones dropped)
@@ -165,6 +169,9 @@ class Config:
     job_timeout: int = 21600  # seconds one round job may run on a worker before it is stopped (and retried)
     job_retries: int = 2  # re-runs of a job whose worker failed or died before it counts as failed
     worker_heartbeat: int = 30  # seconds between a busy worker's heartbeats; ~2 missed ones = the job is re-run
+    # Names of the settings given on purpose (environment variables, ``from_env`` overrides): a training profile never
+    # replaces them. Not a setting itself (no environment variable, no README row); ``setting_fields`` leaves it out.
+    explicit: frozenset[str] = field(default=frozenset(), metadata={"setting": False})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -193,7 +200,7 @@ class Config:
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")
         for name in ("max_download_mb", "download_seconds", "max_image_pixels", "image_pool_size",
-                     "label_studio_timeout", "retry_seconds"):
+                     "label_studio_timeout", "setup_check_seconds", "retry_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch",
@@ -238,6 +245,9 @@ class Config:
                               "MAX_PREDICT_CALLS must lie in 1..SERVER_THREADS-1, so that threads stay free for "
                               "/webhook (raise SERVER_THREADS or lower MAX_PREDICT_CALLS)")
         _project_ids(self.allowed_projects)
+        unknown = set(self.explicit) - {f.name for f in setting_fields()}
+        if unknown:
+            raise ConfigError(f"explicit names settings that do not exist: {', '.join(sorted(unknown))}")
 
     @property
     def allowed_project_ids(self) -> frozenset[int]:
@@ -257,7 +267,7 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Defaults, then environment variables named like the fields in upper case, then ``overrides``."""
         environ = os.environ if environ is None else environ
-        types = {f.name: type(f.default) for f in fields(cls)}
+        types = {f.name: type(f.default) for f in setting_fields()}
         values: dict[str, Any] = {}
         for alias, name in ALIASES.items():
             if environ.get(alias):
@@ -267,23 +277,50 @@ class Config:
             if raw is not None and raw != "":
                 values[name] = _parse(name, raw, kind)
         values.update(overrides)
-        return cls(**values)
+        return cls(**values, explicit=frozenset(values))
+
+    def profile_for(self, has_cuda: bool) -> str:
+        """The training profile this config gets on a machine with or without CUDA (``auto`` decides by it)."""
+        return self.train_profile if self.train_profile != "auto" else ("gpu" if has_cuda else "cpu")
+
+    def profile_changes(self, profile: str) -> dict[str, Any]:
+        """The fields ``profile`` sets: those of TRAIN_PROFILES[profile] neither given explicitly nor changed from
+        the code default (a ``Config(epochs=7)`` built in code counts as given)."""
+        defaults = {f.name: f.default for f in setting_fields()}
+        return {k: v for k, v in TRAIN_PROFILES[profile].items()
+                if k not in self.explicit and getattr(self, k) == defaults[k]}
 
     def for_machine(self, has_cuda: bool) -> Config:
-        """The config with its training profile applied (``auto``: ``gpu`` with CUDA, else ``cpu``)."""
-        profile = self.train_profile if self.train_profile != "auto" else ("gpu" if has_cuda else "cpu")
-        defaults = {f.name: f.default for f in fields(self)}
-        changes = {k: v for k, v in TRAIN_PROFILES[profile].items() if getattr(self, k) == defaults[k]}
-        return self.replace(**changes) if changes else self
+        """The config with its training profile applied and ``train_profile`` set to the profile it resolved to.
+
+        Call it where the training runs: in the web process without REDIS_URL, in the queue worker with it.
+        """
+        profile = self.profile_for(has_cuda)
+        return self.replace(train_profile=profile, **self.profile_changes(profile))
+
+    def for_worker(self, worker: Config, has_cuda: bool) -> Config:
+        """A queued round job's config (``self``, from the backend) with the profile of the machine that trains it.
+
+        The backend leaves the profile unapplied for queued jobs. Its TRAIN_PROFILE wins when it names one (gpu,
+        cpu); with ``auto`` the worker's own TRAIN_PROFILE decides (``auto`` by default: ``gpu`` when the worker has
+        CUDA), so a CPU worker does not train the GPU sizes.
+        """
+        profile = self.train_profile if self.train_profile != "auto" else worker.train_profile
+        return self.replace(train_profile=profile).for_machine(has_cuda)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, secrets removed (for results files and logs)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in setting_fields()}
         for secret in ("label_studio_api_key", "basic_auth_pass"):
             if out[secret]:
                 out[secret] = "***"
         out["redis_url"] = redact_url(out["redis_url"])
         return out
+
+
+def setting_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of Config that are settings (each has an environment variable and a README row)."""
+    return tuple(f for f in fields(Config) if f.metadata.get("setting", True))
 
 
 def redact_url(url: str) -> str:

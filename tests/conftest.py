@@ -31,7 +31,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
     from ls_server import LabelStudioServer
 
     document_root = tmp_path_factory.mktemp("ls-files")
-    with LabelStudioServer(ls_bin, document_root=document_root) as server:
+    startup = float(os.environ.get("OVAAL_LS_STARTUP_S", "180"))  # raise it on a loaded machine (migrations)
+    with LabelStudioServer(ls_bin, document_root=document_root, startup_timeout=startup) as server:
         print(f"\nLabel Studio started at {server.url} in {server.startup_seconds:.1f} s")
         yield server
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ovaal_backend.backend.client import LabelStudioError
+from ovaal_backend.backend.link import LinkStatus
 from ovaal_backend.backend.project.driver import ProjectDriver
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import Config
@@ -48,6 +49,8 @@ class FakeLabelStudio:
         self.fail_next: dict[str, Exception] = {}
         self.fail_after: dict[str, Exception] = {}
         self._ids = {"task": 0, "annotation": 0, "prediction": 0}
+        self.link = LinkStatus("http://fake-label-studio")  # always reachable: /setup does not ask it again
+        self.link.ok()
 
     # --- test helpers ------------------------------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class FakeLabelStudio:
 
     def _call(self, name: str, arg: Any) -> None:
         self.calls.append((name, arg))
+        self.link.ok()
         if name in self.fail_next:
             raise self.fail_next.pop(name)
 

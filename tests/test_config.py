@@ -48,9 +48,49 @@ def test_cpu_profile_replaces_only_the_training_defaults_left_unset():
     cpu = Config().for_machine(has_cuda=False)
     assert (cpu.image_height, cpu.image_width, cpu.epochs, cpu.first_round_epochs, cpu.semi_epochs) == \
         (176, 240, 2, 3, 6)
-    assert Config().for_machine(has_cuda=True) == Config()
+    assert cpu.train_profile == "cpu" and cpu.for_machine(has_cuda=False) == cpu  # resolved once, then stable
+    assert Config().for_machine(has_cuda=True) == Config(train_profile="gpu")
     assert Config(epochs=7).for_machine(has_cuda=False).epochs == 7
     assert Config(train_profile="gpu").for_machine(has_cuda=False).image_height == 360
     assert Config(train_profile="cpu").for_machine(has_cuda=True).image_height == 176
     with pytest.raises(ConfigError, match="train_profile"):
         Config(train_profile="tpu")
+
+
+def test_explicit_settings_win_over_the_profile_whatever_their_value():
+    """EPOCHS=20 IMAGE_HEIGHT=360 set on a CPU machine train 20 epochs at 360 px, although both equal the defaults."""
+    config = Config.from_env({"EPOCHS": "20", "IMAGE_HEIGHT": "360", "DEVICE": "cpu"})
+    assert config.explicit == {"epochs", "image_height", "device"}
+    cpu = config.for_machine(has_cuda=False)
+    assert (cpu.epochs, cpu.image_height) == (20, 360)
+    assert (cpu.image_width, cpu.first_round_epochs, cpu.semi_epochs) == (240, 3, 6)  # the unset ones follow it
+    assert Config.from_env({}, epochs=20).for_machine(has_cuda=False).epochs == 20  # overrides count as set
+    assert Config.from_env({"EPOCHS": ""}).for_machine(has_cuda=False).epochs == 2  # empty = not set
+    assert cpu.replace(seed=3).explicit == config.explicit  # kept through copies (a queued job carries it)
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        Config(explicit=frozenset({"no_such_setting"}))
+
+
+def test_a_queued_job_trains_with_the_profile_of_the_worker_machine():
+    """With REDIS_URL the web process leaves TRAIN_PROFILE=auto unapplied; the worker resolves it by its own CUDA."""
+    web = Config.from_env({"REDIS_URL": "redis://r:6379/0", "DEVICE": "cpu", "EPOCHS": "20"})
+    worker = Config.from_env({"REDIS_URL": "redis://r:6379/0"})
+    on_cpu, on_gpu = web.for_worker(worker, has_cuda=False), web.for_worker(worker, has_cuda=True)
+    assert (on_cpu.train_profile, on_cpu.image_height, on_cpu.epochs) == ("cpu", 176, 20)  # EPOCHS set: kept
+    assert (on_gpu.train_profile, on_gpu.image_height, on_gpu.epochs) == ("gpu", 360, 20)
+    pinned = Config.from_env({"TRAIN_PROFILE": "gpu"})  # set on the backend: every worker trains with it
+    assert pinned.for_worker(Config.from_env({"TRAIN_PROFILE": "cpu"}), has_cuda=False).image_height == 360
+    cpu_worker = Config.from_env({"TRAIN_PROFILE": "cpu"})  # else the worker's own setting decides
+    assert web.for_worker(cpu_worker, has_cuda=True).image_height == 176
+    compose = Config.from_env({"TRAIN_PROFILE": "auto"})  # auto set on the backend still leaves it to the worker
+    assert compose.for_worker(worker, has_cuda=False).train_profile == "cpu"
+
+
+def test_the_web_process_applies_no_profile_for_queued_jobs(tmp_path):
+    from ovaal_backend.backend.app import create_app
+
+    queued = create_app(Config(redis_url="redis://127.0.0.1:1/0", model_dir=str(tmp_path / "q"), device="cpu"),
+                        recover=False)
+    assert queued.extensions["ovaal"].config.train_profile == "auto"  # carried unapplied by the round jobs
+    here = create_app(Config(model_dir=str(tmp_path / "h"), device="cpu"), recover=False)
+    assert (here.extensions["ovaal"].config.train_profile, here.extensions["ovaal"].config.epochs) == ("cpu", 2)

@@ -4,11 +4,10 @@ import importlib
 import inspect
 import pkgutil
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import ovaal_backend
-from ovaal_backend.config import Config
+from ovaal_backend.config import setting_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_setting_is_in_the_readme_table():
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", readme))
-    missing = [f.name.upper() for f in fields(Config) if f.name.upper() not in documented]
+    missing = [f.name.upper() for f in setting_fields() if f.name.upper() not in documented]
     assert not missing, f"add these settings to the README configuration table: {missing}"
 
 

@@ -4,7 +4,9 @@ Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST 
 way Label Studio asked for training), ``GET /metrics``. Each parses JSON, calls one driver method and answers JSON;
 every error is JSON ``{"error": reason}``: 400 for malformed input (checked before any project state is created),
 401 (basic auth), 403 (a project outside ALLOWED_PROJECTS), 404, 409, 413 (over MAX_REQUEST_MB), 503 with
-``Retry-After`` (a /predict past MAX_PREDICT_CALLS), 507 (MODEL_DIR cannot be written: a full disk) and a 500; a 507
+``Retry-After`` (a /predict past MAX_PREDICT_CALLS), 502 (a /setup whose check of LABEL_STUDIO_URL and the key
+failed: ``link.py``), 507 (MODEL_DIR cannot be written: a full disk) and a 500; a failed /setup repeats its reason in
+the HTTP reason phrase, the only part Label Studio shows; a 507
 or 500 names only a request id besides its reason (the details go to the log). Nothing heavy happens at import or in
 ``create_app``: models load on first use, in the project's worker or its first /predict.
 
@@ -35,6 +37,7 @@ from .client import client_from_config
 from .convert import LabelConfigError
 from .dashboard import dashboard_blueprint
 from .jobs import job_runner
+from .link import SetupCheck, reason_phrase
 from .project.context import known_projects, parse_label_config
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .sqlite import is_storage_fault
@@ -114,6 +117,7 @@ class Backend:
         self.start_workers = start_workers
         self.jobs = job_runner(config)  # where round jobs run: this process, or RQ workers when REDIS_URL is set
         self.predict_slots = PredictSlots(config.max_predict_calls)
+        self.setup_check = SetupCheck(self.client.get_project, self.client.link, config.setup_check_seconds)
         self._drivers: dict[int, ProjectDriver] = {}
         self._workers: dict[int, ProjectWorker] = {}
         self._lock = threading.Lock()
@@ -180,8 +184,8 @@ class Backend:
 def create_app(config: Config | None = None, backend: Backend | None = None, recover: bool = True) -> Flask:
     """The Flask app. ``config`` defaults to ``Config.from_env()``; ``recover`` resumes projects under MODEL_DIR."""
     config = config or Config.from_env()
-    # Queue workers train on their own (GPU) machines: the web machine's device says nothing about them.
-    config = config.for_machine(bool(config.redis_url) or resolve_device(config.device).type == "cuda")
+    if not config.redis_url:  # round jobs train here; with REDIS_URL each queue worker applies the profile it needs
+        config = config.for_machine(resolve_device(config.device).type == "cuda")
     configure_torch(config)
     backend = backend or Backend(config)
     app = Flask(__name__)
@@ -277,7 +281,8 @@ def _add_status_routes(app: Flask, backend: Backend) -> None:
         for project_id, driver in sorted(backend.projects().items()):
             projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
         return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects,
-                       jobs=backend.jobs.status(), predict=backend.predict_slots.status())
+                       label_studio=backend.client.link.status(), jobs=backend.jobs.status(),
+                       predict=backend.predict_slots.status())
 
 
 def _add_routes(app: Flask, backend: Backend) -> None:
@@ -288,6 +293,7 @@ def _add_routes(app: Flask, backend: Backend) -> None:
     """
     config = backend.config
     _add_event_routes(app, backend)
+    app.after_request(setup_reason_phrase)
 
     @app.post("/setup")
     def setup() -> Response:
@@ -299,7 +305,9 @@ def _add_routes(app: Flask, backend: Backend) -> None:
         try:
             parse_label_config(schema, config)
         except (LabelConfigError, ValueError, RecursionError) as err:  # ValueError: e.g. unencodable characters
-            raise BadRequest(f"label config not usable: {clip(str(err), 500)}") from None
+            # long enough for the KeyPointLabels lines a brush-only config needs (one line per class)
+            raise BadRequest(f"label config not usable: {clip(str(err), 8000)}") from None
+        check_link(backend, project_id, body.get("hostname"))
         driver = backend.driver(project_id, create=True)
         assert driver is not None
         try:
@@ -356,6 +364,29 @@ def _add_event_routes(app: Flask, backend: Backend) -> None:
         event_id = driver.add_event("START_TRAINING", {})
         backend.wake(project_id)
         return jsonify(status="queued", action="START_TRAINING", event=event_id), 201
+
+
+def check_link(backend: Backend, project_id: int, hostname: Any) -> None:
+    """502 when the backend cannot work with Label Studio (unreachable LABEL_STUDIO_URL, refused key, a project it
+    cannot see), so that connecting fails with the cause instead of "Connected" and silence (see link.py)."""
+    problem = backend.setup_check.problem(project_id)
+    if problem is None:
+        return
+    said = ""
+    if isinstance(hostname, str) and hostname.rstrip("/") != backend.config.label_studio_url.rstrip("/"):
+        said = f" (Label Studio gives its own address as {clip(hostname, 200)})"
+    raise BadRequest(f"the backend cannot use Label Studio: {problem}{said}. Fix the backend's setting and "
+                     "restart it, then connect the model again", 502)
+
+
+def setup_reason_phrase(response: Response) -> Response:
+    """A failed /setup carries its error in the HTTP reason phrase too: Label Studio's Connect dialog shows the status
+    line of a failed /setup (``400 Client Error: <reason> for url: ...``), never the JSON body."""
+    if request.path == "/setup" and response.status_code >= 400 and response.is_json:
+        error = (response.get_json(silent=True) or {}).get("error")
+        if isinstance(error, str) and error:
+            response.status = f"{response.status_code} {reason_phrase(error)}"
+    return response
 
 
 def predict_busy(config: Config) -> tuple[Response, int, dict[str, str]]:

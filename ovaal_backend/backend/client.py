@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlparse
 import requests
 
 from ..config import Config
+from .link import AUTH_STATUSES, LinkStatus, rejected_cause, unreachable_cause
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ MEDIA_PREFIXES = ("/data/upload/", "/data/local-files/", "/storage-data/", "/dat
 class LabelStudioError(RuntimeError):
     """A Label Studio call failed or answered something unexpected; the message has the call and the answer."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, cause: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.cause = cause  # set when the call failed for the link's sake (unreachable, key refused): see link.py
 
 
 class LabelStudioClient:
@@ -66,6 +68,7 @@ class LabelStudioClient:
         self.session = session
         self._access_token: str | None = None
         self._token_lock = threading.Lock()
+        self.link = LinkStatus(self.url)  # every call's outcome, for /metrics, the dashboard and /setup
 
     # --- authentication ----------------------------------------------------------------------------------------
 
@@ -84,6 +87,8 @@ class LabelStudioClient:
             if refresh or self._access_token is None:
                 response = self.session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key},
                                              timeout=self.timeout)
+                if response.status_code in AUTH_STATUSES:
+                    self._refused(response.status_code, "POST /api/token/refresh/")
                 if response.status_code != 200:
                     raise LabelStudioError(f"POST /api/token/refresh/ answered {response.status_code}: "
                                            f"{response.text[:300]} (is LABEL_STUDIO_API_KEY a valid personal access "
@@ -104,16 +109,26 @@ class LabelStudioClient:
                 headers = self.auth_headers(refresh=attempt > 0)
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
             except requests.RequestException as err:
-                raise LabelStudioError(f"{method} {url} failed: {err} (is LABEL_STUDIO_URL={self.url} right?)") \
-                    from err
+                cause = unreachable_cause(err, self.url)
+                self.link.failed(cause)
+                raise LabelStudioError(f"{method} {url} failed: {cause}", cause=cause) from err
             if response.status_code != 401 or not self.is_personal_access_token:
                 break
         assert response is not None
+        if response.status_code in AUTH_STATUSES and response.status_code not in expect:
+            self._refused(response.status_code, f"{method} {path}")
         if response.status_code not in expect:
-            hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (401, 403) else ""
-            raise LabelStudioError(f"{method} {path} answered {response.status_code}{hint}: {response.text[:500]}",
+            raise LabelStudioError(f"{method} {path} answered {response.status_code}: {response.text[:500]}",
                                    response.status_code)
+        self.link.ok()
         return response
+
+    def _refused(self, status: int, call: str) -> None:
+        """Record and raise a 401/403: LABEL_STUDIO_API_KEY is not accepted."""
+        cause = rejected_cause(status, self.url)
+        self.link.failed(cause)
+        raise LabelStudioError(f"{call} answered {status}: {cause}", status, cause=cause)
+
 
     # --- projects ----------------------------------------------------------------------------------------------
 

@@ -63,7 +63,8 @@ def metrics_payload(backend: Any) -> dict[str, Any]:
     projects = {}
     for project_id, driver in sorted(backend.projects().items()):
         projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
-    body: dict[str, Any] = {"model_class": MODEL_CLASS, "version": __version__, "projects": projects}
+    body: dict[str, Any] = {"model_class": MODEL_CLASS, "version": __version__, "projects": projects,
+                            "label_studio": backend.client.link.status()}
     jobs = getattr(backend, "jobs", None)
     if callable(getattr(jobs, "status", None)):
         body["jobs"] = jobs.status()

@@ -319,7 +319,7 @@ def run_queued_round(job: RoundJob) -> RoundResult:
     of the job's paths (the same share may be mounted elsewhere); ``DEVICE`` and ``NUM_THREADS`` are this machine's.
     """
     from ..engine.job import run_round
-    from ..engine.runtime import configure_torch
+    from ..engine.runtime import configure_torch, resolve_device
 
     _exit_with_parent()
     here = Config.from_env()
@@ -329,6 +329,7 @@ def run_queued_round(job: RoundJob) -> RoundResult:
         moves.append((theirs.label_studio_local_files_document_root, here.label_studio_local_files_document_root))
     config = theirs.replace(device=here.device, num_threads=here.num_threads, model_dir=here.model_dir,
                             label_studio_local_files_document_root=here.label_studio_local_files_document_root)
+    config = config.for_worker(here, resolve_device(config.device).type == "cuda")  # this machine's profile
     mine = dataclasses.replace(
         job, config=config, image_paths=[rebase(p, moves) for p in job.image_paths],
         checkpoint=rebase(job.checkpoint, moves), masks_dir=job.masks_dir and rebase(job.masks_dir, moves))

@@ -462,6 +462,25 @@
 
   // ------------------------------------------------------------------ the page
 
+  // Whether the backend reaches Label Studio with its URL and key: the newest outcome of its calls (link.py).
+  function linkLine(link) {
+    if (!link) return [];
+    var text, cls;
+    if (link.reachable === false) {
+      cls = 'error';
+      text = 'Label Studio at ' + link.url + ' NOT reachable since ' + clock(link.last_error_at) + ': ' +
+        link.last_error + ' · last successful call: ' + clock(link.last_ok);
+    } else if (link.reachable) {
+      cls = 'ok';
+      text = 'Label Studio at ' + link.url + ' reachable · last successful call ' + clock(link.last_ok) +
+        (link.last_error ? ' · last error (' + clock(link.last_error_at) + '): ' + link.last_error : '');
+    } else {
+      cls = 'muted';
+      text = 'Label Studio at ' + link.url + ': not called yet';
+    }
+    return [h('p', {'class': cls, 'data-field': 'label_studio', 'data-reachable': String(link.reachable)}, text)];
+  }
+
   function render(data) {
     lastData = data;
     var ids = Object.keys(data.projects || {}).sort(function (a, b) { return Number(a) - Number(b); });
@@ -470,6 +489,7 @@
       nodes = [h('p', {'class': 'muted'}, 'No project yet: connect this backend to a Label Studio project ' +
         '(Settings > Model).')];
     }
+    nodes = linkLine(data.label_studio).concat(nodes);
     root.replaceChildren.apply(root, nodes);
     root.setAttribute('data-rendered', String(ids.length));
     lastOk = Date.now();
