@@ -133,6 +133,7 @@ class SetupCheck:
         self.wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._running: threading.Thread | None = None
+        self._started = 0.0  # monotonic start of the running check
         self._outcome: dict[int, str | None] = {}
 
     def problem(self, project_id: int) -> str | None:
@@ -146,9 +147,10 @@ class SetupCheck:
                 self._outcome.pop(project_id, None)
                 thread = threading.Thread(target=self._ask, args=(project_id,), name="ovaal-setup-check",
                                           daemon=True)
-                self._running = thread
+                self._running, self._started = thread, time.monotonic()
                 thread.start()
-        thread.join(self.wait_seconds)
+            deadline = self._started + self.wait_seconds  # a check already running is not waited for again
+        thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             log.warning("/setup: Label Studio at %s did not answer within %g s (SETUP_CHECK_SECONDS); connecting "
                         "anyway, the outcome shows in /metrics", self.link.url, self.wait_seconds)
