@@ -19,6 +19,7 @@ from .config import (
     ConfigError,
     is_ova,
 )
+from .files import lock_model_dir
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -169,10 +170,16 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``serve``: the ML backend under gunicorn, settings from the environment."""
+    """``serve``: the ML backend under gunicorn, settings from the environment.
+
+    It holds MODEL_DIR's lock while it runs (``files.lock_model_dir``): a second server on the same MODEL_DIR stops
+    with one ``error:`` line instead of running every project's rounds a second time.
+    """
     from .backend.wsgi import serve
 
-    serve(Config.from_env())
+    config = Config.from_env()
+    with lock_model_dir(config.model_dir):
+        serve(config)
     return 0
 
 

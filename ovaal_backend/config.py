@@ -162,6 +162,7 @@ class Config:
     retry_seconds: float = 30.0  # wait after a project's step failed (Label Studio down) before trying again
     max_image_pixels: int = 50_000_000  # width x height of an image, checked before it is decoded
     image_pool_size: int = 2000  # source images kept resized in memory (least recently used ones dropped)
+    image_pool_mb: int = 256  # and at most this many MiB of them, per project
 
     # --- job queue (scale out; backend/queue_worker.py) ---
     redis_url: str = ""  # redis://host:6379/0: round jobs go to RQ workers ("" = they run in this process)
@@ -169,6 +170,8 @@ class Config:
     job_timeout: int = 21600  # seconds one round job may run on a worker before it is stopped (and retried)
     job_retries: int = 2  # re-runs of a job whose worker failed or died before it counts as failed
     worker_heartbeat: int = 30  # seconds between a busy worker's heartbeats; ~2 missed ones = the job is re-run
+    # round jobs running at once in the backend's own process (without REDIS_URL); other projects' jobs wait
+    max_training_jobs: int = 1
     # Names of the settings given on purpose (environment variables, ``from_env`` overrides): a training profile never
     # replaces them. Not a setting itself (no environment variable, no README row); ``setting_fields`` leaves it out.
     explicit: frozenset[str] = field(default=frozenset(), metadata={"setting": False})
@@ -234,6 +237,9 @@ class Config:
         for name in ("job_timeout", "worker_heartbeat"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 second, got {getattr(self, name)}")
+        for name in ("image_pool_mb", "max_training_jobs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.job_retries < 0:
             raise ConfigError(f"job_retries must not be negative, got {self.job_retries}")
         if self.max_predict_tasks < 1:

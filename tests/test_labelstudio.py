@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from label_studio_sdk.converter.brush import mask2rle
 from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 
 from ovaal_backend import cli
@@ -16,6 +17,7 @@ from ovaal_backend.backend.convert import (
     LabelInterface,
     annotation_points,
     brush_results,
+    brush_rle,
     decode_brush,
     keypoint_results,
     percent_to_pixel,
@@ -320,3 +322,26 @@ def test_annotation_points_without_query_control_is_empty():
     brush_only = LabelInterface.parse("""<View><Image name="i" value="$image"/>
         <BrushLabels name="m" toName="i"><Label value="a"/></BrushLabels></View>""")
     assert annotation_points([keypoint(5, 5, ["a"])], brush_only) == []
+
+
+@pytest.mark.parametrize("run", [1, 2, 3, 4, 5, 63, 64, 65, 16383, 16384, 16385, 32769, 40000])
+def test_brush_rle_is_byte_for_byte_the_sdks(run):
+    """Runs at each length-width boundary (4 bytes per pixel: <= 8, 16, 256 bytes, 65536-byte pieces)."""
+    mask = np.zeros((1, run + 9), dtype=bool)
+    mask[0, 4:4 + run] = True
+    assert brush_rle(mask) == mask2rle(mask.astype(np.uint8) * np.uint8(255))
+
+
+def test_brush_rle_of_noisy_and_full_masks_is_the_sdks():
+    rng = np.random.default_rng(0)
+    for mask in (rng.random((60, 70)) < 0.5, rng.random((200, 333)) < 0.01, np.ones((300, 300), dtype=bool)):
+        assert brush_rle(mask) == mask2rle(mask.astype(np.uint8) * np.uint8(255))
+
+
+def test_brush_results_take_a_uint8_map_with_class_scores(iface):
+    class_map = np.zeros((40, 50), dtype=np.uint8)
+    class_map[10:, 20:] = 2
+    results = brush_results(class_map, iface, scores=np.array([0.9, 0.0, 0.6]))
+    assert [(r["value"]["brushlabels"], r["score"]) for r in results] == [(["road"], 0.9), (["sky"], 0.6)]
+    for result, index in zip(results, (0, 2)):
+        np.testing.assert_array_equal(decode_brush(result), class_map == index)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ovaal_backend.config import IGNORE_INDEX, Config
-from ovaal_backend.engine.job import START, RoundJob, read_mask, run_round
+from ovaal_backend.engine.job import MASK_TILE_ELEMENTS, START, RoundJob, predict_masks, read_mask, run_round
+from ovaal_backend.engine.learner import ActiveLearner
 from ovaal_backend.engine.rounds import RoundPlan
 from ovaal_backend.engine.train import load_checkpoint
 
@@ -66,8 +68,8 @@ def test_a_round_trains_saves_selects_and_predicts_then_resumes(tmp_path, pool):
     assert all(len(q) == 6 for q in result.queries.values())
     assert all((q.guess >= 0).all() for q in result.queries.values())
     for key in (10, 11, 12, 13):
-        class_map, confidence = read_mask(result.masks[key])
-        assert class_map.shape == confidence.shape == (48, 64) and class_map.max() < len(CLASSES)
+        class_map, scores = read_mask(result.masks[key])
+        assert class_map.shape == (48, 64) and class_map.max() < len(CLASSES) and scores.shape == (len(CLASSES),)
     saved = load_checkpoint(tmp_path / "model.pt")
     assert (saved["version"], saved["generation"], saved["classes"]) == (1, 0, CLASSES)
     again = run_round(job(tmp_path, pool, 0, 1, points))  # a crash after the save: the weights are reused
@@ -90,3 +92,24 @@ def test_an_unreadable_image_is_reported_not_fatal(tmp_path, pool):
     broken.write_bytes(b"<html>not found</html>")
     result = run_round(job(tmp_path, (paths[:3] + [str(broken)], labels), START, 1))
     assert set(result.queries) == {10, 11, 12} and "13" not in result.unreadable and 13 in result.unreadable
+
+
+@pytest.mark.parametrize("classifier", ["ova-shared", "multiclass"])
+def test_masks_built_in_strips_equal_the_whole_upsampled_map(classifier):
+    """The strip-by-strip mask (what a 49 MP photo needs) holds exactly the classes of the whole upsampled map."""
+    torch.manual_seed(0)
+    learner = ActiveLearner(Config(**{**TINY, "semi": False, "classifier": classifier}), 4)
+    head = [m for m in learner.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    torch.nn.init.normal_(head.weight, std=2.0)  # an untrained head picks one class everywhere
+    images = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    sizes = [(150, 201), (48, 64)]
+    whole = [learner.predict_probabilities(images[b:b + 1], sizes[b])[0] for b in range(2)]  # (C, H, W) at once
+    for tile_elements in (MASK_TILE_ELEMENTS, 1000):  # one piece; strips of 128 columns
+        masks = list(predict_masks(learner, [7, 8], images, sizes, batch=2, tile_elements=tile_elements))
+        assert [key for key, _, _ in masks] == [7, 8]
+        for (_, class_map, scores), probabilities in zip(masks, whole):
+            reference, confidence = probabilities.argmax(0).numpy(), probabilities.max(0).values.numpy()
+            assert class_map.dtype == np.uint8 and len(np.unique(class_map)) > 1
+            np.testing.assert_array_equal(class_map, reference)
+            expected = [confidence[reference == c].mean() if (reference == c).any() else 0.0 for c in range(4)]
+            np.testing.assert_allclose(scores, expected, rtol=1e-5)

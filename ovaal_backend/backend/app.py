@@ -4,9 +4,10 @@ Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST 
 way Label Studio asked for training), ``GET /metrics``. Each parses JSON, calls one driver method and answers JSON;
 every error is JSON ``{"error": reason}``: 400 for malformed input (checked before any project state is created),
 401 (basic auth), 403 (a project outside ALLOWED_PROJECTS), 404, 409, 413 (over MAX_REQUEST_MB), 503 with
-``Retry-After`` (a /predict past MAX_PREDICT_CALLS), 502 (a /setup whose check of LABEL_STUDIO_URL and the key
-failed: ``link.py``), 507 (MODEL_DIR cannot be written: a full disk) and a 500; a failed /setup repeats its reason in
-the HTTP reason phrase, the only part Label Studio shows; a 507
+``Retry-After`` (a /predict past MAX_PREDICT_CALLS), 503 for a project set aside (its state file cannot be opened:
+``Backend._open``), 502 (a /setup whose check of LABEL_STUDIO_URL and the key failed: ``link.py``), 507 (MODEL_DIR
+cannot be written: a full disk) and a 500; a failed /setup repeats its reason in the HTTP reason phrase, the only part
+Label Studio shows; a 507
 or 500 names only a request id besides its reason (the details go to the log). Nothing heavy happens at import or in
 ``create_app``: models load on first use, in the project's worker or its first /predict.
 
@@ -21,6 +22,7 @@ import binascii
 import hmac
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +40,7 @@ from .convert import LabelConfigError
 from .dashboard import dashboard_blueprint
 from .jobs import job_runner
 from .link import SetupCheck, reason_phrase
-from .project.context import known_projects, parse_label_config
+from .project.context import STATE_FILE, known_projects, parse_label_config, project_dir
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .sqlite import is_storage_fault
 from .validate import ACTION, BadRequest, check_event, clip, json_body, predict_tasks, project_of
@@ -100,6 +102,15 @@ class PredictSlots:
             return {"slots": self.size, "busy": self.busy, "refused": self.refused}
 
 
+class ProjectSetAsideError(BadRequest):
+    """A project whose stored state cannot be opened: its requests are answered 503 with the reason."""
+
+    def __init__(self, project_id: int, path: str, reason: str) -> None:
+        super().__init__(f"project {project_id} is set aside: its state file {path} cannot be opened "
+                         f"({clip(reason, 300)}); the backend serves the other projects. Restore the file, or move the "
+                         "folder away to start this project afresh", 503)
+
+
 class Backend:
     """The drivers and worker threads of every project this process serves, created on first use.
 
@@ -120,6 +131,7 @@ class Backend:
         self.setup_check = SetupCheck(self.client.get_project, self.client.link, config.setup_check_seconds)
         self._drivers: dict[int, ProjectDriver] = {}
         self._workers: dict[int, ProjectWorker] = {}
+        self._set_aside: dict[int, dict[str, Any]] = {}  # projects whose stored state cannot be opened
         self._lock = threading.Lock()
 
     def recover(self) -> list[int]:
@@ -135,7 +147,10 @@ class Backend:
         for project_id in sorted(set(known_projects(self.config)) - set(ids)):
             log.warning("project %d: not in ALLOWED_PROJECTS, not resumed", project_id)
         for project_id in ids:
-            driver = self.driver(project_id)
+            try:
+                driver = self.driver(project_id)
+            except ProjectSetAsideError:
+                continue  # logged and shown in /metrics; the other projects are served
             if driver is not None:
                 log.info("project %d: resuming (phase %s, round %s, %s)", project_id, driver.phase,
                          driver.state().round, driver.model_version)
@@ -146,6 +161,7 @@ class Backend:
 
         Raises:
             BadRequest: 403 when ``create`` would make one project more than MAX_PROJECTS.
+            ProjectSetAsideError: 503 when the project's stored state cannot be opened (``_open``).
         """
         with self._lock:
             driver = self._drivers.get(project_id)
@@ -156,7 +172,7 @@ class Backend:
                 if project_id not in known and len(set(known) | set(self._drivers)) >= self.config.max_projects:
                     raise BadRequest(f"this backend already serves MAX_PROJECTS={self.config.max_projects} "
                                      "projects: raise MAX_PROJECTS or run another backend for this one", 403)
-                driver = ProjectDriver(self.config, project_id, self.client, jobs=self.jobs)
+                driver = self._open(project_id, stored=project_id in known)
                 if not create and not driver.is_set_up:
                     return None
                 self._drivers[project_id] = driver
@@ -164,6 +180,37 @@ class Backend:
                 if self.start_workers:
                     worker.start()
             return driver
+
+    def _open(self, project_id: int, stored: bool) -> ProjectDriver:
+        """A new driver of the project; one whose stored state cannot be opened (a corrupt ``labels.sqlite3``) is
+        set aside instead of failing the backend's start.
+
+        The file stays where it is for the admin; every later request for the project tries it again, so a
+        restored file (or the folder moved away, which makes the project new) is served without a restart.
+
+        Raises:
+            ProjectSetAsideError: ``stored`` state that cannot be opened (not a full disk: that is answered 507).
+        """
+        try:
+            driver = ProjectDriver(self.config, project_id, self.client, jobs=self.jobs)
+        except Exception as err:
+            if not stored or is_storage_fault(err):
+                raise
+            reason = f"{type(err).__name__}: {err}"[:500]
+            if self._set_aside.get(project_id, {}).get("reason") != reason:
+                path = str(project_dir(self.config, project_id) / STATE_FILE)
+                log.error("project %d: set aside, its state file %s cannot be opened (%s); the other projects are "
+                          "served, the file is left in place", project_id, path, reason, exc_info=err)
+                self._set_aside[project_id] = {"reason": reason, "file": path, "since": time.time()}
+            raise ProjectSetAsideError(project_id, self._set_aside[project_id]["file"], reason) from None
+        if self._set_aside.pop(project_id, None) is not None:
+            log.info("project %d: its state opens again; served", project_id)
+        return driver
+
+    def set_aside(self) -> dict[str, dict[str, Any]]:
+        """For /metrics: the projects set aside, with their reason, state file and since when."""
+        with self._lock:
+            return {str(key): dict(value) for key, value in sorted(self._set_aside.items())}
 
     def worker(self, project_id: int) -> ProjectWorker:
         return self._workers[project_id]
@@ -281,7 +328,8 @@ def _add_status_routes(app: Flask, backend: Backend) -> None:
         for project_id, driver in sorted(backend.projects().items()):
             projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
         return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects,
-                       label_studio=backend.client.link.status(), jobs=backend.jobs.status(),
+                       set_aside=backend.set_aside(), label_studio=backend.client.link.status(),
+                       jobs=backend.jobs.status(),
                        predict=backend.predict_slots.status())
 
 

@@ -6,6 +6,9 @@ project holds the round (shown in /metrics) until ``python -m ovaal_backend requ
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from ..config import Config
@@ -41,14 +44,46 @@ class JobRunner(Protocol):
 class InProcessJobs:
     """Round jobs in this process: nothing else to start, the default of ``make run``.
 
+    At most ``slots`` jobs run at once (``MAX_TRAINING_JOBS``); the projects' worker threads beyond them wait for a
+    slot. Why: each job holds a model, its optimizer and the whole pool's images in memory, and several projects
+    ending their rounds together would otherwise train side by side until the process runs out of memory.
+
     Args:
         retries: Re-runs of a failed job before it fails for good (``JOB_RETRIES``), as a queue worker would do.
+        slots: Jobs that may run at once.
     """
 
-    def __init__(self, retries: int = 0) -> None:
+    def __init__(self, retries: int = 0, slots: int = 1) -> None:
         self.retries = retries
+        self.slots = slots
+        self._free = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._running: list[str] = []
+        self._waiting: list[str] = []
 
     def run(self, job: RoundJob, project: int | str = "") -> RoundResult:
+        with self._slot(f"{project}-{job.job_id}" if project != "" else job.job_id):
+            return self._run(job, project)
+
+    @contextmanager
+    def _slot(self, name: str) -> Iterator[None]:
+        """Hold one of the ``slots`` for the block, waiting for one to come free."""
+        with self._lock:
+            self._waiting.append(name)
+        if not self._free.acquire(blocking=False):
+            log.info("round job %s waits: MAX_TRAINING_JOBS=%d jobs are running", name, self.slots)
+            self._free.acquire()
+        with self._lock:
+            self._waiting.remove(name)
+            self._running.append(name)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.remove(name)
+            self._free.release()
+
+    def _run(self, job: RoundJob, project: int | str) -> RoundResult:
         runs = 0
         while True:
             try:
@@ -62,14 +97,16 @@ class InProcessJobs:
                                          f"in the backend's process after {runs} run(s)") from err
 
     def status(self) -> dict[str, Any]:
-        """The runner for /metrics: no queue to describe."""
-        return {"kind": "in-process"}
+        """The runner for /metrics: its slots, and the jobs (``<project>-<job id>``) running and waiting."""
+        with self._lock:
+            return {"kind": "in-process", "slots": self.slots, "running": list(self._running),
+                    "waiting": list(self._waiting)}
 
 
 def job_runner(config: Config) -> JobRunner:
     """The runner the settings ask for: RQ on ``REDIS_URL`` when it is set, else this process."""
     if not config.redis_url:
-        return InProcessJobs(config.job_retries)
+        return InProcessJobs(config.job_retries, config.max_training_jobs)
     from .queue_worker import RQJobs  # rq and redis are imported only when a queue is configured
 
     return RQJobs(config)

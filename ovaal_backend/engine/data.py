@@ -21,6 +21,8 @@ from PIL import Image, ImageOps
 
 from ..config import IGNORE_INDEX
 
+ORIENTATION_TAG = 0x0112
+"""EXIF's orientation tag: 1 = stored upright."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -116,9 +118,16 @@ def load_rgb(path: str | Path, max_pixels: int = 0) -> np.ndarray:
         with Image.open(path) as img:
             if max_pixels and img.width * img.height > max_pixels:
                 raise ValueError(f"{path}: {img.width}x{img.height} is more than MAX_IMAGE_PIXELS={max_pixels}")
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            return np.asarray(_upright_rgb(img))
     except (OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} is not an image PIL can read ({err})") from err
+
+
+def _upright_rgb(img: Image.Image) -> Image.Image:
+    """The image upright and in RGB, copied only when it must change: a 49 MP photo is 190 MiB per copy."""
+    if img.getexif().get(ORIENTATION_TAG, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def resize_images(images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
@@ -130,11 +139,19 @@ def resize_images(images: Sequence[np.ndarray], height: int, width: int) -> torc
 
 
 def to_tensor_resized(image: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, height, width) uint8 with antialiased bilinear resizing."""
-    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
-    if tensor.shape[-2:] != (height, width):
-        tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return tensor[0].round().clamp(0, 255).to(torch.uint8)
+    """(H, W, 3) uint8 -> (3, height, width) uint8 with antialiased bilinear resizing.
+
+    One colour channel at a time (the same values as all three at once): a 49 MP photo as float is 190 MiB per
+    channel instead of 570 MiB.
+    """
+    if image.shape[:2] == (height, width):
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).contiguous()
+    out = torch.empty((3, height, width), dtype=torch.uint8)
+    for channel in range(3):
+        plane = torch.from_numpy(np.ascontiguousarray(image[:, :, channel]))[None, None].float()
+        resized = F.interpolate(plane, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        out[channel] = resized[0, 0].round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import IGNORE_INDEX, Config
 from ..files import write_atomically
 from .data import load_rgb, to_tensor_resized
 from .learner import ActiveLearner, Queries
-from .model import winner_takes_all
 from .rounds import RoundPlan
 from .train import load_checkpoint, save_checkpoint
 
@@ -171,38 +172,84 @@ def _read(path: str) -> dict[str, Any] | None:
     return load_checkpoint(path) if Path(path).is_file() else None
 
 
+MASK_TILE_ELEMENTS = 1 << 23
+"""Class scores upsampled at once while predicting a dense mask (class x pixel; 32 MiB of float32): a 49 MP photo's
+mask is built in column strips of this size, never as its full (C, H, W) float stack (4.9 GiB for CamVid)."""
+
+
 def _write_masks(learner: ActiveLearner, keys: list[int], images: torch.Tensor, sizes: list[tuple[int, int]],
                  folder: Path, batch: int) -> dict[int, str]:
-    """Winner-Takes-All class map and confidence per image as ``<key>.npz``; returns key -> path."""
+    """Winner-Takes-All class map and per-class confidence per image as ``<key>.npz``; returns key -> path."""
     out = {}
-    for key, class_map, confidence in predict_masks(learner, keys, images, sizes, batch):
+    for key, class_map, scores in predict_masks(learner, keys, images, sizes, batch):
         path = folder / f"{key}.npz"
-        write_atomically(path, lambda handle, c=class_map, p=confidence: np.savez_compressed(
-            handle, class_map=c.astype(np.uint16), confidence=p.astype(np.float16)))
+        write_atomically(path, lambda handle, c=class_map, p=scores: np.savez_compressed(
+            handle, class_map=c, scores=p))
         out[key] = str(path)
     return out
 
 
 def predict_masks(learner: ActiveLearner, keys: list[Any], images: torch.Tensor, sizes: list[tuple[int, int]],
-                  batch: int):
-    """Yield ``(key, class map (H, W) int64, confidence (H, W) float32)`` at each image's original size.
+                  batch: int, tile_elements: int = MASK_TILE_ELEMENTS
+                  ) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+    """Yield ``(key, class map (H, W), scores (C,))`` at each image's original size.
 
-    Images of equal size go through the network ``batch`` at a time.
+    The class map holds the Winner-Takes-All class per pixel (uint8; uint16 past 256 classes); ``scores[c]`` is the
+    mean, over the pixels class c won, of the winning probability (0 where it won none). The network runs at its own
+    resolution, ``batch`` images at a time; each image's logits are then upsampled to its size in strips of at most
+    ``tile_elements`` values (``upsampled_class_map``).
     """
-    start = 0
-    while start < len(keys):
-        stop = start + 1
-        while stop < len(keys) and stop - start < batch and sizes[stop] == sizes[start]:
-            stop += 1
-        probabilities = learner.predict_probabilities(images[start:stop], sizes[start])
-        class_maps = winner_takes_all(probabilities).cpu().numpy()
-        confidence = probabilities.max(1).values.float().cpu().numpy()
-        for b in range(stop - start):
-            yield keys[start + b], class_maps[b].astype(np.int64), confidence[b]
-        start = stop
+    for start in range(0, len(keys), batch):
+        logits = learner.predict_logits(images[start:start + batch])
+        for b in range(logits.shape[0]):
+            class_map, scores = upsampled_class_map(learner.model.probabilities, logits[b], sizes[start + b],
+                                                    tile_elements)
+            yield keys[start + b], class_map, scores
+
+
+def upsampled_class_map(probabilities: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
+                        size: tuple[int, int], tile_elements: int = MASK_TILE_ELEMENTS
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The class map and per-class mean confidence of bilinearly upsampled ``logits``, built strip by strip.
+
+    A map that fits ``tile_elements`` is upsampled in one call. A larger one is upsampled along its width first
+    (C x h x W, small), then in column strips along its height: torch computes bilinear upsampling row-interpolated
+    from column-interpolated values, so each strip holds the very values of the whole map (bit for bit where torch
+    takes its generic kernel: outputs of more than 128 rows plus columns, and not 3 classes on one thread).
+
+    Shape: logits (C, h, w) -> class map (H, W) uint8 or uint16, scores (C,) float64.
+    """
+    classes = logits.shape[0]
+    class_map = np.empty(size, dtype=np.uint8 if classes <= 256 else np.uint16)
+    sums, counts = np.zeros(classes), np.zeros(classes)
+    for left, part in _upsampled_strips(logits[None], size, tile_elements):
+        scores = probabilities(part)[0]
+        winners, confidence = scores.argmax(0).cpu().numpy(), scores.max(0).values.cpu().numpy()
+        class_map[:, left:left + winners.shape[1]] = winners
+        sums += np.bincount(winners.ravel(), weights=confidence.ravel(), minlength=classes)
+        counts += np.bincount(winners.ravel(), minlength=classes)
+    return class_map, sums / np.maximum(counts, 1)
+
+
+def _upsampled_strips(logits: torch.Tensor, size: tuple[int, int], tile_elements: int
+                      ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first column, logits upsampled to (1, C, H, columns))`` strip by strip (one strip when it fits)."""
+    classes, height, width = logits.shape[1], *size
+    if logits.shape[-2:] == size:
+        yield 0, logits
+    elif classes * height * width <= tile_elements:
+        yield 0, F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    else:
+        wide = F.interpolate(logits, size=(logits.shape[2], width), mode="bilinear", align_corners=False)
+        step = max(128, tile_elements // (classes * height))
+        for left in range(0, width, step):
+            strip = wide[..., left:left + step]
+            yield left, F.interpolate(strip, size=(height, strip.shape[-1]), mode="bilinear", align_corners=False)
 
 
 def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A mask file written by a round job: (class map (H, W) int64, confidence (H, W) float32)."""
+    """A mask file written by a round job: (class map (H, W), scores: per class (C,), or per pixel (H, W) in a
+    file an earlier version wrote, which a project may still have to publish)."""
     with np.load(path) as data:
-        return data["class_map"].astype(np.int64), data["confidence"].astype(np.float32)
+        scores = data["scores"] if "scores" in data else data["confidence"].astype(np.float32)
+        return data["class_map"], scores

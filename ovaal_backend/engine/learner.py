@@ -133,14 +133,23 @@ class ActiveLearner:
 
         Shape: images (B, 3, h, w) uint8 at the training size -> (B, C, H, W) float on ``self.device``.
         """
+        logits = self.predict_logits(images)
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return self.model.probabilities(logits)
+
+    @torch.no_grad()
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class logits at the model's resolution, for callers that upsample them piece by piece (a dense mask
+        of a 49 MP photo: ``engine.job.predict_masks``).
+
+        Shape: images (B, 3, h, w) uint8 at the training size -> (B, C, h, w) float32 on ``self.device``.
+        """
         self.model.eval()
         inputs = normalize(images.to(self.device), *self.normalization)
         with torch.autocast(self.device.type, dtype=torch.float16,
                             enabled=self.config.amp and self.device.type == "cuda"):
-            logits = self.model(inputs).float()
-        if logits.shape[-2:] != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return self.model.probabilities(logits)
+            return self.model(inputs).float()
 
     @torch.no_grad()
     def predict_class_map(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

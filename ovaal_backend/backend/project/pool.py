@@ -55,6 +55,7 @@ class ProjectModel:
         self._serving: ActiveLearner | None = None
         self._serving_key: tuple[int, int] | None = None  # (generation, version)
         self._pool: OrderedDict[int, PoolImage] = OrderedDict()  # least recently used first
+        self._pool_bytes = 0
 
     # ------------------------------------------------------------ weights
 
@@ -80,7 +81,10 @@ class ProjectModel:
     # ------------------------------------------------------------ images
 
     def image(self, task_id: int, url: str) -> PoolImage:
-        """A source image resized for the model (kept in memory; the file is cached on disk)."""
+        """A source image resized for the model (kept in memory; the file is cached on disk).
+
+        The pool keeps at most IMAGE_POOL_SIZE images and IMAGE_POOL_MB of them, dropping the least recently used.
+        """
         with self._lock:
             cached = self._pool.get(task_id)
             if cached is not None and cached.url == url:
@@ -89,11 +93,15 @@ class ProjectModel:
         array = self.fetcher.load(url, task_id)
         image = PoolImage(url, to_tensor_resized(array, self.config.image_height, self.config.image_width),
                           (int(array.shape[0]), int(array.shape[1])))
+        del array  # the decoded photo (up to 150 MiB) is not kept
         with self._lock:
+            old = self._pool.pop(task_id, None)
+            self._pool_bytes -= _nbytes(old)
             self._pool[task_id] = image
-            self._pool.move_to_end(task_id)
-            while len(self._pool) > self.config.image_pool_size:
-                self._pool.popitem(last=False)
+            self._pool_bytes += _nbytes(image)
+            limit = self.config.image_pool_mb * 2**20
+            while len(self._pool) > 1 and (len(self._pool) > self.config.image_pool_size or self._pool_bytes > limit):
+                self._pool_bytes -= _nbytes(self._pool.popitem(last=False)[1])
         return image
 
     def image_path(self, task_id: int, url: str) -> Path:
@@ -102,10 +110,11 @@ class ProjectModel:
 
     def class_maps(self, learner: ActiveLearner, task_ids: list[int], urls: list[str]
                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Winner-Takes-All class maps and their confidence at each image's original size.
+        """Winner-Takes-All class maps and their per-class confidence at each image's original size.
 
-        Yields ``(task id, class map (H, W) int64, confidence (H, W) float32)``; an image that cannot be read is
-        logged and skipped. Images of equal size are predicted ``predict_batch`` at a time.
+        Yields ``(task id, class map (H, W) uint8, scores (C,))`` (see ``engine.job.predict_masks``); an image that
+        cannot be read is logged and skipped. ``predict_batch`` images at a time go through the network, and only
+        their maps are held at once: the caller encodes each before the next batch is predicted.
         """
         loaded: list[tuple[int, PoolImage]] = []
         for task_id, url in zip(task_ids, urls, strict=True):
@@ -113,9 +122,16 @@ class ProjectModel:
                 loaded.append((task_id, self.image(task_id, url)))
             except Exception as err:  # a broken image must not fail the other tasks
                 log.error("project %s: task %d: cannot read its image: %s", self.path.parent.name, task_id, err)
-        if not loaded:
-            return iter(())
-        images = torch.stack([image.tensor for _, image in loaded])
-        with self.forward_lock:
-            return iter(list(predict_masks(learner, [tid for tid, _ in loaded], images,
-                                           [image.size for _, image in loaded], self.config.predict_batch)))
+        batch = self.config.predict_batch
+        for start in range(0, len(loaded), batch):
+            part = loaded[start:start + batch]
+            images = torch.stack([image.tensor for _, image in part])
+            with self.forward_lock:
+                maps = list(predict_masks(learner, [tid for tid, _ in part], images, [image.size for _, image in part],
+                                          batch))
+            yield from maps
+
+
+def _nbytes(image: PoolImage | None) -> int:
+    """Memory an image of the pool holds (its resized tensor)."""
+    return 0 if image is None else image.tensor.numel() * image.tensor.element_size()
