@@ -104,6 +104,11 @@ class Config:
     class_balance: float = 0.5  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
     lr_schedule: str = "cosine"
     keep_optimizer: bool = False
+    # the pretrained encoder's learning rate as a fraction of LR (PixelPick trains its encoder at 0.1 of the head's)
+    encoder_lr_ratio: float = 1.0
+    # the final phase trains a fresh model (pretrained encoder, new heads) on every label instead of fine-tuning the
+    # last round's model (as the paper's Table II and PixelPick train their final models)
+    final_from_scratch: bool = False
     amp: bool = True
     num_threads: int = 0
     seed: int = 0
@@ -137,6 +142,16 @@ class Config:
     port: int = 9090
     # Serve a non-loopback HOST without basic auth (only on a network where everyone who reaches the port is trusted).
     allow_open_network: bool = False
+    # comma-separated names a request's Host header may carry besides localhost, 127.x, [::1] and HOST, checked on a
+    # loopback HOST without basic auth (a web page that rebinds its own name to 127.0.0.1 is refused with 421)
+    allowed_host_names: str = ""
+    # comma-separated host[:port] images may be downloaded from besides Label Studio's host (no port = 80 and 443)
+    allowed_image_hosts: str = ""
+    # this backend's URL as Label Studio reaches it (the ML backend URL entered there); "" = learned from the Host
+    # of Label Studio's /setup calls. Only that ML backend's webhook gets our basic-auth header
+    backend_url: str = ""
+    max_classes: int = 256  # most class labels in the label config (400 above; each class is a model output)
+    max_label_config_kb: int = 256  # largest label config, in KiB (400 above)
     allowed_projects: str = ""  # comma-separated Label Studio project ids this backend serves ("" = every project)
     max_projects: int = 20  # most projects one backend serves (each has a thread, a model and an image pool)
     max_request_mb: float = 16.0  # largest request body, in MiB (413 above)
@@ -145,6 +160,11 @@ class Config:
     # /predict calls computing at once; one more is answered 503 at once, so SERVER_THREADS - MAX_PREDICT_CALLS
     # threads always stay free for /webhook, /health and /metrics (Label Studio waits 1 s for a webhook)
     max_predict_calls: int = 2
+    # The buffering front (backend/front.py) reads every request whole before a gunicorn thread gets it: request line
+    # and headers within REQUEST_HEADER_SECONDS of the connection's start, the body within REQUEST_BODY_SECONDS after
+    # them (slower clients get 408); the answer must be taken within REQUEST_BODY_SECONDS too
+    request_header_seconds: float = 10.0
+    request_body_seconds: float = 60.0
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
@@ -199,11 +219,17 @@ class Config:
         for name in ("class_balance", "semi_ema_decay", "semi_balance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.encoder_lr_ratio <= 1.0:
+            raise ConfigError(f"encoder_lr_ratio must lie in (0, 1], got {self.encoder_lr_ratio}")
+        if self.semi and self.final_from_scratch:
+            raise ConfigError("semi=True (OVAAL+) takes its pseudo-labels from the last round's model: "
+                              "set FINAL_FROM_SCRATCH=false or SEMI=false")
         if self.semi and not is_ova(self.classifier):
             raise ConfigError("semi=True (OVAAL+) inverts binary OVA predictions: "
                               "use an OVA classifier or set SEMI=false")
         for name in ("max_download_mb", "download_seconds", "max_image_pixels", "image_pool_size",
-                     "label_studio_timeout", "setup_check_seconds", "retry_seconds"):
+                     "label_studio_timeout", "setup_check_seconds", "retry_seconds", "request_header_seconds",
+                     "request_body_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("image_height", "image_width", "batch_size", "pixels_per_round", "predict_batch",
@@ -250,6 +276,14 @@ class Config:
             raise ConfigError(f"max_predict_calls={self.max_predict_calls} with server_threads={self.server_threads}: "
                               "MAX_PREDICT_CALLS must lie in 1..SERVER_THREADS-1, so that threads stay free for "
                               "/webhook (raise SERVER_THREADS or lower MAX_PREDICT_CALLS)")
+        for name in ("max_classes", "max_label_config_kb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.backend_url and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.backend_url):
+            raise ConfigError(f"backend_url={self.backend_url!r}: give the URL Label Studio reaches this backend at "
+                              "(http://host:port), or leave it empty")
+        _host_names(self.allowed_host_names)
+        _image_hosts(self.allowed_image_hosts)
         _project_ids(self.allowed_projects)
         unknown = set(self.explicit) - {f.name for f in setting_fields()}
         if unknown:
@@ -259,6 +293,16 @@ class Config:
     def allowed_project_ids(self) -> frozenset[int]:
         """The project ids of ALLOWED_PROJECTS (empty = every project is served)."""
         return _project_ids(self.allowed_projects)
+
+    @property
+    def image_hosts(self) -> frozenset[str]:
+        """ALLOWED_IMAGE_HOSTS as lower-case ``host`` or ``host:port`` entries (IPv6 hosts in brackets)."""
+        return _image_hosts(self.allowed_image_hosts)
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """ALLOWED_HOST_NAMES as lower-case names."""
+        return _host_names(self.allowed_host_names)
 
     @property
     def serves_open_network(self) -> bool:
@@ -332,6 +376,34 @@ def setting_fields() -> tuple[dataclasses.Field, ...]:
 def redact_url(url: str) -> str:
     """A URL with the password of its ``user:password@`` part replaced by ``***`` (for logs and /metrics)."""
     return re.sub(r"(?<=://)([^/@]*?):[^/@]*@", r"\1:***@", url)
+
+
+_HOST = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]{2,45}\])"
+"""A DNS name, an IPv4 address or a bracketed IPv6 address."""
+
+
+def _image_hosts(text: str) -> frozenset[str]:
+    """Comma-separated ``host[:port]`` entries as a set; ConfigError naming ALLOWED_IMAGE_HOSTS otherwise."""
+    entries = set()
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        match = re.fullmatch(rf"({_HOST})(?::([0-9]{{1,5}}))?", part)
+        if match is None or (match.group(2) and not 0 < int(match.group(2)) < 65536):
+            raise ConfigError(f"allowed_image_hosts={text!r}: give host or host:port entries (e.g. "
+                              "images.example.com,10.0.0.5:9000) separated by commas, or leave it empty")
+        entries.add(part)
+    return frozenset(entries)
+
+
+def _host_names(text: str) -> frozenset[str]:
+    """Comma-separated host names as a set; ConfigError naming ALLOWED_HOST_NAMES otherwise."""
+    names = {p.strip().lower() for p in text.split(",") if p.strip()}
+    for name in names:
+        if not re.fullmatch(_HOST, name):
+            raise ConfigError(f"allowed_host_names={text!r}: give host names (no port, no scheme) separated by "
+                              "commas, or leave it empty")
+    return frozenset(names)
 
 
 def _project_ids(text: str) -> frozenset[int]:

@@ -246,12 +246,14 @@ class BackendProcess:
 
     Shared by the end-to-end test and benchmarks/backend_bench.py; ``env`` must set PORT (and HOST=127.0.0.1).
     ``preexec_fn`` runs in the child before ``exec`` (e.g. a file-size limit that makes the disk look full).
+    ``argv`` replaces ``python -m ovaal_backend serve`` (benchmarks/slow_clients.py compares other servers).
     """
 
     def __init__(self, env: dict[str, str], log_path: str | os.PathLike, startup_timeout: float = 120.0,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None, argv: list[str] | None = None) -> None:
         self.env = env
         self.preexec_fn = preexec_fn
+        self.argv = argv or [sys.executable, "-m", "ovaal_backend", "serve"]
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
         self.url = f"http://127.0.0.1:{env['PORT']}"
@@ -263,7 +265,7 @@ class BackendProcess:
         """Start the server and wait for GET /health; returns the seconds that took."""
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "serve"], cwd=REPO_ROOT,
+            self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT,
                                          env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          preexec_fn=self.preexec_fn)
