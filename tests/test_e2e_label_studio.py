@@ -142,11 +142,14 @@ def check_queue_jobs(backend: BackendProcess, project_id: int, job_ids: list[str
     from redis import Redis
     from rq.job import Job
 
+    from ovaal_backend.backend.queue_worker import JobOrigin
+
     jobs = backend.session().get(f"{backend.url}/metrics", timeout=30).json()["jobs"]
     assert jobs["kind"] == "rq" and jobs["workers"] == len(WORKER_NAMES) and jobs["failed"] == 0, jobs
     redis = Redis.from_url(backend.env["REDIS_URL"])
+    origin = JobOrigin.of(backend.env["MODEL_DIR"], project_id)
     for job_id in job_ids:
-        job = Job.fetch(f"{project_id}-{job_id}", connection=redis)
+        job = Job.fetch(origin.queue_id(job_id), connection=redis)
         assert job.get_status() == "finished" and job.worker_name in WORKER_NAMES, (job_id, job.worker_name)
 
 

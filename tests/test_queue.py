@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +39,8 @@ from rq.job import Job  # noqa: E402
 from rq.registry import FinishedJobRegistry  # noqa: E402
 
 from ovaal_backend.backend.queue_worker import (  # noqa: E402
+    FOLDER_ID_FILE,
+    JobOrigin,
     RQJobs,
     job_digest,
     portable,
@@ -76,7 +80,7 @@ class RecordingJobs(RQJobs):
 
 
 def queued_driver(tmp_path, fake: FakeLabelStudio, project: int, redis_url: str, **overrides) -> ProjectDriver:
-    config = tiny_config(tmp_path, redis_url=redis_url, **QUEUE_SETTINGS, **overrides)
+    config = tiny_config(tmp_path, redis_url=redis_url, **{**QUEUE_SETTINGS, **overrides})
     driver = ProjectDriver(config, project, fake, jobs=RecordingJobs(config))
     driver.setup(f"{project}.1700000000", XML)
     return driver
@@ -146,13 +150,34 @@ def test_job_travels_without_secrets_and_paths_move(tmp_path):
     assert not (travelling.config.label_studio_api_key or travelling.config.basic_auth_pass
                 or travelling.config.redis_url)
     assert job_digest(travelling) == job_digest(job)
-    assert RQJobs.job_id(job, 7) == "7-g0-v1-r-1" and RQJobs.job_id(job) == "g0-v1-r-1"
     moves = [("/data/models", "/mnt/nfs/models"), ("/data/images", "/srv/images")]
     assert rebase("/data/models/3/images/x.png", moves) == "/mnt/nfs/models/3/images/x.png"
     assert rebase("/data/images/a/b.jpg", moves) == "/srv/images/a/b.jpg"
     assert rebase("/data/models-old/x", moves) == "/data/models-old/x"
     assert rebase("/data/models", moves) == "/mnt/nfs/models"
     assert rebase("model_dir/1/model.pt", [("model_dir", "model_dir")]) == "model_dir/1/model.pt"
+
+
+def test_job_ids_name_the_backend_and_the_project_folder(tmp_path):
+    """A queue id carries the MODEL_DIR's instance id and the project folder's id, both made once and kept in files:
+    another MODEL_DIR (another backend) or the same project's folder made anew gives another id."""
+    assert JobOrigin("0a1b2c3d", "7", "89abcdef").queue_id("g0-v1-r-1") == "0a1b2c3d-7-89abcdef-g0-v1-r-1"
+    assert JobOrigin("0a1b2c3d").queue_id("g0-v1-r-1") == "0a1b2c3d-g0-v1-r-1"
+    first = JobOrigin.of(str(tmp_path / "a"), 7)
+    assert first == JobOrigin.of(str(tmp_path / "a"), "7")  # kept
+    assert (tmp_path / "a" / FOLDER_ID_FILE).read_text().strip() == first.instance
+    assert (tmp_path / "a" / "7" / FOLDER_ID_FILE).read_text().strip() == first.folder
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["7", FOLDER_ID_FILE]  # no temporary file left
+    other = JobOrigin.of(str(tmp_path / "b"), 7)
+    assert other.instance != first.instance and other.queue_id("g0-v1-r0") != first.queue_id("g0-v1-r0")
+    shutil.rmtree(tmp_path / "a" / "7")
+    again = JobOrigin.of(str(tmp_path / "a"), 7)
+    assert again.instance == first.instance and again.folder != first.folder
+    assert again.refusal(str(tmp_path / "a")) == "" and "made anew" in first.refusal(str(tmp_path / "a"))
+    assert "holds no ovaal-instance file" in first.refusal(str(tmp_path / "c"))
+    (tmp_path / "b" / FOLDER_ID_FILE).write_text("hello")
+    with pytest.raises(ValueError, match="should hold an 8-digit hex id"):
+        JobOrigin.of(str(tmp_path / "b"), 7)
 
 
 def test_worker_without_redis_url_says_so(monkeypatch):
@@ -170,11 +195,13 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     fake = FakeLabelStudio()
     truth = add_project(fake, 1, 3, seed=0)
     driver = queued_driver(tmp_path, fake, 1, redis_url)
+    jobs = driver.jobs
+    start_id, train_id = jobs.queue_id("g0-v1-r-1", 1), jobs.queue_id("g0-v1-r0", 1)
     redis = Redis.from_url(redis_url)
     # The start job is enqueued before any worker runs; Redis then loses everything (a restart without
     # persistence): the waiting driver enqueues it again and the worker started afterwards runs it.
     thread, errors = in_thread(drain, driver)
-    wait_for(lambda: redis.exists("rq:job:1-g0-v1-r-1"), 60, "the start job on the queue")
+    wait_for(lambda: redis.exists(f"rq:job:{start_id}"), 60, "the start job on the queue")
     redis.flushall()
     workers.start("w1")
     thread.join(120)
@@ -186,13 +213,12 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     assert driver.model_version == "ovaal-1" and driver.state().round == 1
     assert len(fake.query_tasks(1, 1)) == 3 and stored_points(driver) == answered
     assert [t["round"] for t in driver.ctx.rounds.trainings(driver.key)] == [0]
-    jobs = driver.jobs
     assert [project for _, project in jobs.calls] == ["1", "1"]
     finished = FinishedJobRegistry(queue=jobs.queue)
-    assert sorted(finished.get_job_ids()) == ["1-g0-v1-r-1", "1-g0-v1-r0"]
-    assert Job.fetch("1-g0-v1-r0", connection=redis).worker_name == "w1"
+    assert sorted(finished.get_job_ids()) == sorted([start_id, train_id])
+    assert Job.fetch(train_id, connection=redis).worker_name == "w1"
     status = jobs.status()
-    assert status["workers"] == 1 and status["jobs"] == {"1": {"job": "1-g0-v1-r0", "status": "finished"}}
+    assert status["workers"] == 1 and status["jobs"] == {"1": {"job": train_id, "status": "finished"}}
 
     # A restarted backend asks for the same job again: same id, the stored result, nothing enqueued.
     job, project = jobs.calls[-1]
@@ -203,17 +229,19 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     # A job that fails on the worker (no retries) raises an error naming the job and the reason.
     broken = dataclasses.replace(jobs.calls[0][0], config=driver.config.replace(arch="no-such-arch"))
     failing = RQJobs(driver.config.replace(job_retries=0), poll_seconds=0.2)
-    with pytest.raises(JobFailedError, match=r"round job 9-g0-v1-r-1 failed on queue 'ovaal-test' \(failed after 0 "
-                                             r"retries\): .*no-such-arch"):
+    with pytest.raises(JobFailedError, match=rf"round job {failing.queue_id('g0-v1-r-1', 9)} failed on queue "
+                                             r"'ovaal-test' \(failed after 0 retries\): .*no-such-arch"):
         failing.run(broken, 9)
 
 
 def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
-    """kill -9 a worker in the middle of a training: its horse stops, the job is found abandoned and another worker
-    runs it; the round completes once, with every label and no duplicate query task."""
+    """kill -9 a worker's process group while its horse starts the training job (the horse has a group of its own):
+    the horse ends with its worker, the job is found abandoned and another worker runs it; the round completes once,
+    with every label and no duplicate query task. (tests/test_worker_death.py kills at every stage.)"""
     fake = FakeLabelStudio()
     truth = add_project(fake, 1, 3, seed=1)
-    driver = queued_driver(tmp_path, fake, 1, redis_url, first_round_epochs=200)
+    driver = queued_driver(tmp_path, fake, 1, redis_url)
+    train_id = driver.jobs.queue_id("g0-v1-r0", 1)
     first = workers.start("doomed")
     drain(driver)
     assert len(fake.query_tasks(1, 0)) == 3
@@ -221,21 +249,20 @@ def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
 
     redis = Redis.from_url(redis_url)
     thread, errors = in_thread(drain, driver)
-    wait_for(lambda: redis.hget("rq:job:1-g0-v1-r0", "status") == b"started", 60, "the training to start", workers)
+    wait_for(lambda: redis.hget(f"rq:job:{train_id}", "status") == b"started", 60, "the training to start", workers)
     wait_for(lambda: psutil.Process(first.pid).children(), 30, "the work horse", workers)
     horse = psutil.Process(first.pid).children()[0]
-    # well inside the training: importing torch and the model costs a horse about 5 s of CPU
-    wait_for(lambda: sum(horse.cpu_times()[:2]) > 9, 120, "the training to be under way", workers)
     assert thread.is_alive() and horse.is_running()
-    os.kill(first.pid, signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
-    horse.wait(10)  # the horse follows its worker (else the job could train twice at once)
-    assert redis.hget("rq:job:1-g0-v1-r0", "status") == b"started"  # not finished by the dead worker
+    wait_for(lambda: not horse.is_running() or horse.status() == psutil.STATUS_ZOMBIE, 10, "the horse to end",
+             workers)  # it follows its worker (else the job could train twice at once)
+    assert redis.hget(f"rq:job:{train_id}", "status") == b"started"  # not finished by the dead worker
 
     workers.start("rescuer")
     thread.join(240)
     assert not thread.is_alive() and not errors, (errors, workers.log_tail())
-    assert Job.fetch("1-g0-v1-r0", connection=redis).worker_name == "rescuer"
+    assert Job.fetch(train_id, connection=redis).worker_name == "rescuer"
     assert driver.model_version == "ovaal-1" and driver.state().round == 1 and driver.phase == "querying"
     assert [t["round"] for t in driver.ctx.rounds.trainings(driver.key)] == [0]
     assert stored_points(driver) == answered
@@ -269,7 +296,7 @@ def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
         assert driver.model_version == "ovaal-1" and driver.state().round == 1
         assert len(fake.query_tasks(project, 1)) == 2
         for step in ("g0-v1-r-1", "g0-v1-r0"):
-            job = Job.fetch(f"{project}-{step}", connection=redis)
+            job = Job.fetch(driver.jobs.queue_id(step, project), connection=redis)
             names.add(job.worker_name)
             spans[project, step] = (job.started_at, job.ended_at)
         assert spans[project, "g0-v1-r-1"][1] <= spans[project, "g0-v1-r0"][0]  # one job at a time
@@ -277,6 +304,52 @@ def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
     at_once = [step for step in ("g0-v1-r-1", "g0-v1-r0")
                if max(spans[p, step][0] for p in (1, 2)) < min(spans[p, step][1] for p in (1, 2))]
     assert at_once, spans  # the two projects trained side by side
+
+
+def test_backends_sharing_redis_never_share_a_job(tmp_path, redis_url, workers):
+    """Two backends (two MODEL_DIRs) on one Redis and, by mistake, one queue, whose only worker has the first one's
+    MODEL_DIR, each run project 1's start job: two job ids; the worker runs the first backend's and refuses the
+    second's (its project holds the round, with the reason), and refuses a job naming a file outside its MODEL_DIR,
+    without touching a file. (Three workers with that MODEL_DIR run the three jobs side by side.)"""
+    for name in ("w1", "w2", "w3"):
+        workers.start(name)  # MODEL_DIR: tmp_path/"models", the first backend's
+    drivers = {}
+    for side, root in (("first", tmp_path), ("second", tmp_path / "second")):
+        fake = FakeLabelStudio()
+        add_project(fake, 1, 2, seed=5)
+        drivers[side] = queued_driver(root, fake, 1, redis_url, job_retries=0)
+    config, project = drivers["first"].config, tmp_path / "models" / "1"
+    stray = str(tmp_path / "elsewhere" / "x.png")
+    outside = RoundJob(config=config, classes=CLASSES, ended_round=START, keys=[1, 2],
+                       image_paths=[str(project / "images" / "1.png"), stray],
+                       points=[np.zeros((0, 3), dtype=np.int64)] * 2, checkpoint=str(project / "model.pt"),
+                       version=6, generation=0, masks_dir=str(project / "masks" / "ovaal-6"))
+    refused: list = []
+
+    def run_outside():
+        with pytest.raises(JobFailedError) as caught:
+            drivers["first"].jobs.run(outside, 1)
+        refused.append(str(caught.value))
+
+    threads = [in_thread(drain, driver) for driver in drivers.values()] + [in_thread(run_outside)]
+    for thread, errors in threads:
+        thread.join(180)
+        assert not thread.is_alive() and not errors, (errors, workers.log_tail())
+    ids = {side: driver.jobs.queue_id("g0-v1-r-1", 1) for side, driver in drivers.items()}
+    assert ids["first"] != ids["second"]
+    redis = Redis.from_url(redis_url)
+    assert Job.fetch(ids["first"], connection=redis).get_status() == "finished"
+    assert drivers["first"].phase == "querying"
+    second = drivers["second"].state()
+    assert second.phase == "training" and second.failed_job["queue_id"] == ids["second"]
+    instance = JobOrigin.of(drivers["second"].config.model_dir).instance
+    assert (f"JobRefusedError: round job {ids['second']} refused: it comes from the backend whose MODEL_DIR has "
+            f"instance id {instance}, but this worker's MODEL_DIR") in second.failed_job["reason"], second.failed_job
+    assert not (tmp_path / "second" / "models" / "1" / "model.pt").exists()
+    assert re.search(r"refused: 1 of its paths lie outside this worker's MODEL_DIR "
+                     rf"\({re.escape(config.model_dir)}\) and document root \(none set\), e.g. {re.escape(stray)}",
+                     refused[0]), refused
+    assert not (project / "masks" / "ovaal-6").exists()  # nothing written for it
 
 
 class JobsPerProject:
@@ -298,8 +371,8 @@ class JobsPerProject:
         queue, started = self._registries
         while not self._stop.wait(0.05):
             ids = set(queue.get_job_ids()) | set(started.get_job_ids())
-            for project in {i.split("-", 1)[0] for i in ids}:
-                count = sum(i.split("-", 1)[0] == project for i in ids)
+            for project in {i.split("-")[1] for i in ids}:  # <instance>-<project>-<folder>-g..-v..-r..
+                count = sum(i.split("-")[1] == project for i in ids)
                 self.most[project] = max(self.most.get(project, 0), count)
             self.samples += 1
 
@@ -337,15 +410,16 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
         wait_for(failed_job, 180, "the job to fail for good", workers)
         project = client.get("/metrics").json["projects"]["1"]
         held = project["failed_job"]
-        assert (held["job"], held["queue_id"], held["round"]) == ("g0-v1-r0", "1-g0-v1-r0", 0)
+        train_id = JobOrigin.of(config.model_dir, 1).queue_id("g0-v1-r0")
+        assert (held["job"], held["queue_id"], held["round"]) == ("g0-v1-r0", train_id, 0)
         assert held["reason"].startswith("_pickle.UnpicklingError: "), held
         assert project["phase"] == "training" and project["model_version"] == "ovaal-0"
         assert project["worker"]["last_error"] is None  # a recorded state, not a step that keeps failing
         redis = Redis.from_url(redis_url)
-        job = Job.fetch("1-g0-v1-r0", connection=redis)
+        job = Job.fetch(train_id, connection=redis)
         assert job.get_status() == "failed" and not job.retries_left  # its one retry was spent
         time.sleep(3)  # past the worker's idle poll: nothing runs it again unasked
-        assert Job.fetch("1-g0-v1-r0", connection=redis).get_status() == "failed" and failed_job()
+        assert Job.fetch(train_id, connection=redis).get_status() == "failed" and failed_job()
 
         for name, value in cli_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0").items():
             monkeypatch.setenv(name, value)
@@ -358,13 +432,13 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
                                env=dict(os.environ, **cli_env(tmp_path, redis_url)), capture_output=True, text=True,
                                timeout=120)
         assert fixed.returncode == 0, fixed.stderr
-        assert "round job 1-g0-v1-r0 re-queued on queue 'ovaal-test'" in fixed.stdout
+        assert f"round job {train_id} re-queued on queue 'ovaal-test'" in fixed.stdout
         wait_for(lambda: client.get("/metrics").json["projects"]["1"]["phase"] == "querying", 180,
                  "the requeued round", workers)
         project = client.get("/metrics").json["projects"]["1"]
         assert project["model_version"] == "ovaal-1" and project["round"] == 1 and project["failed_job"] is None
         assert len(fake.query_tasks(1, 1)) == 2
-        job = Job.fetch("1-g0-v1-r0", connection=redis)
+        job = Job.fetch(train_id, connection=redis)
         assert job.get_status() == "finished" and job.retries_left == 1  # the same job, run again with its retry
 
         monkeypatch.setenv("REDIS_URL", redis_url)

@@ -1,10 +1,18 @@
 """Round jobs on RQ workers: the web process enqueues, GPU machines train (``REDIS_URL`` set).
 
 Both sides live here. ``RQJobs`` is the backend's ``JobRunner``: called in a project's worker thread, it enqueues the
-round job under the id ``"<project>-" + job.job_id`` (generation, version and round), or finds the job already there
-under that id, and polls until it ends. ``python -m ovaal_backend worker`` (``run_worker``) runs an RQ worker whose
-work horse is a freshly spawned interpreter per job (``SpawnWorker``: CUDA is never used across a fork); it needs
-only Redis, MODEL_DIR (shared, e.g. over NFS) and the image files the job names.
+round job under its queue id (``JobOrigin.queue_id``: the backend's instance id, the project, its folder's id, then
+generation, version and round), or finds the job already there under that id, and polls until it ends. ``python -m
+ovaal_backend worker`` (``run_worker``) runs an RQ worker (``work_horse.RoundWorker``) whose work horse is a freshly
+spawned interpreter per job (CUDA is never used across a fork); it needs only Redis, MODEL_DIR (shared, e.g. over
+NFS) and the image files the job names. This module imports neither torch nor the engine at the top: a worker starts
+in about a second, and only its horses load the model.
+
+Whose job it is: the instance id is made once per MODEL_DIR and each project folder gets an id of its own when its
+first job is enqueued (``folder_id``, a file in each), so two backends sharing a Redis never share a job, and a
+result kept in Redis (``RESULT_TTL``) is never taken by a project whose folder was deleted and made anew. A horse
+runs only a job of its own MODEL_DIR's instance and project folder, whose files all lie under its MODEL_DIR or
+document root; any other fails at once with the reason (``JobRefusedError``), never touching a file.
 
 Faults, and why no round is lost:
 
@@ -14,10 +22,11 @@ Faults, and why no round is lost:
   and its reason: the project holds its round (``/metrics``: ``failed_job``) and the failed job stays in rq's failed
   registry until ``python -m ovaal_backend requeue`` puts it back (``requeue_failed``). Jobs are idempotent: a
   re-run whose checkpoint was saved reuses it (``engine.job.run_round``).
-- A worker killed mid-job (kill -9, a machine lost): its work horse exits with it (it watches its parent), the job's
-  entry in the started registry stops being renewed and expires about ``2 * WORKER_HEARTBEAT + 5`` s later, and
-  rq's abandoned-job handling (``StartedJobRegistry.cleanup``, which the waiting backend runs every few seconds)
-  puts it back on the queue while retries are left (``JOB_RETRIES``), for another worker to run.
+- A worker killed (kill -9 of it or its process group, a machine lost): its work horse ends with it at whatever
+  point it was, start-up included (``work_horse``), the job's entry in the started registry stops being renewed and
+  expires about ``2 * WORKER_HEARTBEAT + 5`` s later, and rq's abandoned-job handling (``StartedJobRegistry.cleanup``,
+  which the waiting backend runs every few seconds) puts it back on the queue while retries are left
+  (``JOB_RETRIES``), for another worker to run.
 - The web process restarting while a job runs finds it again under the same id and picks up its result (kept
   ``RESULT_TTL`` seconds). One project never has two of its jobs queued at once: the driver waits for each.
 """
@@ -29,9 +38,13 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -39,16 +52,19 @@ from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from rq.worker import SpawnWorker, Worker
+from rq.worker import Worker
 
 from ..config import Config, ConfigError, redact_url
-from ..engine.job import RoundJob, RoundResult
-from .jobs import JobFailedError
+from .work_horse import RoundWorker
+
+if TYPE_CHECKING:
+    from ..engine.job import RoundJob, RoundResult
+    from .jobs import JobFailedError
 
 log = logging.getLogger(__name__)
 
 JOB_FUNCTION = "ovaal_backend.backend.queue_worker.run_queued_round"
-"""What a worker's work horse imports and calls with the RoundJob."""
+"""What a worker's work horse imports and calls with the RoundJob and its ``JobOrigin``."""
 RESULT_TTL = 7 * 24 * 3600
 """Seconds a finished (or failed) job and its result stay in Redis: a backend restarted meanwhile picks them up."""
 POLL_SECONDS = 1.0
@@ -57,8 +73,9 @@ CLEANUP_SECONDS = 3.0
 """How often it runs rq's abandoned-job handling on the queue's started registry while its job runs."""
 NO_WORKER_WARNING_SECONDS = 60.0
 """A job queued this long with no worker on its queue is logged (the job stays queued)."""
-PARENT_PID_ENV = "OVAAL_QUEUE_WORKER_PID"
-"""Set by ``run_worker``: a work horse whose parent is no longer this process stops (its worker was killed)."""
+FOLDER_ID_FILE = "ovaal-instance"
+"""The file in MODEL_DIR (the backend's instance id) and in each project folder (that folder's id) with its id."""
+FOLDER_ID = re.compile(r"[0-9a-f]{8}")
 WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
@@ -66,9 +83,82 @@ class QueueJobError(RuntimeError):
     """Redis could not be reached (or lost a job twice over); the project's worker retries later."""
 
 
+class JobRefusedError(RuntimeError):
+    """A work horse will not run this job: it belongs to another MODEL_DIR (another backend, or a project folder made
+    anew), or names a file outside this worker's MODEL_DIR and document root. The message says which and why."""
+
+
 def connect(url: str, **kwargs: Any) -> Redis:
     """A Redis client for ``REDIS_URL`` (connects on first command)."""
     return Redis.from_url(url, **kwargs)
+
+
+def folder_id(folder: str | Path, create: bool = False) -> str:
+    """The random id stored in ``folder/FOLDER_ID_FILE`` ("" when there is none and ``create`` is off).
+
+    Made once (``create``): written to a temporary file, then linked into place, so two makers at once agree on the
+    first one's id and a reader never sees half of it. A folder deleted and made anew gets a new id.
+
+    Raises:
+        ValueError: The file holds something else than an id (edited by hand).
+    """
+    path = Path(folder) / FOLDER_ID_FILE
+    if create and not path.exists():
+        token = secrets.token_hex(4)
+        tmp = path.with_name(f".{FOLDER_ID_FILE}.{token}")
+        tmp.write_text(token + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # made by another process meanwhile: its id stands
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    if not FOLDER_ID.fullmatch(value):
+        raise ValueError(f"{path} should hold an 8-digit hex id, not {value[:40]!r}: delete it to make a new one")
+    return value
+
+
+@dataclass(frozen=True)
+class JobOrigin:
+    """Whose a round job is: the backend's instance (its MODEL_DIR's id), the project and its folder's id. It travels
+    with the job, names it on the queue and lets a work horse refuse a job that is not its MODEL_DIR's."""
+
+    instance: str
+    project: str = ""
+    folder: str = ""
+
+    @classmethod
+    def of(cls, model_dir: str, project: int | str = "") -> JobOrigin:
+        """The origin of the backend's jobs for ``project`` (ids made on first use)."""
+        root = Path(model_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        project = str(project)
+        if not project:
+            return cls(folder_id(root, create=True))
+        (root / project).mkdir(exist_ok=True)
+        return cls(folder_id(root, create=True), project, folder_id(root / project, create=True))
+
+    def queue_id(self, job_id: str) -> str:
+        """The job's id on the queue: ``<instance>-<project>-<folder>-g<generation>-v<version>-r<round>``."""
+        return "-".join(part for part in (self.instance, self.project, self.folder, job_id) if part)
+
+    def refusal(self, model_dir: str) -> str:
+        """Why a worker with this MODEL_DIR must not run the job ("" when it may)."""
+        root = Path(model_dir)
+        here = folder_id(root)
+        if here != self.instance:
+            return (f"it comes from the backend whose MODEL_DIR has instance id {self.instance}, but this worker's "
+                    f"MODEL_DIR {root} " + (f"has {here}" if here else f"holds no {FOLDER_ID_FILE} file") +
+                    ": give the worker that backend's MODEL_DIR (shared), or give each backend its own JOB_QUEUE")
+        folder = folder_id(root / self.project) if self.project else ""
+        if folder != self.folder:
+            return (f"project {self.project}'s folder in MODEL_DIR was made anew (id {folder or 'none'}, the job's "
+                    f"{self.folder}): the job belongs to the deleted one")
+        return ""
 
 
 # ============================================================================ the backend's side
@@ -101,23 +191,23 @@ class RQJobs:
                 self._queue = Queue(self.config.job_queue, connection=redis)
             return self._queue
 
-    @staticmethod
-    def job_id(job: RoundJob, project: int | str = "") -> str:
-        """The queue's id of a round job: the project, then generation, version and round."""
-        return f"{project}-{job.job_id}" if str(project) else job.job_id
+    def queue_id(self, job_id: str, project: int | str = "") -> str:
+        """The queue's id of the round job ``job_id`` (``RoundJob.job_id``) of ``project`` (``JobOrigin.queue_id``)."""
+        return JobOrigin.of(self.config.model_dir, project).queue_id(job_id)
 
     def run(self, job: RoundJob, project: int | str = "") -> RoundResult:
-        rq_id = self.job_id(job, project)
+        origin = JobOrigin.of(self.config.model_dir, project)
+        rq_id = origin.queue_id(job.job_id)
         payload = portable(job)
         digest = job_digest(payload)
         self._current[str(project)] = rq_id
         try:
-            return self._wait(self._submit(rq_id, payload, digest, str(project)), payload, digest, str(project))
+            return self._wait(self._submit(rq_id, payload, digest, origin), payload, digest, origin)
         except RedisError as err:
             raise QueueJobError(f"round job {rq_id}: Redis at {redact_url(self.config.redis_url)} failed "
                                 f"({type(err).__name__}: {err}); the project retries it later") from err
 
-    def _submit(self, rq_id: str, payload: RoundJob, digest: str, project: str) -> Job:
+    def _submit(self, rq_id: str, payload: RoundJob, digest: str, origin: JobOrigin) -> Job:
         """The job with this id: the one already on the queue (still waiting or running, or finished on the same
         pool), else a new one. A stale one (finished on another pool) is replaced; a failed or stopped one raises
         ``JobFailedError``: only ``requeue`` runs it again."""
@@ -134,15 +224,16 @@ class RQJobs:
                 return existing
             log.info("round job %s finished on another pool: enqueued again", rq_id)
             existing.delete()
-        return self._enqueue(rq_id, payload, digest, project)
+        return self._enqueue(rq_id, payload, digest, origin)
 
-    def _enqueue(self, rq_id: str, payload: RoundJob, digest: str, project: str) -> Job:
+    def _enqueue(self, rq_id: str, payload: RoundJob, digest: str, origin: JobOrigin) -> Job:
         retries = self.config.job_retries
         try:
             job = self.queue.enqueue_call(
-                JOB_FUNCTION, args=(payload,), job_id=rq_id, timeout=self.config.job_timeout, result_ttl=RESULT_TTL,
-                failure_ttl=RESULT_TTL, description=f"round job {rq_id}", meta={"digest": digest, "project": project},
-                retry=Retry(max=retries) if retries else None, unique=True)
+                JOB_FUNCTION, args=(payload, origin), job_id=rq_id, timeout=self.config.job_timeout,
+                result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL, description=f"round job {rq_id}",
+                meta={"digest": digest, "project": origin.project}, retry=Retry(max=retries) if retries else None,
+                unique=True)
         except DuplicateJobError:  # enqueued by someone else since we looked: wait for that one
             job = self._fetch(rq_id)
             if job is None:
@@ -166,15 +257,17 @@ class RQJobs:
             self.queue.connection.delete(Job.key_for(rq_id))
             return None
 
-    def _wait(self, job: Job, payload: RoundJob, digest: str, project: str) -> RoundResult:
+    def _wait(self, job: Job, payload: RoundJob, digest: str, origin: JobOrigin) -> RoundResult:
         """Poll the job until it finishes (its result), fails (QueueJobError) or vanishes (enqueued again)."""
+        from ..engine.job import RoundResult
+
         queued_since, warned, last_cleanup = time.monotonic(), False, 0.0
         while True:
             try:
                 status = job.get_status(refresh=True)
             except InvalidJobOperation:  # the hash is gone: Redis restarted, or the job was deleted
                 log.warning("round job %s vanished from Redis (restarted?): enqueued again", job.id)
-                job = self._enqueue(job.id, payload, digest, project)
+                job = self._enqueue(job.id, payload, digest, origin)
                 continue
             if status == JobStatus.FINISHED:
                 result = job.return_value(refresh=True)
@@ -182,7 +275,7 @@ class RQJobs:
                     return result
                 log.warning("round job %s finished but its result is gone: enqueued again", job.id)
                 job.delete()
-                job = self._enqueue(job.id, payload, digest, project)
+                job = self._enqueue(job.id, payload, digest, origin)
                 continue
             if status not in WAITING:
                 raise self._failed(job, status)
@@ -202,6 +295,8 @@ class RQJobs:
 
     def _failed(self, job: Job, status: JobStatus) -> JobFailedError:
         """The error of a job that failed (or was stopped) after the retries rq gave it."""
+        from .jobs import JobFailedError  # jobs.py imports the engine (torch), which a worker never needs
+
         return JobFailedError(job.id, failure_reason(job), f"on queue '{self.queue.name}' ({status.value} after "
                                                            f"{self.config.job_retries} retries)")
 
@@ -282,17 +377,6 @@ def failure_reason(job: Job) -> str:
 # ============================================================================ the worker's side
 
 
-class RoundWorker(SpawnWorker):
-    """An RQ worker whose work horse is a fresh interpreter (``posix_spawn``), never a fork.
-
-    Its running job's entry in the started registry lives ``2 * job_monitoring_interval + 5`` s past each heartbeat
-    (rq adds a fixed minute), so a killed worker's job is found abandoned and re-run soon.
-    """
-
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return int(2 * self.job_monitoring_interval + 5)
-
-
 def run_worker(config: Config, burst: bool = False, name: str | None = None) -> int:
     """``python -m ovaal_backend worker``: run round jobs from ``JOB_QUEUE`` until stopped (SIGTERM: after the job)."""
     if not config.redis_url:
@@ -302,7 +386,6 @@ def run_worker(config: Config, burst: bool = False, name: str | None = None) -> 
         redis.ping()
     except RedisError as err:
         raise RuntimeError(f"cannot reach Redis at {redact_url(config.redis_url)}: {err}") from err
-    os.environ[PARENT_PID_ENV] = str(os.getpid())
     worker = RoundWorker([Queue(config.job_queue, connection=redis)], connection=redis, name=name,
                          job_monitoring_interval=config.worker_heartbeat)
     log.info("worker %s on queue '%s' at %s (MODEL_DIR=%s, CUDA_VISIBLE_DEVICES=%s, DEVICE=%s)", worker.name,
@@ -312,16 +395,19 @@ def run_worker(config: Config, burst: bool = False, name: str | None = None) -> 
     return 0
 
 
-def run_queued_round(job: RoundJob) -> RoundResult:
+def run_queued_round(job: RoundJob, origin: JobOrigin) -> RoundResult:
     """The job function, run in a freshly spawned work horse: the round job with this machine's paths and device.
 
     ``MODEL_DIR`` and ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` of this machine replace the backend's at the start
     of the job's paths (the same share may be mounted elsewhere); ``DEVICE`` and ``NUM_THREADS`` are this machine's.
+
+    Raises:
+        JobRefusedError: The job is not this MODEL_DIR's, or names a file outside it and the document root
+            (``check_job``); nothing was read or written.
     """
     from ..engine.job import run_round
     from ..engine.runtime import configure_torch, resolve_device
 
-    _exit_with_parent()
     here = Config.from_env()
     theirs = job.config
     moves = [(theirs.model_dir, here.model_dir)]
@@ -333,6 +419,7 @@ def run_queued_round(job: RoundJob) -> RoundResult:
     mine = dataclasses.replace(
         job, config=config, image_paths=[rebase(p, moves) for p in job.image_paths],
         checkpoint=rebase(job.checkpoint, moves), masks_dir=job.masks_dir and rebase(job.masks_dir, moves))
+    check_job(mine, origin, theirs.label_studio_local_files_document_root)
     configure_torch(config)
     log.info("round job %s: %d images, device %s", job.job_id, len(job.keys), config.device)
     result = run_round(mine)
@@ -341,30 +428,37 @@ def run_queued_round(job: RoundJob) -> RoundResult:
     return result
 
 
+def check_job(job: RoundJob, origin: JobOrigin, their_document_root: str = "") -> None:
+    """Refuse a job (its paths already moved onto this worker's) that is not this worker's MODEL_DIR's, or that names
+    a file outside MODEL_DIR and the document root (this worker's, else the backend's: the same machine's files).
+
+    Raises:
+        JobRefusedError: Why, naming the job's queue id, the first offending path and the roots.
+    """
+    model_dir = job.config.model_dir
+    refusal = origin.refusal(model_dir)
+    if not refusal:
+        roots = [model_dir, job.config.label_studio_local_files_document_root or their_document_root]
+        paths = [*job.image_paths, job.checkpoint, job.masks_dir]
+        outside = [path for path in paths if path and not any(root and under(path, root) for root in roots)]
+        if outside:
+            refusal = (f"{len(outside)} of its paths lie outside this worker's MODEL_DIR ({os.path.abspath(model_dir)})"
+                       f" and document root ({roots[1] or 'none set'}), e.g. {outside[0]}")
+    if refusal:
+        raise JobRefusedError(f"round job {origin.queue_id(job.job_id)} refused: {refusal}")
+
+
+def under(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies in it (compared as absolute, normalised paths; links are not followed)."""
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def rebase(path: str, moves: list[tuple[str, str]]) -> str:
     """``path`` with the first matching root of ``moves`` (``(from, to)`` pairs) replaced."""
     norm = os.path.normpath(path)
     for src, dst in moves:
         src = os.path.normpath(src)
-        if src == os.path.normpath(dst):
-            continue
-        if norm == src or norm.startswith(src.rstrip(os.sep) + os.sep):
+        if src != os.path.normpath(dst) and under(norm, src):
             return os.path.join(os.path.normpath(dst), os.path.relpath(norm, src)) if norm != src else dst
     return path
-
-
-def _exit_with_parent(interval: float = 0.5) -> None:
-    """In a work horse of ``run_worker``: end this process when the worker dies (kill -9), so a job that rq
-    re-runs elsewhere never trains twice at once."""
-    parent = os.environ.get(PARENT_PID_ENV)
-    if not parent or os.getppid() != int(parent):
-        return  # not a horse of our worker (a test calling the function, rq's SimpleWorker)
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval)
-            if os.getppid() != int(parent):
-                log.error("worker process %s is gone: this job's work horse stops", parent)
-                os._exit(1)
-
-    threading.Thread(target=watch, name="ovaal-parent-watch", daemon=True).start()
