@@ -10,7 +10,7 @@ import requests
 import requests_mock
 from PIL import Image
 
-from ovaal_backend.backend.client import LabelStudioClient, LabelStudioError
+from ovaal_backend.backend.client import ImageHostRefused, LabelStudioClient, LabelStudioError
 from ovaal_backend.backend.images import ImageFetcher
 
 URL = "http://ls.test:8080"
@@ -89,7 +89,7 @@ def test_import_predictions_checks_created(http):
 
 
 def test_download_sends_the_token_only_to_label_studio(http):
-    client = LabelStudioClient(URL, LEGACY)
+    client = LabelStudioClient(URL, LEGACY, image_hosts=frozenset({"elsewhere.test"}))
     http.get(f"{URL}/data/upload/1/a.png", content=b"ls")
     http.get("http://elsewhere.test/b.png", content=b"web")
     http.get(f"{URL}/tasks/9/presign/", content=b"cloud")
@@ -101,6 +101,11 @@ def test_download_sends_the_token_only_to_label_studio(http):
     assert http.last_request.qs["fileuri"] == ["czm6ly9idwnrzxqvyy5wbmc="]  # qs values are lower-cased
     with pytest.raises(LabelStudioError, match="task id"):
         client.download("s3://bucket/c.png")
+    sent = len(http.request_history)
+    for url in ("http://elsewhere.test:8080/b.png", "http://ls.test:9090/b.png", "file:///etc/passwd"):
+        with pytest.raises(ImageHostRefused, match="ALLOWED_IMAGE_HOSTS"):  # another host or port: never asked
+            client.download(url)
+    assert len(http.request_history) == sent
 
 
 def test_image_fetcher_reads_local_files_from_disk_and_caches_downloads(tmp_path, http):

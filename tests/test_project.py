@@ -7,9 +7,16 @@ import pytest
 
 from ovaal_backend.backend.client import LabelStudioError
 from ovaal_backend.backend.convert import LabelConfigError, decode_brush, percent_to_pixel
+from ovaal_backend.backend.jobs import InProcessJobs
 from ovaal_backend.backend.project.context import known_projects, remap_points
 from ovaal_backend.backend.project.driver import ProjectDriver, ProjectMismatchError
-from ovaal_backend.backend.project.state import PHASE_DONE, PHASE_NEW, PHASE_QUERYING, PHASE_TRAINING
+from ovaal_backend.backend.project.state import (
+    PHASE_DONE,
+    PHASE_NEW,
+    PHASE_PUBLISHING,
+    PHASE_QUERYING,
+    PHASE_TRAINING,
+)
 from ovaal_backend.backend.validate import parse_project_uid
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import IGNORE_INDEX
@@ -247,11 +254,13 @@ def test_project_version_is_set_back_after_label_studio_changes_it(tmp_path, fak
 def test_basic_auth_header_is_added_to_our_webhook_only(tmp_path, fake, truth):
     fake.connect_backend(P, "http://ovaal:9090", basic_auth_user="ls")
     fake.connect_backend(P, "http://other:9090", basic_auth_user="someone-else")
+    fake.connect_backend(P, "http://twin:9090", basic_auth_user="ls")  # another backend, the same user name
     driver = started(tmp_path, fake, basic_auth_user="ls", basic_auth_pass="pw")
+    driver.setup(UID, XML, host="OVAAL:9090")  # Label Studio's /setup call reached us at ovaal:9090
     driver.ctx.update(check_project_at=0.0)
     drain(driver)
-    ours, other = fake.projects[P]["webhooks"]
-    assert ours["headers"] == {"Authorization": "Basic bHM6cHc="} and other["headers"] == {}
+    ours, other, twin = fake.projects[P]["webhooks"]
+    assert ours["headers"] == {"Authorization": "Basic bHM6cHc="} and other["headers"] == twin["headers"] == {}
     calls = len(fake.calls)
     driver.ctx.update(check_project_at=0.0)
     drain(driver)
@@ -367,6 +376,77 @@ def test_class_change_remaps_clicks_by_name_and_starts_a_new_generation(tmp_path
     assert checkpoint["classes"] == ["square", "background", "triangle"] and checkpoint["generation"] == 1
     labels = {r["value"]["brushlabels"][0] for s in truth for r in fake.predictions_of(s, "ovaal-2")[0]["result"]}
     assert labels <= {"square", "background", "triangle"}
+
+
+def test_backend_url_names_our_webhook(tmp_path, fake, truth):
+    """Behind a proxy that rewrites Host, BACKEND_URL says which ML backend entry is this backend."""
+    fake.connect_backend(P, "https://ml.example.org/ovaal/", basic_auth_user="ls")
+    fake.connect_backend(P, "https://ml.example.org/twin", basic_auth_user="ls")
+    driver = started(tmp_path, fake, basic_auth_user="ls", basic_auth_pass="pw",
+                     backend_url="https://ml.example.org/ovaal")
+    driver.setup(UID, XML, host="ml.example.org")  # both entries have this host: the Host alone cannot tell
+    driver.ctx.update(check_project_at=0.0)
+    drain(driver)
+    ours, twin = fake.projects[P]["webhooks"]
+    assert ours["headers"] == {"Authorization": "Basic bHM6cHc="} and twin["headers"] == {}
+
+
+CHANGED = """<View><Image name="image" value="$image"/>
+  <KeyPointLabels name="query" toName="image"><Label value="square"/><Label value="background"/>
+    <Label value="triangle"/><Label value="ignore"/></KeyPointLabels>
+  <BrushLabels name="mask" toName="image"><Label value="square"/><Label value="background"/>
+    <Label value="triangle"/></BrushLabels></View>"""
+"""The fake project's label config after an admin reordered its classes and replaced disc by triangle."""
+
+
+def mask_labels(fake, sources, version: str) -> set[str]:
+    """Every class name in the dense-mask predictions of ``version`` on the source tasks."""
+    return {r["value"]["brushlabels"][0] for s in sources for p in fake.predictions_of(s, version)
+            for r in p["result"]}
+
+
+def test_a_result_made_before_a_class_change_is_never_published(tmp_path, fake, truth):
+    """The classes change after round 1's job was recorded, before its masks and queries reach Label Studio: none of
+    it is published under the new names; a model of the new classes is trained and published instead."""
+    driver = started(tmp_path, fake, rounds=2)
+    answer_round(fake, driver, truth, 0)
+    driver.process_events()
+    while driver.phase != PHASE_PUBLISHING:  # round 0 ends, its job trains ovaal-1 and is recorded
+        assert driver.step()
+    fake.projects[P]["label_config"] = CHANGED
+    driver.setup(UID, CHANGED)
+    drain(driver)
+    state = driver.state()
+    assert state.classes == ["square", "background", "triangle"] and state.generation == 1
+    assert all(fake.predictions_of(s, "ovaal-1") == [] for s in truth)  # old masks: never published
+    assert fake.query_tasks(P, 1) == []  # old round-1 queries: never imported
+    assert driver.model_version == "ovaal-2" and mask_labels(fake, truth, "ovaal-2") <= set(state.classes)
+    assert [t["generation"] for t in driver.metrics()["trainings"]] == [0, 1]
+    assert {q["predictions"][0]["model_version"] for q in fake.query_tasks(P, 2)} == {"ovaal-2"}
+
+
+def test_a_job_that_trained_on_old_classes_runs_again(tmp_path, fake, truth):
+    """The classes change while the round job runs (a queue worker trains, the backend applies the event): its
+    result carries the old class list and is dropped; the job runs again with the new classes."""
+    driver = started(tmp_path, fake, rounds=2)
+    answer_round(fake, driver, truth, 0)
+    runs = []
+
+    class ChangingJobs(InProcessJobs):
+        def run(self, job, project=""):
+            result = super().run(job, project)
+            runs.append(list(result.classes))
+            if len(runs) == 1:
+                driver.events.apply_label_config(CHANGED)
+            return result
+
+    driver.jobs = ChangingJobs()
+    drain(driver)
+    assert runs == [CLASSES, ["square", "background", "triangle"]]
+    assert driver.model_version == "ovaal-1" and driver.state().generation == 1
+    assert [t["generation"] for t in driver.metrics()["trainings"]] == [1]
+    assert mask_labels(fake, truth, "ovaal-1") <= {"square", "background", "triangle"}
+    assert driver.ctx.model.read_checkpoint()["classes"] == ["square", "background", "triangle"]
 
 
 def test_unusable_new_label_config_keeps_the_old_one(tmp_path, fake, truth):

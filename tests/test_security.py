@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import logging
 import os
@@ -17,13 +18,20 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import fault_kit
+import ls_server
 import numpy as np
 import pytest
+from ls_server import BackendProcess, loopback_session, wait_for
+from PIL import Image
 
 from ovaal_backend.backend.app import INTERNAL_ERROR, basic_auth_matches
+from ovaal_backend.backend.convert import LabelInterface
 from ovaal_backend.backend.wsgi import check_network_exposure
 from ovaal_backend.config import Config, ConfigError
 
@@ -256,6 +264,53 @@ def test_a_full_disk_is_a_507_that_names_no_path(tmp_path, fake, monkeypatch):
     assert "disk full" in response.json["error"] and "resync" in response.json["error"]
     assert secret not in response.get_data(as_text=True) and str(tmp_path) not in response.get_data(as_text=True)
     backend.shutdown(timeout=30)
+
+
+# --------------------------------------------------------------------------- label-config limits
+
+def many_labels_config(count: int) -> str:
+    """The test config with ``count`` classes in both controls."""
+    labels = "".join(f'<Label value="class {i}"/>' for i in range(count))
+    return (f'<View><Image name="image" value="$image"/><KeyPointLabels name="query" toName="image">{labels}'
+            f'<Label value="ignore" ovaal="ignore"/></KeyPointLabels><BrushLabels name="mask" toName="image">'
+            f"{labels}</BrushLabels></View>")
+
+
+def test_label_config_limits_are_400s_naming_the_setting(tmp_path, fake):
+    """MAX_CLASSES and MAX_LABEL_CONFIG_KB refuse a config at /setup and in PROJECT_UPDATED before anything is
+    stored; a config with 40,000 labels is refused by its size before it is parsed."""
+    app, backend = make_app(tmp_path, fake, max_classes=8, max_label_config_kb=4)
+    client, model_dir = app.test_client(), tmp_path / "models"
+    cases = {"MAX_CLASSES=8": many_labels_config(9), "MAX_LABEL_CONFIG_KB=4": XML + " " * 4096,
+             "MAX_LABEL_CONFIG_KB": many_labels_config(40_000)}
+    for setting, schema in cases.items():
+        response = client.post("/setup", json={"project": UID, "schema": schema})
+        assert_clean_error(response, model_dir, 400)
+        assert setting in response.json["error"], response.json
+    assert folders(model_dir) == set()
+    assert client.post("/setup", json={"project": UID, "schema": many_labels_config(8)}).status_code == 200
+    driver = backend.driver(P)
+    before = len(driver.store.pending_events(driver.key))
+    for setting, schema in cases.items():
+        response = client.post("/webhook", json={"action": "PROJECT_UPDATED",
+                                                 "project": {"id": P, "label_config": schema}})
+        assert_clean_error(response, model_dir, 400)
+        assert setting in response.json["error"]
+    assert len(driver.store.pending_events(driver.key)) == before
+    backend.shutdown(timeout=30)
+
+
+def test_label_config_parsing_checks_duplicates_and_brush_labels_in_one_pass():
+    """What the linear parse still refuses (sets instead of list scans must not loosen a check)."""
+    assert LabelInterface.parse(many_labels_config(2000)).classes[-1] == "class 1999"
+    duplicate = many_labels_config(3).replace('"class 2"', '"class 0"', 1)
+    with pytest.raises(ValueError, match="appears twice"):
+        LabelInterface.parse(duplicate)
+    missing = many_labels_config(3).replace('<Label value="class 2"/></BrushLabels>', "</BrushLabels>")
+    with pytest.raises(ValueError, match=r"lacks the classes \['class 2'\]"):
+        LabelInterface.parse(missing)
+    with pytest.raises(ValueError, match="MAX_CLASSES=3"):
+        LabelInterface.parse(many_labels_config(4), max_classes=3)
 
 
 # --------------------------------------------------------------------------- malformed ids and types
@@ -500,6 +555,20 @@ def test_serve_refuses_an_open_network_without_auth():
     assert Config().host == "127.0.0.1"
 
 
+def test_new_security_settings_are_validated():
+    config = Config(allowed_image_hosts=" Images.Example.org, 10.0.0.5:9000,[::1]:8080 ",
+                    allowed_host_names="ovaal.internal", backend_url="https://ml.example.org/ovaal")
+    assert config.image_hosts == {"images.example.org", "10.0.0.5:9000", "[::1]:8080"}
+    assert config.host_names == {"ovaal.internal"}
+    for bad, name in ((dict(allowed_image_hosts="http://x.org"), "allowed_image_hosts"),
+                      (dict(allowed_image_hosts="x.org:70000"), "allowed_image_hosts"),
+                      (dict(allowed_host_names="x.org:80"), "allowed_host_names"),
+                      (dict(backend_url="x.org"), "backend_url"), (dict(max_classes=0), "max_classes"),
+                      (dict(max_label_config_kb=0), "max_label_config_kb")):
+        with pytest.raises(ConfigError, match=name):
+            Config(**bad)
+
+
 def test_serve_command_exits_with_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "ALLOW_OPEN_NETWORK")}
     env.update(HOST="0.0.0.0", PORT="9", MODEL_DIR=str(tmp_path / "models"))
@@ -512,3 +581,154 @@ def test_serve_command_exits_with_one_line(tmp_path):
     assert not (tmp_path / "models").exists()
     check = "import sys, ovaal_backend.backend.wsgi, ovaal_backend.cli; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", check], cwd=ROOT, timeout=120).returncode == 0
+
+
+# --------------------------------------------------------------------------- real gunicorn (and Label Studio)
+
+OPEN_LOOPBACK = {k: v for k, v in fault_kit.SETTINGS.items() if not k.startswith("BASIC_AUTH")}
+"""The fault kit's tiny project settings without basic auth: the loopback mode."""
+
+
+class LoopbackHost:
+    """An HTTP host on 127.0.0.1 that records each request's path and answers every GET and POST with ``status``
+    and ``body``: an image host, or another ML backend that says it is UP."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        self.status, self.body, self.content_type = status, body, content_type
+        self.hits: list[str] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> LoopbackHost:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                host.hits.append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(host.status)
+                self.send_header("Content-Type", host.content_type)
+                self.send_header("Content-Length", str(len(host.body)))
+                self.end_headers()
+                self.wfile.write(host.body)
+
+            do_POST = do_GET  # noqa: N815
+
+        return Handler
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_loopback_without_auth_answers_only_local_host_names(tmp_path):
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 sends its own name in Host; refused with 421
+    before any state, on every route. Local names, loopback addresses, HOST and ALLOWED_HOST_NAMES pass."""
+    nowhere = SimpleNamespace(url="http://127.0.0.1:9", token="a" * 40, document_root=tmp_path)
+    env = ls_server.backend_env(nowhere, tmp_path / "models", OPEN_LOOPBACK, ALLOWED_HOST_NAMES="ovaal.internal")
+    backend, port = BackendProcess(env, tmp_path / "backend.log"), env["PORT"]
+    backend.start()
+    try:
+        session = loopback_session()
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.2", f"[::1]:{port}", f"app.localhost:{port}",
+                     f"OVAAL.internal:{port}"):
+            assert session.get(f"{backend.url}/metrics", headers={"Host": host}, timeout=30).status_code == 200, host
+        calls = [("GET", "/", None), ("GET", "/metrics", None), ("POST", "/setup", {"project": "5.1", "schema": XML}),
+                 ("POST", "/webhook", {"action": "START_TRAINING", "project": {"id": 5}})]
+        for host in (f"rebind.attacker.test:{port}", "attacker.test", f"127.0.0.1.attacker.test:{port}",
+                     "localhost.attacker.test", "[::2]"):
+            for method, path, body in calls:
+                response = session.request(method, f"{backend.url}{path}", json=body, headers={"Host": host},
+                                           timeout=30)
+                assert response.status_code == 421, (host, path, response.status_code)
+                assert "ALLOWED_HOST_NAMES" in response.json()["error"]
+        assert not (tmp_path / "models" / "5").exists()
+    finally:
+        backend.stop()
+
+
+@pytest.mark.e2e
+def test_images_come_only_from_label_studio_and_allowed_hosts(label_studio, tmp_path):
+    """Blind SSRF: task image URLs on another host or port are never fetched unless ALLOWED_IMAGE_HOSTS names them;
+    /metrics shows a reason and a log reference, never the URL or what the peer answered; /predict serves only
+    tasks of the project it was called for, set up."""
+    session = fault_kit.ls_session(label_studio)
+    with LoopbackHost(200, png_bytes(), "image/png") as stranger, \
+            LoopbackHost(500, b"SECRET-PEER-TEXT", "text/plain") as allowed:
+        project = session.post(f"{label_studio.url}/api/projects/", json={"title": "ssrf", "label_config": XML},
+                               timeout=60).json()
+        pid = project["id"]
+        imported = session.post(f"{label_studio.url}/api/projects/{pid}/import", params={"return_task_ids": "true"},
+                                json=[{"data": {"image": stranger.url("/probe.png")}},
+                                      {"data": {"image": allowed.url("/img.png")}}], timeout=60).json()
+        probe_task, allowed_task = imported["task_ids"]
+        env = ls_server.backend_env(label_studio, tmp_path / "models", OPEN_LOOPBACK,
+                                    ALLOWED_IMAGE_HOSTS=f"127.0.0.1:{allowed.port}")
+        backend = BackendProcess(env, tmp_path / "backend.log")
+        backend.start()
+        try:
+            session.post(f"{label_studio.url}/api/ml/", json={"project": pid, "url": backend.url, "title": "OVAAL"},
+                         timeout=120).raise_for_status()
+            images = wait_for("both images set aside", lambda: len(
+                (backend.metrics(pid).get("quarantined") or {}).get("images", [])) == 2
+                and backend.metrics(pid)["quarantined"]["images"], 120, backend)
+            reasons = {image["item"]: image["reason"] for image in images}
+            assert stranger.hits == [] and allowed.hits == ["/img.png"]
+            assert "ALLOWED_IMAGE_HOSTS" in reasons[probe_task] and "HTTP 500" in reasons[allowed_task]
+            for reason in reasons.values():
+                for secret in ("SECRET", "127.0.0.1", "http", ".png", str(stranger.port), str(allowed.port)):
+                    assert secret not in reason, reason
+            ref = reasons[allowed_task].rsplit("ref ", 1)[1].rstrip(")")
+            assert [line for line in backend.log_tail(50_000).splitlines() if ref in line and "/img.png" in line]
+            bad = {"project": pid, "tasks": [{"id": probe_task, "project": pid + 1000,
+                                              "data": {"image": stranger.url("/predict.png")}}]}
+            response = backend.session().post(f"{backend.url}/predict", json=bad, timeout=60)
+            assert response.status_code == 400 and "ask /predict once per project" in response.json()["error"]
+            response = backend.session().post(f"{backend.url}/predict", json=dict(bad, project=pid + 1000),
+                                              timeout=60)
+            assert response.status_code == 404 and "unknown project" in response.json()["error"]
+            assert stranger.hits == []
+        finally:
+            backend.stop()
+
+
+@pytest.mark.e2e
+def test_basic_auth_goes_only_to_this_backends_webhook(label_studio, tmp_path):
+    """Two ML backends connected to one real project with the same basic-auth user name: only the webhook to this
+    backend gets our pair; the other backend's webhook keeps its own headers."""
+    project = fault_kit.make_project(label_studio, "two-backends", 1)
+    up = json.dumps({"status": "UP", "model_class": "Other", "model_version": "other-1"}).encode()
+    with LoopbackHost(200, up, "application/json") as other:
+        fault_kit.connect_model(label_studio, project.id, other.url(), auth=(fault_kit.AUTH[0], "not-our-password"))
+        backend = BackendProcess(fault_kit.backend_env(label_studio, tmp_path / "models"), tmp_path / "backend.log")
+        backend.start()
+        try:
+            fault_kit.connect_model(label_studio, project.id, backend.url)
+            wait_for("our basic-auth header on our webhook", lambda: fault_kit.webhook_has_auth(
+                label_studio, project.id), 60, backend)
+            hooks = fault_kit.ls_session(label_studio).get(f"{label_studio.url}/api/webhooks/",
+                                                          params={"project": project.id}, timeout=30).json()
+            by_url = {hook["url"]: (hook.get("headers") or {}) for hook in hooks}
+            ours = base64.b64encode(":".join(fault_kit.AUTH).encode()).decode()
+            assert by_url[f"{backend.url}/webhook"].get("Authorization") == f"Basic {ours}"
+            assert by_url[f"{other.url()}/webhook"].get("Authorization") != f"Basic {ours}"
+            assert other.hits  # Label Studio did connect it (its /health and /setup)
+        finally:
+            backend.stop()

@@ -32,7 +32,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
-from ..config import Config
+from ..config import Config, is_loopback_host
 from ..engine.runtime import configure_torch, resolve_device
 from ..files import remove_stale_temp_files
 from .client import client_from_config
@@ -43,7 +43,17 @@ from .link import SetupCheck, reason_phrase
 from .project.context import STATE_FILE, known_projects, parse_label_config, project_dir
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .sqlite import is_storage_fault
-from .validate import ACTION, BadRequest, check_event, clip, json_body, predict_tasks, project_of
+from .validate import (
+    ACTION,
+    BadRequest,
+    check_event,
+    check_task_projects,
+    clip,
+    host_header_allowed,
+    json_body,
+    predict_tasks,
+    project_of,
+)
 from .worker import ProjectWorker
 
 log = logging.getLogger(__name__)
@@ -272,7 +282,18 @@ def basic_auth_matches(header: str | None, user: str, password: str) -> bool:
 
 
 def _add_guards(app: Flask, config: Config) -> None:
-    """Basic auth before every route but ``/`` and ``/health``, and JSON bodies for every error."""
+    """The Host check of a loopback HOST without basic auth, basic auth before every route but ``/`` and ``/health``,
+    and JSON bodies for every error."""
+
+    @app.before_request
+    def _check_host() -> tuple[Response, int] | None:
+        if config.basic_auth_user or not is_loopback_host(config.host) or host_header_allowed(request.host, config):
+            return None
+        log.warning("%s %s refused: Host %r is not this machine's (DNS rebinding?)", request.method, request.path,
+                    clip(request.host, 100))
+        return jsonify(error="Host header names another machine: this backend listens on a loopback HOST without "
+                             "basic auth, so it answers only requests to localhost, 127.0.0.1 or [::1] (add a name to "
+                             "ALLOWED_HOST_NAMES, or set BASIC_AUTH_USER / BASIC_AUTH_PASS)"), 421
 
     @app.before_request
     def _check_auth() -> Response | None:
@@ -359,7 +380,7 @@ def _add_routes(app: Flask, backend: Backend) -> None:
         driver = backend.driver(project_id, create=True)
         assert driver is not None
         try:
-            version = driver.setup(uid, schema)
+            version = driver.setup(uid, schema, request.host)
         except LabelConfigError as err:
             raise BadRequest(f"label config not usable: {clip(str(err), 500)}") from None
         except ProjectMismatchError as err:
@@ -375,7 +396,9 @@ def _add_routes(app: Flask, backend: Backend) -> None:
         body = json_body()
         tasks = predict_tasks(body.get("tasks"), config.max_predict_tasks)
         project = body.get("project") or (tasks[0].get("project") if tasks else None)
-        driver = known_driver(backend, project_of(project, config)[0])
+        project_id = project_of(project, config)[0]
+        check_task_projects(tasks, project_id)
+        driver = known_driver(backend, project_id)
         with backend.predict_slots.take() as taken:
             if not taken:
                 return predict_busy(config)
@@ -396,7 +419,7 @@ def _add_event_routes(app: Flask, backend: Backend) -> None:
         project = body.get("project")
         project_id = project_of(project.get("id") if isinstance(project, dict) else project, config)[0]
         driver = known_driver(backend, project_id)
-        check_event(action, body)
+        check_event(action, body, config)
         payload = dict(body, project=project if isinstance(project, dict) else {"id": project_id})
         event_id = driver.add_event(action, payload)
         if event_id is None:

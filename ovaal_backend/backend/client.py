@@ -56,8 +56,10 @@ class LabelStudioClient:
     """
 
     def __init__(self, url: str, api_key: str, timeout: float = 60.0, session: requests.Session | None = None,
-                 max_download_bytes: int = 64 * 2**20, download_seconds: float = 120.0) -> None:
+                 max_download_bytes: int = 64 * 2**20, download_seconds: float = 120.0,
+                 image_hosts: frozenset[str] = frozenset()) -> None:
         self.url = url.rstrip("/")
+        self.image_hosts = image_hosts  # ALLOWED_IMAGE_HOSTS: where images may come from besides Label Studio
         self.max_download_bytes = max_download_bytes
         self.download_seconds = download_seconds
         self.api_key = api_key
@@ -256,6 +258,7 @@ class LabelStudioClient:
                 raise LabelStudioError(f"refusing to fetch {url} with the API token: on Label Studio's host only "
                                        f"media paths ({', '.join(MEDIA_PREFIXES)}) are images")
             return self._read_limited(self.request("GET", absolute, stream=True), url)
+        check_image_host(absolute, self.image_hosts)
         try:
             response = self.session.get(absolute, timeout=self.timeout, stream=True, allow_redirects=False)
         except requests.RequestException as err:
@@ -282,6 +285,30 @@ class LabelStudioClient:
         return b"".join(chunks)
 
 
+class ImageHostRefused(LabelStudioError):
+    """A task's image URL points at a host that is neither Label Studio's nor in ALLOWED_IMAGE_HOSTS."""
+
+
+def check_image_host(url: str, allowed: frozenset[str]) -> None:
+    """Raise ImageHostRefused unless ``url`` is http(s) on a ``host`` or ``host:port`` of ALLOWED_IMAGE_HOSTS.
+
+    Why: task data and /predict bodies come from anyone who can create tasks; fetching whatever they name would
+    let them probe hosts and ports the backend reaches (blind SSRF). A bare ``host`` entry allows the scheme's
+    default port only.
+    """
+    parts = urlparse(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        port = None
+    host = parts.hostname or ""
+    name = f"[{host}]" if ":" in host else host
+    default = port == {"http": 80, "https": 443}.get(parts.scheme)
+    if port is None or not name or not ({f"{name}:{port}"} & allowed or (default and name in allowed)):
+        raise ImageHostRefused("the image's host is neither Label Studio's nor in ALLOWED_IMAGE_HOSTS, so it is not "
+                               "fetched")
+
+
 def client_from_config(config: Config) -> LabelStudioClient:
     """The client for LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY (a warning when the key is empty)."""
     if not config.label_studio_api_key:
@@ -290,4 +317,4 @@ def client_from_config(config: Config) -> LabelStudioClient:
     return LabelStudioClient(config.label_studio_url, config.label_studio_api_key,
                              timeout=config.label_studio_timeout,
                              max_download_bytes=int(config.max_download_mb * 2**20),
-                             download_seconds=config.download_seconds)
+                             download_seconds=config.download_seconds, image_hosts=config.image_hosts)

@@ -37,6 +37,18 @@ class LabelConfigError(ValueError):
     """The project's label config cannot drive this backend; the message says what to add or rename."""
 
 
+class LabelConfigTooLarge(LabelConfigError):
+    """The label config is past MAX_LABEL_CONFIG_KB or MAX_CLASSES; the message names the setting."""
+
+
+def check_label_config_size(xml: str, max_kb: int) -> None:
+    """Raise LabelConfigTooLarge for a label config larger than ``max_kb`` KiB, before anything parses it."""
+    size = len(xml.encode("utf-8", "surrogatepass"))
+    if size > max_kb * 1024:
+        raise LabelConfigTooLarge(f"the label config has {size / 1024:.1f} KiB, more than MAX_LABEL_CONFIG_KB="
+                                  f"{max_kb}: shorten it or raise MAX_LABEL_CONFIG_KB")
+
+
 @dataclass(frozen=True)
 class LabelInterface:
     """What the backend needs from a label config: class names and the tag names results must carry.
@@ -59,8 +71,9 @@ class LabelInterface:
     ignore_label: str | None = None
 
     @classmethod
-    def parse(cls, xml: str, query_from_name: str = "", mask_from_name: str = "") -> LabelInterface:
-        """Read a label config.
+    def parse(cls, xml: str, query_from_name: str = "", mask_from_name: str = "",
+              max_classes: int = 0) -> LabelInterface:
+        """Read a label config, in time linear in its size (a config with 40,000 labels once took a minute).
 
         Classes come from the ``<KeyPointLabels>`` control because that is what annotators answer with; a config
         with only ``<BrushLabels>`` still works for predictions. Tag and attribute names are matched case-insensitively,
@@ -70,6 +83,8 @@ class LabelInterface:
             xml: The label config XML (the project's ``label_config`` or ``/setup``'s ``schema``).
             query_from_name: Name of the KeyPointLabels control to use; empty picks the first one.
             mask_from_name: Name of the BrushLabels control to use; empty picks the first one.
+            max_classes: Most classes a control may hold besides its ignore label (0 = no limit; MAX_CLASSES in the
+                backend); counted while reading, so a huge control stops early.
 
         Returns:
             The parsed interface.
@@ -77,6 +92,7 @@ class LabelInterface:
         Raises:
             LabelConfigError: The XML is malformed, lacks an Image or a KeyPointLabels/BrushLabels control, names a
                 control that does not exist, repeats a label, or its BrushLabels lacks some KeyPointLabels class.
+            LabelConfigTooLarge: A control holds more than ``max_classes`` classes.
         """
         try:
             root = ET.fromstring(xml)
@@ -91,13 +107,16 @@ class LabelInterface:
             raise LabelConfigError("label config has neither <KeyPointLabels> nor <BrushLabels>; add "
                                    '<KeyPointLabels name="query" toName="image"> with one <Label> per class')
         main = query if query is not None else mask
-        labels, ignore_label = _control_labels(main)
+        labels, ignore_label = _control_labels(main, max_classes + 1 if max_classes else 0)  # + its ignore label
         classes = tuple(label for label in labels if label != ignore_label)
+        if max_classes and len(classes) > max_classes:
+            raise _too_many_classes(main, max_classes)
         if not classes:
             raise LabelConfigError(f"<{main.tag} name={_attr(main, 'name')!r}> has no class labels; "
                                    "add one <Label value=...> per class")
         if query is not None and mask is not None:
-            missing = [c for c in classes if c not in _control_labels(mask)[0]]
+            mask_labels = set(_control_labels(mask, max_classes + 1 if max_classes else 0)[0])
+            missing = [c for c in classes if c not in mask_labels]
             if missing:
                 raise LabelConfigError(f"<BrushLabels name={_attr(mask, 'name')!r}> lacks the classes {missing}; "
                                        "give it the same labels as the KeyPointLabels control")
@@ -162,9 +181,15 @@ def _find_control(root: ET.Element, tag: str, name: str, setting: str) -> ET.Ele
     return controls[0] if controls else None
 
 
-def _control_labels(control: ET.Element) -> tuple[list[str], str | None]:
-    """A control's label values in order, and which of them is the ignore label."""
+def _control_labels(control: ET.Element, max_labels: int = 0) -> tuple[list[str], str | None]:
+    """A control's label values in order, and which of them is the ignore label.
+
+    Raises:
+        LabelConfigTooLarge: More than ``max_labels`` labels, the ignore label included (checked as they are read;
+            0 = no limit).
+    """
     labels: list[str] = []
+    seen: set[str] = set()  # a set, not ``labels``: the duplicate check stays linear
     marked: str | None = None
     for el in control.iter():
         if _tag(el) != "label":
@@ -172,15 +197,23 @@ def _control_labels(control: ET.Element) -> tuple[list[str], str | None]:
         value = _attr(el, "value")
         if not value:
             raise LabelConfigError(f"a <Label> of <{control.tag} name={_attr(control, 'name')!r}> has no value")
-        if value in labels:
+        if value in seen:
             raise LabelConfigError(f"label {value!r} appears twice in <{control.tag} name={_attr(control, 'name')!r}>; "
                                    "label values must be unique")
         labels.append(value)
+        seen.add(value)
+        if max_labels and len(labels) > max_labels:
+            raise _too_many_classes(control, max_labels - 1)
         if marked is None and _attr(el, IGNORE_ATTRIBUTE).lower() == "ignore":
             marked = value
     if marked is None:
         marked = next((v for v in labels if v.strip().lower() in IGNORE_VALUES), None)
     return labels, marked
+
+
+def _too_many_classes(control: ET.Element, max_classes: int) -> LabelConfigTooLarge:
+    return LabelConfigTooLarge(f"<{control.tag} name={_attr(control, 'name')!r}> has more than MAX_CLASSES="
+                               f"{max_classes} classes: merge classes or raise MAX_CLASSES")
 
 
 def _image_of(control: ET.Element, images: dict[str, ET.Element]) -> str:

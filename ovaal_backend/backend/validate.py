@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import request
 
-from ..config import MAX_PROJECT_ID, Config
+from ..config import MAX_PROJECT_ID, Config, is_loopback_host
+from .convert import LabelConfigError, LabelConfigTooLarge
+from .project.context import parse_label_config
 from .project.events import ANNOTATION_ACTIONS
 
 MAX_TASK_ID = 2**63 - 1
@@ -100,8 +103,51 @@ def predict_tasks(tasks: Any, most: int) -> list[dict[str, Any]]:
     return tasks
 
 
-def check_event(action: str, body: dict[str, Any]) -> None:
-    """400 for a webhook whose annotations, tasks or label config have the wrong shape (nothing is stored)."""
+def host_header_allowed(host: str, config: Config) -> bool:
+    """Whether a request's Host header names this machine: ``localhost`` (and ``*.localhost``), a loopback address,
+    HOST itself or a name in ALLOWED_HOST_NAMES; any port.
+
+    Why: on a loopback HOST without basic auth, a web page the user visits can rebind its own name to 127.0.0.1
+    (DNS rebinding) and then call the backend from the browser; its requests carry the page's name in Host.
+    """
+    try:
+        name = (urlsplit(f"//{host.strip()}").hostname or "").rstrip(".")
+    except ValueError:  # a malformed bracketed address
+        return False
+    if name == "localhost" or name.endswith(".localhost") or is_loopback_host(name):
+        return True
+    return name in (config.host.strip().strip("[]").lower(), *config.host_names)
+
+
+def check_task_projects(tasks: list[dict[str, Any]], project_id: int) -> None:
+    """400 for a /predict task that names another project than the call's: a project's model (and the image
+    fetches it makes) serves only that project's tasks."""
+    for i, task in enumerate(tasks):
+        if "project" not in task:
+            continue
+        try:
+            task_project = parse_project_uid(task["project"])[0]
+        except ValueError:
+            task_project = None
+        if task_project != project_id:
+            raise BadRequest(f"tasks[{i}] belongs to project {_describe(task['project'])}, not to project "
+                             f"{project_id} of this call: ask /predict once per project")
+
+
+def check_label_config(schema: str, config: Config) -> None:
+    """400 naming the setting for a label config past MAX_LABEL_CONFIG_KB or MAX_CLASSES (other faults of a config
+    are the worker's to log: it keeps the old config)."""
+    try:
+        parse_label_config(schema, config)
+    except LabelConfigTooLarge as err:
+        raise BadRequest(str(err)) from None
+    except (LabelConfigError, ValueError, RecursionError):
+        pass
+
+
+def check_event(action: str, body: dict[str, Any], config: Config) -> None:
+    """400 for a webhook whose annotations, tasks or label config have the wrong shape or size (nothing is
+    stored)."""
     if action in ANNOTATION_ACTIONS:
         for annotation in _one_or_many(body.get("annotation")):
             task = annotation.get("task") if isinstance(annotation, dict) else None
@@ -123,6 +169,8 @@ def check_event(action: str, body: dict[str, Any]) -> None:
         schema = project.get("label_config") if isinstance(project, dict) else None
         if schema is not None and not isinstance(schema, str):
             raise BadRequest("PROJECT_UPDATED: the project's 'label_config' must be a string")
+        if schema is not None:
+            check_label_config(schema, config)
 
 
 def _one_or_many(value: Any) -> list[Any]:

@@ -72,10 +72,13 @@ def round_job_id(generation: int, version: int, ended_round: int) -> str:
 @dataclass
 class RoundResult:
     """What a round's work produced: the trained version (or the one it started from), the next round's queries
-    and the dense-mask files, each keyed like ``RoundJob.keys``."""
+    and the dense-mask files, each keyed like ``RoundJob.keys``, and the class list it was made with (the job's):
+    class indices in its masks and queries mean these names, so a project whose classes changed meanwhile must
+    not publish it."""
 
     version: int
     next_round: int | None
+    classes: list[str] = field(default_factory=list)
     training: dict[str, Any] | None = None
     queries: dict[int, Queries] = field(default_factory=dict)
     sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -87,7 +90,8 @@ def run_round(job: RoundJob) -> RoundResult:
     """Train on every click (unless nothing is trainable or this is the start), then select and predict."""
     plan = RoundPlan.from_config(job.config)
     keys, images, sizes, points, unreadable = _load_pool(job)
-    result = RoundResult(version=job.version - 1, next_round=plan.next_round(job.ended_round), unreadable=unreadable)
+    result = RoundResult(version=job.version - 1, next_round=plan.next_round(job.ended_round),
+                         classes=list(job.classes), unreadable=unreadable)
     result.sizes = dict(zip(keys, sizes))
     if not keys:
         return result

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...config import IGNORE_INDEX, Config
 from ..client import LabelStudioClient
-from ..convert import LabelConfigError, LabelInterface
+from ..convert import LabelConfigError, LabelInterface, check_label_config_size
 from ..images import ImageFetcher
 from ..round_store import RoundStore
 from ..store import LabelStore
@@ -43,8 +43,10 @@ def parse_label_config(xml: str, config: Config) -> LabelInterface:
 
     Raises:
         LabelConfigError: The config cannot drive the loop; the message says what to add.
+        LabelConfigTooLarge: It is past MAX_LABEL_CONFIG_KB or MAX_CLASSES (checked before or while parsing).
     """
-    iface = LabelInterface.parse(xml, config.query_from_name, config.mask_from_name)
+    check_label_config_size(xml, config.max_label_config_kb)
+    iface = LabelInterface.parse(xml, config.query_from_name, config.mask_from_name, config.max_classes)
     if iface.query_from_name is None:
         raise LabelConfigError("the backend asks annotators about points, and this config has no <KeyPointLabels>: "
                                f"add these lines inside <View>, after the <Image> tag: {keypoint_lines(iface, xml)}")

@@ -23,6 +23,7 @@ import logging
 import shutil
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +33,7 @@ from ...config import Config
 from ...engine.job import START, RoundJob
 from ...engine.learner import ActiveLearner
 from ...engine.rounds import RoundPlan
-from ..client import LabelStudioClient, LabelStudioError
+from ..client import ImageHostRefused, LabelStudioClient, LabelStudioError
 from ..convert import brush_results
 from ..jobs import InProcessJobs, JobFailedError, JobRunner
 from ..progress import project_facts
@@ -53,6 +54,10 @@ from .state import (
 from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
+
+
+SETUP_HOSTS_KEPT = 8
+"""Most /setup Host headers remembered per project (the newest): one per address Label Studio was given for us."""
 
 
 class ProjectMismatchError(RuntimeError):
@@ -99,10 +104,12 @@ class ProjectDriver:
         """A copy of the persisted state."""
         return self.ctx.state
 
-    def setup(self, uid: str, schema: str) -> str:
+    def setup(self, uid: str, schema: str, host: str = "") -> str:
         """Handle /setup: validate the label config, record it, and queue what it changes; returns the version.
 
-        Kept fast (Label Studio waits 3 s): the label config is applied and round 0 started by the worker.
+        Kept fast (Label Studio waits 3 s): the label config is applied and round 0 started by the worker. ``host``
+        (the call's Host header) is remembered: it names the ML backend entry that is this backend (see
+        ``Upkeep.ensure_webhook_auth``).
 
         Raises:
             LabelConfigError: The label config cannot drive the loop.
@@ -119,6 +126,8 @@ class ProjectDriver:
                 raise ProjectMismatchError(
                     f"{self.root} holds Label Studio project {state.uid} but this is {uid} (the same id in "
                     "a re-created Label Studio?): move that folder away or use another MODEL_DIR")
+            if host and host not in self.ctx.state.setup_hosts:
+                self.ctx.update(setup_hosts=[*self.ctx.state.setup_hosts, host][-SETUP_HOSTS_KEPT:])
             state = self.ctx.state
             new_schema = schema != state.label_config and schema != self.events.queued_schema
             if state.phase == PHASE_NEW or new_schema:
@@ -277,10 +286,12 @@ class ProjectDriver:
         except JobFailedError as err:
             self._hold(state, job, err)
             return
-        bad_images = {**unreachable, **result.unreadable}
-        for key, reason in result.unreadable.items():
-            log.error("project %s: task %d: its image cannot be read, left out of this round: %s", self.key, key,
-                      reason)
+        if result.classes != self.ctx.state.classes:
+            log.warning("project %s: the classes changed while round job %s ran (%s, now %s): its result is dropped "
+                        "and the job runs again", self.key, job.job_id, result.classes, self.ctx.state.classes)
+            return
+        bad_images = {**unreachable, **{key: self._image_problem(key, reason) for key, reason in
+                                        result.unreadable.items()}}
         self.ctx.rounds.set_quarantine(self.key, "image", bad_images)
         self.publisher.record(result)
         if result.training is not None:
@@ -292,7 +303,8 @@ class ProjectDriver:
                         "stays as it is", self.key)
         round_index = state.round if result.next_round is None else result.next_round
         self.ctx.update(version=result.version, round=round_index, phase=PHASE_PUBLISHING,
-                        fresh_model=state.fresh_model and result.training is None, failed_job={})
+                        fresh_model=state.fresh_model and result.training is None, failed_job={},
+                        result_classes=list(result.classes))
 
     def _hold(self, state: ProjectState, job: RoundJob, err: JobFailedError) -> None:
         """Record a job that failed for good: the project waits (``held_job``) instead of failing it again."""
@@ -311,9 +323,7 @@ class ProjectDriver:
             try:
                 path = self.ctx.model.image_path(task_id, self.ctx.image_url(sources[task_id]))
             except Exception as err:  # one unreachable image must not stop the round
-                unreachable[task_id] = _reason(err)
-                log.error("project %s: task %d: its image cannot be fetched, left out of this round: %s", self.key,
-                          task_id, err)
+                unreachable[task_id] = self._image_problem(task_id, err)
                 continue
             keys.append(task_id)
             paths.append(str(path))
@@ -324,8 +334,45 @@ class ProjectDriver:
                         version=version, generation=state.generation, fine_tune=not state.fresh_model,
                         masks_dir=str(self.root / "masks" / version_name(version))), unreachable
 
+    def _drop_result(self, state: ProjectState) -> None:
+        """The classes changed after the round job's result was recorded: publish none of it (its masks' and
+        pre-labels' class indices mean the old names) and train again with the new classes.
+
+        The round whose queries were being published ends unasked (its tasks already in Label Studio are retired by
+        the next publish); a final result is simply made again.
+        """
+        log.warning("project %s: the classes changed while %s was being published (%s, now %s): the rest of it is "
+                    "dropped and the model trained again", self.key, version_name(state.version),
+                    state.result_classes, state.classes)
+        shutil.rmtree(self.root / "masks" / version_name(state.version), ignore_errors=True)
+        ended = state.training_round if state.final else state.round
+        self.ctx.update(phase=PHASE_TRAINING, training_round=ended, final=state.final or self.plan.is_last(ended),
+                        round_end_requested="", new_annotations=0, result_classes=[])
+
+    def _image_problem(self, task_id: int, err: BaseException | str) -> str:
+        """Log why a task's image is left out of this round (URL, path and the peer's answer), and return the reason
+        /metrics shows: its kind and the log line's reference, never the URL or the peer's text (task data is
+        anyone's who can add tasks: showing which hosts answered what would make the backend a port scanner)."""
+        ref, text = uuid.uuid4().hex[:8], err if isinstance(err, str) else _reason(err)
+        log.error("project %s: task %d: its image is left out of this round (ref %s): %s", self.key, task_id, ref,
+                  text)
+        if isinstance(err, ImageHostRefused):
+            kind = str(err)
+        elif isinstance(err, LabelStudioError):
+            kind = "the image could not be downloaded" + (f" (HTTP {err.status})" if err.status else "")
+        elif "MAX_IMAGE_PIXELS" in text:
+            kind = "the image has more pixels than MAX_IMAGE_PIXELS"
+        elif "not an image" in text:
+            kind = "the download is not an image"
+        else:
+            kind = "the image cannot be read"
+        return f"{kind}; see the backend's log (ref {ref})"
+
     def _publish(self, state: ProjectState) -> None:
         """Import the round's query tasks, push dense masks, then switch the project to the version."""
+        if state.result_classes and state.result_classes != state.classes:
+            self._drop_result(state)
+            return
         created = 0 if state.final else self.publisher.publish_queries(state.round, state.version)
         if state.final or state.round > 0:
             self.publisher.retire_round(state.round if state.final else state.round - 1)

@@ -80,6 +80,8 @@ class ProjectState:
     check_project_at: float | None = None
     query_view_id: int = 0
     failed_job: dict[str, Any] = field(default_factory=dict)
+    setup_hosts: list[str] = field(default_factory=list)  # Host headers of /setup calls: how Label Studio reaches us
+    result_classes: list[str] = field(default_factory=list)  # the classes the result being published was made with
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProjectState:

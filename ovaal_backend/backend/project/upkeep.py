@@ -7,6 +7,7 @@ import base64
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from .context import ProjectContext
 from .state import PHASE_NEW, QUERY_VIEW_FILTERS, QUERY_VIEW_ORDERING, QUERY_VIEW_TITLE, version_name
@@ -60,8 +61,9 @@ class Upkeep:
     def ensure_webhook_auth(self) -> None:
         """Give the project's webhook to this backend our basic-auth header.
 
-        Only webhooks of ML backends connected with our BASIC_AUTH_USER are touched, so no other backend ever
-        receives our password.
+        Only the webhook of the ML backend entry that is this backend gets it: connected with our BASIC_AUTH_USER
+        and with BACKEND_URL as its URL, or (without BACKEND_URL) at an address Label Studio called /setup at. Another
+        backend connected with the same user name never receives our password.
         """
         config, client, pid = self.ctx.config, self.ctx.client, self.ctx.project_id
         if not config.basic_auth_user:
@@ -69,10 +71,13 @@ class Upkeep:
         token = base64.b64encode(f"{config.basic_auth_user}:{config.basic_auth_pass}".encode()).decode()
         header = f"Basic {token}"
         ours = {str(ml.get("url", "")).rstrip("/") + "/webhook" for ml in client.list_ml_backends(pid)
-                if ml.get("auth_method") == "BASIC_AUTH" and ml.get("basic_auth_user") == config.basic_auth_user}
+                if ml.get("auth_method") == "BASIC_AUTH" and ml.get("basic_auth_user") == config.basic_auth_user
+                and self.is_own_url(str(ml.get("url", "")))}
         if not ours:
-            log.warning("project %s: no ML backend connected with basic-auth user %r; webhooks to this backend "
-                        "will be refused (401) unless they carry the header", self.ctx.key, config.basic_auth_user)
+            log.warning("project %s: no ML backend connected with basic-auth user %r at this backend's address "
+                        "(BACKEND_URL=%r, /setup reached us as %s); webhooks to this backend will be refused (401) "
+                        "unless they carry the header", self.ctx.key, config.basic_auth_user, config.backend_url,
+                        self.ctx.state.setup_hosts or "nothing yet")
             return
         for hook in client.list_webhooks(pid):
             headers = dict(hook.get("headers") or {})
@@ -80,6 +85,14 @@ class Upkeep:
                 client.update_webhook(int(hook["id"]), headers={**headers, "Authorization": header})
                 log.info("project %s: added our basic-auth header to webhook %s (%s)", self.ctx.key, hook["id"],
                          hook["url"])
+
+    def is_own_url(self, url: str) -> bool:
+        """Whether an ML backend URL Label Studio lists is this backend's: BACKEND_URL when set, else one whose
+        host and port Label Studio sent /setup to (the Host header of those calls)."""
+        if self.ctx.config.backend_url:
+            return url.rstrip("/") == self.ctx.config.backend_url.rstrip("/")
+        listed = endpoint(url)
+        return bool(listed[0]) and listed in {endpoint(f"//{host}") for host in self.ctx.state.setup_hosts}
 
     def sync(self, check: bool) -> None:
         """Uncertainty sampling and the current version on the Label Studio project.
@@ -106,3 +119,16 @@ class Upkeep:
             versions = self.ctx.state.versions_in_label_studio
             if version not in versions:
                 self.ctx.update(versions_in_label_studio=sorted({*versions, version}))
+
+
+def endpoint(url: str) -> tuple[str, int | None]:
+    """``(host, port)`` of a URL (or ``//host:port``) in lower case, the port None when it is the scheme's default or
+    absent: a Host header omits the default port, a URL may spell it out."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return "", None
+    if port == {"http": 80, "https": 443}.get(parts.scheme):
+        port = None
+    return (parts.hostname or "").rstrip("."), port
