@@ -145,6 +145,8 @@ class FakeLabelStudio:
     def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> int:
         self._call("import_predictions", predictions)
         names = set(re.findall(r'name="([^"]+)"', self.projects[project_id]["label_config"]))
+        if any(prediction["task"] not in self.tasks for prediction in predictions):  # as Label Studio 1.23.2 does
+            raise LabelStudioError("POST import/predictions answered 400: a task does not exist", 400)
         created = 0
         for prediction in predictions:
             if all(r["from_name"] in names for r in prediction["result"]):
@@ -153,6 +155,15 @@ class FakeLabelStudio:
         if created != len(predictions):
             raise LabelStudioError(f"Label Studio created {created} of {len(predictions)} predictions")
         return created
+
+    def get_task(self, task_id: int) -> dict[str, Any] | None:
+        self._call("get_task", task_id)
+        return self._task_view(self.tasks[task_id], True) if task_id in self.tasks else None
+
+    def get_annotation(self, annotation_id: int) -> dict[str, Any] | None:
+        self._call("get_annotation", annotation_id)
+        found = [a for t in self.tasks.values() for a in t["annotations"] if a["id"] == annotation_id]
+        return copy.deepcopy(found[0]) if found else None
 
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         self._call("task_predictions", task_id)

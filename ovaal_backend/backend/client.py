@@ -13,7 +13,10 @@ See docs/label-studio-notes.md for the measured behaviour of each call.
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +31,7 @@ from .link import AUTH_STATUSES, LinkStatus, rejected_cause, unreachable_cause
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
-"""Tasks per page when listing a project (Label Studio answers 404 past the last page, so we stop at ``total``)."""
+"""Tasks per call when listing a project."""
 
 LOCAL_FILES_PREFIX = "/data/local-files/"
 CLOUD_SCHEMES = ("s3://", "gs://", "azure-blob://")
@@ -98,8 +101,12 @@ class LabelStudioClient:
                 self._access_token = response.json()["access"]
             return {"Authorization": f"Bearer {self._access_token}"}
 
-    def request(self, method: str, path: str, expect: Sequence[int] = (200, 201), **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, expect: Sequence[int] = (200, 201), timeout: float | None = None,
+                **kwargs: Any) -> requests.Response:
         """One authenticated call; a 401 with a personal access token gets one retry with a fresh access token.
+
+        Args:
+            timeout: Seconds for the connect and for each read (``LABEL_STUDIO_TIMEOUT`` when None).
 
         Raises:
             LabelStudioError: The answer's status is not in ``expect`` or Label Studio cannot be reached.
@@ -109,7 +116,8 @@ class LabelStudioClient:
         for attempt in range(2):
             try:
                 headers = self.auth_headers(refresh=attempt > 0)
-                response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+                response = self.session.request(method, url, headers=headers, timeout=timeout or self.timeout,
+                                                **kwargs)
             except requests.RequestException as err:
                 cause = unreachable_cause(err, self.url)
                 self.link.failed(cause)
@@ -130,7 +138,6 @@ class LabelStudioClient:
         cause = rejected_cause(status, self.url)
         self.link.failed(cause)
         raise LabelStudioError(f"{call} answered {status}: {cause}", status, cause=cause)
-
 
     # --- projects ----------------------------------------------------------------------------------------------
 
@@ -157,27 +164,41 @@ class LabelStudioClient:
     # --- tasks -------------------------------------------------------------------------------------------------
 
     def iter_tasks(self, project_id: int, all_fields: bool = False) -> Iterator[dict[str, Any]]:
-        """Every task of a project, page by page.
+        """Every task of a project, in id order, ``PAGE_SIZE`` at a time.
+
+        Paged by an id cursor (a Data Manager filter ``id > the last id seen``), not by page number: a task deleted
+        while the listing runs would shift every later page by one, and a numbered page would skip a task that
+        exists (``resync`` then took its annotations for deleted ones).
 
         Args:
             all_fields: Include annotations and predictions (heavy: predictions carry brush RLE). Without it only
                 ``id`` and ``data`` are fetched.
         """
         # resolve_uri=false keeps cloud URIs as stored (s3://...), not presigned URLs that expire
-        params: dict[str, Any] = {"project": int(project_id), "page_size": PAGE_SIZE, "resolve_uri": "false"}
+        params: dict[str, Any] = {"project": int(project_id), "page_size": PAGE_SIZE, "page": 1,
+                                  "resolve_uri": "false"}
         if all_fields:
             params["fields"] = "all"
         else:
             params["include"] = "id,data"
-        seen, page = 0, 1
+        last = 0
         while True:
-            body = self.request("GET", "/api/tasks", params={**params, "page": page}).json()
-            tasks = body.get("tasks", [])
+            body = self.request("GET", "/api/tasks", params={**params, "query": _after_id(last)}).json()
+            tasks = [t for t in body.get("tasks", []) if int(t["id"]) > last]  # never one twice, never a loop
             yield from tasks
-            seen += len(tasks)
-            if not tasks or seen >= int(body.get("total", 0)):
+            if not tasks or len(tasks) >= int(body.get("total", 0)):  # total: the tasks after ``last``
                 return
-            page += 1
+            last = max(int(t["id"]) for t in tasks)
+
+    def get_task(self, task_id: int) -> dict[str, Any] | None:
+        """One task (``id``, ``data``, ``annotations``, ...), or None when Label Studio answers 404 (deleted)."""
+        response = self.request("GET", f"/api/tasks/{int(task_id)}", expect=(200, 404))
+        return None if response.status_code == 404 else response.json()
+
+    def get_annotation(self, annotation_id: int) -> dict[str, Any] | None:
+        """One annotation (with its ``task`` id), or None when Label Studio answers 404 (deleted, or its task was)."""
+        response = self.request("GET", f"/api/annotations/{int(annotation_id)}/", expect=(200, 404))
+        return None if response.status_code == 404 else response.json()
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
         """Create tasks (with inline predictions); returns their ids in request order.
@@ -239,50 +260,99 @@ class LabelStudioClient:
         self.request("DELETE", f"/api/dm/views/{int(view_id)}/", expect=(200, 204, 404))
 
     def download(self, url: str, task_id: int | None = None) -> bytes:
-        """The bytes behind a task's image URL.
+        """The bytes behind a task's image URL, within ``download_seconds`` in all.
 
         Relative URLs (``/data/upload/...``, ``/data/local-files/?d=...``) and absolute URLs on Label Studio's host
         are fetched with the token; other absolute URLs without it; cloud URIs (``s3://`` ...) through Label
         Studio's presign endpoint of the task.
+
+        Raises:
+            LabelStudioError: The image cannot be fetched, is larger than ``max_download_bytes``, or did not arrive
+                within ``download_seconds`` (counted from the request; a server that drips the body is cut off at
+                the limit; while the headers come, each read has the smaller of the two timeouts).
         """
+        deadline = time.monotonic() + self.download_seconds
+        timeout = min(self.timeout, self.download_seconds)  # each read while the headers come
         if url.startswith(CLOUD_SCHEMES):
             if task_id is None:
                 raise LabelStudioError(f"cannot fetch {url}: a cloud URI needs its task id for Label Studio's presign")
             encoded = base64.urlsafe_b64encode(url.encode()).decode()
             response = self.request("GET", f"/tasks/{int(task_id)}/presign/", params={"fileuri": encoded},
-                                    stream=True)
-            return self._read_limited(response, url)
+                                    stream=True, timeout=timeout)
+            return self._read_limited(response, url, deadline)
         absolute = urljoin(self.url + "/", url)
         if urlparse(absolute).netloc == urlparse(self.url).netloc:
             if not urlparse(absolute).path.startswith(MEDIA_PREFIXES):
                 raise LabelStudioError(f"refusing to fetch {url} with the API token: on Label Studio's host only "
                                        f"media paths ({', '.join(MEDIA_PREFIXES)}) are images")
-            return self._read_limited(self.request("GET", absolute, stream=True), url)
+            return self._read_limited(self.request("GET", absolute, stream=True, timeout=timeout), url, deadline)
         check_image_host(absolute, self.image_hosts)
         try:
-            response = self.session.get(absolute, timeout=self.timeout, stream=True, allow_redirects=False)
+            response = self.session.get(absolute, timeout=timeout, stream=True, allow_redirects=False)
         except requests.RequestException as err:
             raise LabelStudioError(f"GET {absolute} failed: {err}") from err
         if response.status_code != 200:
+            response.close()
             raise LabelStudioError(f"GET {absolute} answered {response.status_code}", response.status_code)
-        return self._read_limited(response, url)
+        return self._read_limited(response, url, deadline)
 
-    def _read_limited(self, response: requests.Response, url: str) -> bytes:
-        """The body, or LabelStudioError past ``max_download_bytes`` or ``download_seconds`` in all (a slow drip
-        must not hold a worker longer than the total limit; the per-read timeout alone does not bound it)."""
-        deadline = time.monotonic() + self.download_seconds
+    def _read_limited(self, response: requests.Response, url: str, deadline: float) -> bytes:
+        """The body, or LabelStudioError past ``max_download_bytes`` or the ``deadline`` (monotonic).
+
+        A read blocks until its whole chunk came, so a server that drips bytes slower than the per-read timeout
+        would hold a worker for as long as it likes; a watchdog timer shuts the socket down at the deadline, which
+        ends a blocked read at once.
+        """
         chunks, size = [], 0
-        with response:
-            for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > self.max_download_bytes:
-                    raise LabelStudioError(f"{url}: larger than {self.max_download_bytes // 2**20} MiB "
-                                           "(MAX_DOWNLOAD_MB)")
-                if time.monotonic() > deadline:
-                    raise LabelStudioError(f"{url}: not downloaded within {self.download_seconds:.0f} s "
-                                           "(DOWNLOAD_SECONDS)")
-                chunks.append(chunk)
+        watchdog = _Watchdog(response, deadline - time.monotonic())
+        try:
+            with response, watchdog:
+                for chunk in response.iter_content(64 * 1024):
+                    size += len(chunk)
+                    if size > self.max_download_bytes:
+                        raise LabelStudioError(f"{url}: larger than {self.max_download_bytes // 2**20} MiB "
+                                               "(MAX_DOWNLOAD_MB)")
+                    chunks.append(chunk)
+        except (requests.RequestException, OSError) as err:
+            if not watchdog.fired:
+                raise LabelStudioError(f"{url}: download failed: {err}") from err
+        if watchdog.fired:  # also when the cut looked like the end of a body without a length
+            raise LabelStudioError(f"{url}: not downloaded within {self.download_seconds:g} s (DOWNLOAD_SECONDS)")
         return b"".join(chunks)
+
+
+class _Watchdog:
+    """Ends a download at its deadline by shutting its socket down, which wakes a read blocked on it (closing the
+    response from another thread would not). Stopped before the response closes, so it never touches a file
+    descriptor that was closed and reused."""
+
+    def __init__(self, response: requests.Response, seconds: float) -> None:
+        self.response = response
+        self.fired = False
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._stopped = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self.fired = True
+            try:
+                with socket.socket(fileno=os.dup(self.response.raw.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)  # on the socket itself: every descriptor of it sees the end
+            except (OSError, ValueError, AttributeError):
+                pass  # no socket (already closed, or not a socket): the read has ended or cannot block
 
 
 class ImageHostRefused(LabelStudioError):
@@ -307,6 +377,12 @@ def check_image_host(url: str, allowed: frozenset[str]) -> None:
     if port is None or not name or not ({f"{name}:{port}"} & allowed or (default and name in allowed)):
         raise ImageHostRefused("the image's host is neither Label Studio's nor in ALLOWED_IMAGE_HOSTS, so it is not "
                                "fetched")
+
+
+def _after_id(last: int) -> str:
+    """The Data Manager ``query`` of the tasks with an id above ``last``, by id."""
+    item = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": int(last)}
+    return json.dumps({"filters": {"conjunction": "and", "items": [item]}, "ordering": ["tasks:id"]})
 
 
 def client_from_config(config: Config) -> LabelStudioClient:

@@ -3,7 +3,9 @@
 A round's result becomes one row per query task and one per mask, each updated on its own as it reaches Label Studio,
 so publishing costs the same per task whatever the project's size (no file rewritten whole), and a crash resumes
 at the first row not yet done. Statuses: a query row is ``planned`` -> ``importing`` (sent in a batch whose answer
-may be lost) -> ``imported`` (its task id known); a mask row is ``todo`` -> ``sending`` -> ``pushed``.
+may be lost) -> ``imported`` (its task id known); a mask row is ``todo`` -> ``sending`` -> ``pushed``. A row whose
+source task was deleted from Label Studio ends ``gone`` (never sent again); a mask Label Studio refuses for a task
+that exists ends ``refused`` (logged; the next version's mask is sent as usual).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ CREATE TABLE IF NOT EXISTS query_tasks (
     PRIMARY KEY (project, task_id)
 );
 CREATE INDEX IF NOT EXISTS query_tasks_round ON query_tasks (project, round_index);
+CREATE INDEX IF NOT EXISTS query_tasks_source ON query_tasks (project, source_task_id, task_id);
 CREATE TABLE IF NOT EXISTS round_queries (
     project TEXT NOT NULL,
     round_index INTEGER NOT NULL,
@@ -70,6 +73,7 @@ CREATE TABLE IF NOT EXISTS trainings (
 
 PLANNED, IMPORTING, IMPORTED = "planned", "importing", "imported"
 TODO, SENDING, PUSHED = "todo", "sending", "pushed"
+GONE, REFUSED = "gone", "refused"
 
 
 class RoundStore(SqliteFile):

@@ -205,22 +205,41 @@ class EventApplier:
         """Queue every annotation Label Studio has as an update, and a deletion for stored ones it no longer has.
 
         For webhooks that were lost: the worker applies the queued events like live ones (idempotent per
-        annotation id). Returns ``(annotations queued, deletions queued)``.
+        annotation id). A stored annotation the listing did not show is deleted (and its clicks tombstoned for
+        good) only when Label Studio answers 404 for it; one it still has (added to a task the listing had
+        passed) is queued as an update. Returns ``(annotations queued, deletions queued)``.
+
+        Raises:
+            LabelStudioError: Label Studio failed to answer; nothing is deleted on a guess, run it again.
         """
         seen: set[int] = set()
         queued = 0
         for task in self.ctx.client.iter_tasks(self.ctx.project_id, all_fields=True):
-            brief = {"id": task["id"], "data": task.get("data") or {}}
             for annotation in task.get("annotations") or []:
-                annotation = dict(annotation, task=task["id"])
                 seen.add(int(annotation["id"]))
-                self.ctx.store.add_event(self.ctx.key, "ANNOTATION_UPDATED", {"annotation": annotation, "task": brief})
+                self._queue_update(annotation, task)
                 queued += 1
-        gone = sorted(self.ctx.store.annotation_ids(self.ctx.key) - seen)
+        gone = []
+        for annotation_id in sorted(self.ctx.store.annotation_ids(self.ctx.key) - seen):
+            annotation = self.ctx.client.get_annotation(annotation_id)
+            if annotation is None:
+                gone.append(annotation_id)
+                continue
+            task_id = _task_id(annotation.get("task"))
+            task = None if task_id is None else self.ctx.client.get_task(task_id)
+            if task is not None:  # a task deleted meanwhile: its annotation's 404 comes with the next resync
+                self._queue_update(annotation, task)
+                queued += 1
         if gone:
             self.ctx.store.add_event(self.ctx.key, "ANNOTATIONS_DELETED", {"annotations": [{"id": i} for i in gone]})
         log.info("project %s: resync queued %d annotations and %d deletions", self.ctx.key, queued, len(gone))
         return queued, len(gone)
+
+    def _queue_update(self, annotation: dict[str, Any], task: dict[str, Any]) -> None:
+        """Queue an annotation Label Studio holds as an ANNOTATION_UPDATED event, as its webhook would send it."""
+        brief = {"id": task["id"], "data": task.get("data") or {}}
+        self.ctx.store.add_event(self.ctx.key, "ANNOTATION_UPDATED",
+                                 {"annotation": dict(annotation, task=task["id"]), "task": brief})
 
 
 def _text(value: Any) -> str | None:

@@ -3,6 +3,11 @@
 Each row is updated on its own as it reaches Label Studio, so publishing resumes after a crash at the first row not
 done, and costs the same per task at any project size. A batch whose answer was lost is reconciled by reading Label
 Studio back: query tasks are adopted by their own markers (never imported twice), masks by their model version.
+
+Source tasks can be deleted in Label Studio at any time, also while their round trains. Label Studio refuses a whole
+``import/predictions`` batch (400) when one of its tasks is gone, so the sources are listed again before publishing,
+and a refused batch is split in halves until the tasks that are gone are found: their rows end ``gone``, the rest
+is sent, and the project goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from ...engine.job import RoundResult, read_mask
 from ...engine.learner import Queries
 from ..client import LabelStudioError
 from ..convert import brush_results, keypoint_results
-from ..round_store import IMPORTED, IMPORTING, PLANNED, PUSHED, SENDING, TODO
+from ..round_store import GONE, IMPORTED, IMPORTING, PLANNED, PUSHED, REFUSED, SENDING, TODO
 from .context import ProjectContext
 from .state import QUERY_MARKER, ROUND_KEY, SOURCE_KEY, version_name
 from .upkeep import Upkeep
@@ -29,8 +34,6 @@ PUSH_BATCH = 16
 MASK_SCORE = 1.0
 """Task score of a dense-mask prediction. Query scores (certainty) lie in [0, 1), so with uncertainty sampling Label
 Studio serves every open query task before any source task; each mask region carries its own mean confidence."""
-GONE = "gone"
-"""Status of a planned query whose source task no longer exists in Label Studio."""
 
 
 class Publisher:
@@ -67,7 +70,7 @@ class Publisher:
     def publish_queries(self, round_index: int, version: int) -> int:
         """Import the round's planned query tasks in batches; returns how many of the round's tasks exist now."""
         self._adopt(round_index, version)
-        sources = self.ctx.rounds.sources(self.ctx.key)
+        sources = self.ctx.list_sources()  # listed again: a source deleted while the round trained gets no query
         while batch := self.ctx.rounds.queries(self.ctx.key, round_index, PLANNED, IMPORT_BATCH):
             gone = [src for src, _, _ in batch if src not in sources]
             self.ctx.rounds.set_query_status(self.ctx.key, round_index, gone, GONE)
@@ -147,7 +150,12 @@ class Publisher:
     # --- dense masks -------------------------------------------------------------------------------------------
 
     def push_masks(self, version: int) -> int:
-        """Push the version's planned masks in batches; returns how many were pushed by this call."""
+        """Push the version's planned masks in batches; returns how many were pushed by this call.
+
+        Masks of source tasks deleted since the job listed them are forgotten (``gone``), first by listing the
+        sources again, then by splitting any batch Label Studio refuses (a task deleted during the push).
+        """
+        self._forget_gone_masks(version, set(self.ctx.list_sources()))
         self._reconcile_masks(version)
         name, pushed = version_name(version), 0
         while batch := self.ctx.rounds.masks(self.ctx.key, version, TODO, PUSH_BATCH):
@@ -158,13 +166,57 @@ class Publisher:
                 predictions.append({"task": source, "result": result, "score": MASK_SCORE, "model_version": name})
             sources = [source for source, _ in batch]
             self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, SENDING)
-            self.ctx.client.import_predictions(self.ctx.project_id, predictions)
-            self.upkeep.mark_version(version)
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, PUSHED)
-            pushed += len(batch)
+            refused = self.send_predictions(predictions)
+            gone = [task for task, exists in refused.items() if not exists]
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, GONE)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, set(refused) - set(gone), REFUSED)
+            done = [source for source in sources if source not in refused]
+            if done:
+                self.upkeep.mark_version(version)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, done, PUSHED)
+            pushed += len(done)
         if pushed:
             log.info("project %s: dense masks of %s pushed to %d source tasks", self.ctx.key, name, pushed)
         return pushed
+
+    def send_predictions(self, predictions: list[dict[str, Any]]) -> dict[int, bool]:
+        """Add predictions to their tasks; returns the tasks Label Studio refused them for, each with whether the
+        task still exists (False: deleted).
+
+        Label Studio answers 400 for the whole batch when one task is gone, so a refused batch is split in halves
+        until each refused prediction stands alone: ``k`` refused tasks in a batch of ``n`` cost about
+        ``2 k log2(n)`` calls, and every other prediction is created once.
+
+        Raises:
+            LabelStudioError: Anything but a 400 (Label Studio unreachable, a dropped prediction): retried later.
+        """
+        try:
+            self.ctx.client.import_predictions(self.ctx.project_id, predictions)
+            return {}
+        except LabelStudioError as err:
+            if err.status != 400:
+                raise
+            if len(predictions) > 1:
+                half = len(predictions) // 2
+                return {**self.send_predictions(predictions[:half]), **self.send_predictions(predictions[half:])}
+            task_id = int(predictions[0]["task"])
+            exists = self.ctx.client.get_task(task_id) is not None
+            if exists:
+                log.error("project %s: Label Studio refuses the prediction for task %d, which exists; it is left "
+                          "without this version's mask: %s", self.ctx.key, task_id, err)
+            else:
+                log.warning("project %s: task %d was deleted in Label Studio; its mask is dropped", self.ctx.key,
+                            task_id)
+            return {task_id: exists}
+
+    def _forget_gone_masks(self, version: int, sources: set[int]) -> None:
+        """Mark the version's unsent masks of tasks that are no longer sources ``gone``."""
+        for status in (TODO, SENDING):
+            gone = [s for s, _ in self.ctx.rounds.masks(self.ctx.key, version, status) if s not in sources]
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, GONE)
+            if gone:
+                log.warning("project %s: %d source task(s) were deleted in Label Studio since %s trained; their "
+                            "masks are dropped", self.ctx.key, len(gone), version_name(version))
 
     def _reconcile_masks(self, version: int) -> None:
         """Masks of a batch whose answer was lost: pushed if Label Studio has a prediction of the version."""
