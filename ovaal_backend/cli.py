@@ -64,6 +64,14 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-void", action="store_true", default=None,
                    help="PixelPick's convention: never query ground-truth void pixels")
     p.add_argument("--seed", type=int)
+    p.add_argument("--image-size", type=_image_size, help="training size HxW, e.g. 176x240 (default: the preset's)")
+    p.add_argument("--encoder-lr-ratio", type=float, help="encoder learning rate / LR (PixelPick: 0.1)")
+    p.add_argument("--final-from-scratch", action="store_true", default=None,
+                   help="train the final model afresh on every label (the converged preset does)")
+    p.add_argument("--logit-taus", default="",
+                   help="comma-separated logit-adjustment strengths also measured (e.g. 0.5,1; engine/adjust.py)")
+    p.add_argument("--convergence-check", action="store_true",
+                   help="train the final phase again with twice its epochs on the same labels (RESULT: convergence)")
     p.add_argument("--encoder-weights", help="imagenet | lite0-offline | none | PATH")
     p.add_argument("--encoder", help="any segmentation_models_pytorch encoder name")
     p.add_argument("--arch", help="any segmentation_models_pytorch architecture (deeplabv3plus, unet, ...)")
@@ -89,14 +97,26 @@ def simulation_config(args: argparse.Namespace) -> Config:
              "device": args.device, "num_threads": args.threads,
              "diversity_top_fraction": args.diversity_top_fraction, "class_balance": args.class_balance,
              "lr_schedule": args.lr_schedule, "keep_optimizer": args.keep_optimizer, "semi_rule": args.semi_rule,
-             "semi_teacher": args.semi_teacher}
+             "semi_teacher": args.semi_teacher, "encoder_lr_ratio": args.encoder_lr_ratio,
+             "final_from_scratch": args.final_from_scratch}
     values.update({k: v for k, v in flags.items() if v is not None})
+    if args.image_size:
+        values["image_height"], values["image_width"] = args.image_size
     if args.no_balance:
         values["class_balance"] = 0.0
     multiclass_selection = values.get("selection") in MULTICLASS_SCORERS
-    if multiclass_selection and is_ova(values.get("classifier", Config.classifier)) and args.classifier is None:
+    classifier_chosen = args.classifier is not None or (args.method and "classifier" in METHODS[args.method])
+    if multiclass_selection and is_ova(values.get("classifier", Config.classifier)) and not classifier_chosen:
         values["classifier"] = "multiclass"
     return Config(**values)
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """``HxW`` -> (height, width); argparse turns the ValueError into a usage error naming the flag."""
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit() or int(height) < 1 or int(width) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels, e.g. 176x240")
+    return int(height), int(width)
 
 
 def _split(text: str) -> list[str]:
@@ -111,7 +131,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     result = run_simulation(config, args.train, args.eval, args.max_train_images, args.max_eval_images,
                             progress=not args.quiet, train_prefixes=_split(args.train_prefixes),
                             eval_prefixes=_split(args.eval_prefixes), semi_ablations=_split(args.semi_ablations),
-                            checkpoint=args.save_checkpoint)
+                            checkpoint=args.save_checkpoint,
+                            logit_taus=[float(t) for t in _split(args.logit_taus)],
+                            convergence_check=args.convergence_check, method=args.method)
     write_result(result, args.out)
     if args.plot:
         plot_results([result], args.plot)

@@ -4,12 +4,15 @@ from pathlib import Path
 import pytest
 
 from ovaal_backend.cli import main
+from ovaal_backend.config import Config
+from ovaal_backend.simulator.presets import METHOD_FIELDS
 
 from .synthetic import make_dataset
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-FAST = ["--preset", "cpu", "--encoder-weights", "none", "--rounds", "2", "--pixels-per-round", "6",
-        "--init-pixels", "6", "--first-round-epochs", "2", "--epochs", "1", "--semi-epochs", "1", "--quiet"]
+FAST = ["--preset", "cpu", "--image-size", "48x64", "--encoder-weights", "none", "--rounds", "2",
+        "--pixels-per-round", "6", "--init-pixels", "6", "--first-round-epochs", "2", "--epochs", "1",
+        "--semi-epochs", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,57 @@ def test_table_ii_grid_combinations_are_accepted(folders, tmp_path):
     assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out),
                  "--classifier", "multiclass", "--selection", "ova", *FAST]) == 0
     assert json.loads(out.read_text())["method"] == "multiclass+ova"
+
+
+def test_method_default_is_what_the_backend_runs_with_no_setting(folders, tmp_path):
+    train, val = folders
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out), "--method", "default",
+                 *FAST]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "default" and result["is_default"]
+    assert {k: result["config"][k] for k in METHOD_FIELDS} == {k: getattr(Config(), k) for k in METHOD_FIELDS}
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out), "--method", "default",
+                 "--class-balance", "1", *FAST]) == 0
+    assert not json.loads(out.read_text())["is_default"]
+
+
+def test_table_ii_cells_keep_their_classifier(folders, tmp_path):
+    train, val = folders
+    out = tmp_path / "r.json"
+    for method, classifier, selection in [("ova-margin", "ova-shared", "margin"),
+                                          ("softmax-ovaselect", "multiclass", "ova")]:
+        assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out), "--method", method,
+                     *FAST]) == 0
+        config = json.loads(out.read_text())["config"]
+        assert (config["classifier"], config["selection"], config["class_balance"]) == (classifier, selection, 0.0)
+
+
+def test_converged_preset_trains_the_final_model_afresh_and_measures_pool_masks(folders, tmp_path):
+    train, val = folders
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(out), "--method", "default",
+                 "--preset", "converged", "--image-size", "48x64", "--encoder-weights", "none", "--rounds", "1",
+                 "--init-pixels", "6", "--pixels-per-round", "6", "--first-round-epochs", "1", "--epochs", "1",
+                 "--semi-epochs", "2", "--logit-taus", "0.5,2", "--convergence-check", "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["final_from_scratch"] and result["config"]["encoder_lr_ratio"] == 0.1
+    final = result["rounds"][-1]
+    assert final["phase"] == "final" and set(final["logit_adjusted"]) == {"0.5", "2.0"}
+    pool = result["pool"]
+    assert 0 <= pool["miou"] <= 100 and set(pool["per_class_iou"]) == {"background", "square", "disc"}
+    assert set(pool["logit_adjusted"]) == {"0.5", "2.0"}
+    convergence = result["convergence"]
+    assert (convergence["final_epochs"], convergence["double_epochs"]) == (2, 4)
+    assert convergence["final_miou"] == final["miou"] and 0 <= convergence["double"]["miou"] <= 100
+
+
+def test_image_size_must_be_height_x_width(folders, tmp_path, capsys):
+    train, val = folders
+    with pytest.raises(SystemExit):
+        main(["simulate", "--train", str(train), "--eval", str(val), "--out", str(tmp_path / "r.json"),
+              "--image-size", "48-64"])
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
 
 
 def test_bad_input_gives_a_message_not_a_traceback(folders, tmp_path, capsys):

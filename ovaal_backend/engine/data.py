@@ -202,9 +202,10 @@ def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_size
         a ``Batch``; points that the crop moved outside the image are left out of this batch only.
     """
     height, width = images.shape[-2:]
-    out_images = torch.zeros((len(indices), 3, height, width))
+    device = images.device  # images kept on the GPU are augmented there (no copy per batch)
+    out_images = torch.zeros((len(indices), 3, height, width), device=device)
     weak = torch.zeros_like(out_images)
-    valid = torch.zeros((len(indices), height, width), dtype=torch.bool)
+    valid = torch.zeros((len(indices), height, width), dtype=torch.bool, device=device)
     out_points = []
     for b, i in enumerate(indices):
         image = images[i].float()[None]
@@ -214,7 +215,7 @@ def make_batch(images: torch.Tensor, points: Sequence[np.ndarray], original_size
             image = F.interpolate(image, size=(sh, sw), mode="bilinear", align_corners=False)
         top = _random_offset(sh, height, generator)
         left = _random_offset(sw, width, generator)
-        canvas = torch.zeros((3, height, width))
+        canvas = torch.zeros((3, height, width), device=device)
         src = image[0, :, max(top, 0):max(top, 0) + height, max(left, 0):max(left, 0) + width]
         inside_rows = slice(max(-top, 0), max(-top, 0) + src.shape[1])
         inside_cols = slice(max(-left, 0), max(-left, 0) + src.shape[2])
@@ -255,7 +256,7 @@ def _random_offset(size: int, window: int, generator: torch.Generator) -> int:
 
 
 def _jitter_colour(image: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    factors = torch.empty(3).uniform_(1 - strength, 1 + strength, generator=generator)
+    factors = torch.empty(3).uniform_(1 - strength, 1 + strength, generator=generator).tolist()
     image = image * factors[0]
     mean = image.mean()
     image = (image - mean) * factors[1] + mean

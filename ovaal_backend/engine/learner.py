@@ -101,8 +101,9 @@ class ActiveLearner:
             points: per image, (n_i, 3) (row, col, label) at the original size.
             original_sizes: per image, (height, width).
             semi: the OVAAL+ phase (adds the semi-supervised loss; ``semi_epochs`` by default).
-            final: the phase after the last round (with or without ``semi``): it always continues the last model,
-                so OVAAL's control and OVAAL+ get the same training even when every round retrains from scratch.
+            final: the phase after the last round (with or without ``semi``): it continues the last model (so
+                OVAAL's control and OVAAL+ get the same training even when every round retrains from scratch), or
+                trains a fresh one on every label with ``final_from_scratch`` (the converged protocol).
         """
         final = final or semi
         if epochs is None:
@@ -112,7 +113,7 @@ class ActiveLearner:
                 epochs = self.config.first_round_epochs
             else:
                 epochs = self.config.epochs
-        if self.config.retrain and not final and self.trained_rounds > 0:
+        if self.trained_rounds > 0 and (self.config.final_from_scratch if final else self.config.retrain):
             self.reset_model()
         optimizer = self._optimizer() if self.config.keep_optimizer else None
         result = train_model(self.model, images, points, original_sizes, self.config, epochs, self.device,
@@ -122,8 +123,9 @@ class ActiveLearner:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """The optimiser kept across rounds (``keep_optimizer``), rebuilt when the model was rebuilt."""
-        params = list(self.model.parameters())
-        if self._kept_optimizer is None or self._kept_optimizer.param_groups[0]["params"][0] is not params[0]:
+        first = next(self.model.parameters())
+        kept = self._kept_optimizer
+        if kept is None or not any(p is first for group in kept.param_groups for p in group["params"]):
             self._kept_optimizer = build_optimizer(self.model, self.config)
         return self._kept_optimizer
 

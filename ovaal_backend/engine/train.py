@@ -34,9 +34,17 @@ class TrainResult:
     last_loss: float
 
 
-def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """Adam with the paper's settings (lr 5e-4, betas 0.9 / 0.999, weight decay 2e-4 by default)."""
-    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+def build_optimizer(model: SegmentationClassifier, config: Config) -> torch.optim.Optimizer:
+    """Adam with the paper's settings (lr 5e-4, betas 0.9 / 0.999, weight decay 2e-4 by default).
+
+    The pretrained encoder learns at ``encoder_lr_ratio`` times the rate of the new decoder and heads (PixelPick's
+    recipe: 0.1), so a short training does not wash out what ImageNet taught it.
+    """
+    encoder_ids = {id(p) for encoder in model.encoders() for p in encoder.parameters()}
+    encoder = [p for p in model.parameters() if id(p) in encoder_ids]
+    rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+    groups = [{"params": rest, "lr": config.lr}, {"params": encoder, "lr": config.lr * config.encoder_lr_ratio}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr, betas=(config.beta1, config.beta2),
                             weight_decay=config.weight_decay)
 
 
@@ -143,7 +151,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
             bar.set_postfix(loss=f"{last_loss:.3f}")
     bar.close()
     for group in run.optimizer.param_groups:  # a kept optimiser starts the next round's schedule from the base rate
-        group["lr"] = config.lr
+        group["lr"] = group["initial_lr"]
     model.eval()
     return TrainResult(epochs, iterations, time.perf_counter() - started, last_loss)
 

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import IGNORE_INDEX, Config
+from ..engine.adjust import adjusted_class_map, click_log_prior
 from ..engine.data import SegmentationFolder, resize_images
 from ..engine.learner import ActiveLearner, Queries
 from ..engine.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
@@ -25,11 +26,18 @@ from .presets import METHODS
 
 log = logging.getLogger(__name__)
 
-def method_name(config: Config) -> str:
-    """The shorthand matching a config, or a description of the combination."""
-    for name, settings in METHODS.items():
-        if all(getattr(config, k) == v for k, v in settings.items()):
-            return name
+def method_names(config: Config) -> list[str]:
+    """Every shorthand whose settings a config has (``default`` and ``ovaal`` are the same design today)."""
+    return [name for name, settings in METHODS.items() if all(getattr(config, k) == v for k, v in settings.items())]
+
+
+def method_name(config: Config, asked: str | None = None) -> str:
+    """The shorthand asked for when the config still matches it, else the first matching one, else a description."""
+    names = method_names(config)
+    if asked in names:
+        return str(asked)
+    if names:
+        return names[0]
     return f"{config.classifier}+{config.selection}" + ("+semi" if config.semi else "")
 
 
@@ -74,30 +82,49 @@ def _load_split(folder: SegmentationFolder, chosen: list[int], config: Config, d
 
 
 def evaluate(learner: ActiveLearner, images: torch.Tensor, labels: list[np.ndarray],
-             sizes: list[tuple[int, int]], batch: int = 8) -> torch.Tensor:
-    """Confusion matrix over a whole evaluation set, predicted at each image's original size, void ignored."""
-    confusion = torch.zeros((learner.num_classes, learner.num_classes), dtype=torch.long)
+             sizes: list[tuple[int, int]], batch: int = 8, log_prior: torch.Tensor | None = None,
+             taus: Sequence[float] = (0.0,)) -> dict[float, torch.Tensor]:
+    """Confusion matrices over a whole evaluation set, predicted at each image's original size, void ignored.
+
+    One matrix per logit-adjustment strength in ``taus`` (0 = plain Winner-Takes-All), from one forward pass.
+    """
+    num = learner.num_classes
+    prior = log_prior if log_prior is not None else torch.zeros(num)
+    confusion = {tau: torch.zeros((num, num), dtype=torch.long) for tau in taus}
     for start in range(0, len(labels), batch):
         stop = min(start + batch, len(labels))
         same_size = len({sizes[i] for i in range(start, stop)}) == 1
         groups = [range(start, stop)] if same_size else [range(i, i + 1) for i in range(start, stop)]
         for group in groups:
-            pred = learner.predict_class_map(images[group.start:group.stop], sizes[group.start])
-            target = torch.from_numpy(np.stack([labels[i] for i in group])).to(pred.device)
-            confusion += confusion_matrix(pred, target, learner.num_classes)
+            probabilities = learner.predict_probabilities(images[group.start:group.stop], sizes[group.start])
+            target = torch.from_numpy(np.stack([labels[i] for i in group])).to(probabilities.device)
+            for tau in taus:
+                pred = adjusted_class_map(probabilities, learner.model.is_ova, prior, tau)
+                confusion[tau] += confusion_matrix(pred, target, num).cpu()
     return confusion
+
+
+def describe(confusion: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """mIoU and per-class IoU (percent; None for a class absent from both prediction and truth)."""
+    iou = iou_per_class(confusion)
+    return {"miou": mean_iou(confusion),
+            "per_class_iou": {c: (None if torch.isnan(v) else float(v) * 100) for c, v in zip(classes, iou)}}
 
 
 def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, max_train: int = 0,
                    max_eval: int = 0, progress: bool = True,
                    on_round: Callable[[dict[str, Any]], None] | None = None, train_prefixes: Sequence[str] = (),
                    eval_prefixes: Sequence[str] = (), semi_ablations: Sequence[str] = (),
-                   checkpoint: str | Path | None = None) -> dict[str, Any]:
+                   checkpoint: str | Path | None = None, logit_taus: Sequence[float] = (),
+                   convergence_check: bool = False, method: str | None = None) -> dict[str, Any]:
     """Run the whole loop: random round 0, then ``rounds`` acquisition rounds, then the final (OVAAL+) phase.
 
     ``train_prefixes`` / ``eval_prefixes`` keep only images whose names start with one of them (a split by sequence);
     ``semi_ablations`` (names of SEMI_ABLATIONS) run other OVAAL+ final phases on the same rounds; ``checkpoint``
-    saves the learner after the last active round. Returns the RESULT.json dictionary (mIoU in percent).
+    saves the learner after the last active round; ``logit_taus`` also measures every model with logit adjustment
+    of those strengths (engine/adjust.py); ``convergence_check`` trains the final phase a second time, on the same
+    labels, with twice its epochs. Returns the RESULT.json dictionary (mIoU in percent); its ``pool`` entry measures
+    the final model's dense masks on the pool images themselves (what the backend pushes to Label Studio).
     """
     for name in semi_ablations:
         if name not in SEMI_ABLATIONS:
@@ -105,11 +132,19 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
     configure_torch(config)
     sim = Simulation(config, train_dir, eval_dir, (max_train, train_prefixes), (max_eval, eval_prefixes), progress)
     sim.on_round = on_round
+    sim.taus = (0.0, *[float(t) for t in logit_taus if float(t) != 0.0])
     sim.active_rounds()
     if checkpoint:
         save_checkpoint(checkpoint, sim.learner.state_dict())
+    double = sim.final_twin(False, {"semi_epochs": 2 * config.semi_epochs}) if convergence_check else None
     finals = sim.final_phases(semi_ablations)
-    return sim.result(finals, train_prefixes, eval_prefixes)
+    result = sim.result(finals, train_prefixes, eval_prefixes)
+    result["method"], result["is_default"] = method_name(config, method), "default" in method_names(config)
+    result["pool"] = sim.measure_pool()
+    if double is not None:
+        result["convergence"] = {"final_epochs": config.semi_epochs, "double_epochs": 2 * config.semi_epochs,
+                                 "final_miou": result["rounds"][-1]["miou"], "double": double}
+    return result
 
 
 class Simulation:
@@ -135,14 +170,31 @@ class Simulation:
         self.acquired: list[list[np.ndarray]] = [[] for _ in labels]
         self.rounds: list[dict[str, Any]] = []
         self.learner = ActiveLearner(config, len(self.classes))
+        if self.learner.device.type == "cuda":  # resident on the GPU: batches are augmented there, never copied
+            self.images = self.images.to(self.learner.device)
+            self.eval = (self.eval[0].to(self.learner.device), *self.eval[1:])
         self.on_round: Callable[[dict[str, Any]], None] | None = None
+        self.taus: tuple[float, ...] = (0.0,)
         self.started = time.perf_counter()
+
+    def _described(self, model: ActiveLearner, images: torch.Tensor, labels: list[np.ndarray],
+                   sizes: list[tuple[int, int]]) -> dict[str, Any]:
+        """mIoU and per-class IoU of ``model`` on a set, plus each logit adjustment (prior from the clicks so far)."""
+        prior = click_log_prior(self.points, len(self.classes))
+        confusion = evaluate(model, images, labels, sizes, log_prior=prior, taus=self.taus)
+        out = describe(confusion[0.0], self.classes)
+        if len(self.taus) > 1:
+            out["logit_adjusted"] = {str(tau): describe(confusion[tau], self.classes) for tau in self.taus[1:]}
+        return out
+
+    def measure_pool(self) -> dict[str, Any]:
+        """The final model's dense masks on the pool images, against their ground truth (void ignored)."""
+        return self._described(self.learner, self.images, self.oracle.labels, self.sizes)
 
     def measure(self, model: ActiveLearner, round_index: int, phase: str, train_seconds: float,
                 select_seconds: float) -> dict[str, Any]:
         """Evaluate ``model`` and describe the round: labelled pixels so far, mIoU, per-class IoU, timings."""
-        confusion = evaluate(model, *self.eval)
-        iou = iou_per_class(confusion)
+        described = self._described(model, *self.eval)
         answered = sum(len(p) for p in self.points)
         total_pixels = sum(h * w for h, w in self.sizes)
         entry = {
@@ -150,8 +202,7 @@ class Simulation:
             "labelled_pixels": answered, "labelled_pixels_per_image": answered / len(self.points),
             "labelled_fraction": answered / total_pixels,
             "void_answers": sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in self.points),
-            "miou": mean_iou(confusion),
-            "per_class_iou": {c: (None if torch.isnan(v) else float(v) * 100) for c, v in zip(self.classes, iou)},
+            **described,
             "train_seconds": train_seconds, "select_seconds": select_seconds,
             "elapsed_seconds": time.perf_counter() - self.started,
         }

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import Config
+
+METHOD_FIELDS = ("classifier", "selection", "semi", "diversity_top_fraction", "class_balance")
+"""The settings that make a method (the rest is the protocol: preset and flags)."""
+
 METHODS: dict[str, dict[str, Any]] = {
+    "default": {name: getattr(Config, name) for name in METHOD_FIELDS},
     "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
               "class_balance": 0.5},
     "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.05,
@@ -14,11 +20,22 @@ METHODS: dict[str, dict[str, Any]] = {
     "pixelpick-balanced": {"classifier": "multiclass", "selection": "margin", "semi": False,
                            "diversity_top_fraction": 0.05, "class_balance": 1.0},
     "random": {"classifier": "multiclass", "selection": "random", "semi": False, "class_balance": 0.0},
+    # Table II's 2x2 with the paper's plain loss: {softmax, One-vs-All} classifier x {margin, One-vs-All} selection;
+    # softmax + margin is ``pixelpick``
+    "softmax-ovaselect": {"classifier": "multiclass", "selection": "ova", "semi": False,
+                          "diversity_top_fraction": 0.05, "class_balance": 0.0},
+    "ova-margin": {"classifier": "ova-shared", "selection": "margin", "semi": False, "diversity_top_fraction": 0.05,
+                   "class_balance": 0.0},
+    "ova-plain": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
+                  "class_balance": 0.0},
 }
-"""Shorthands for the compared methods: the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax with the
-same class re-weighting as our OVA loss), which tells One-vs-All apart from re-weighting. OVAAL's class balance is the
-backend's default, 0.5 (half plain, half class-balanced loss): the 5-seed grid's best OVA design on both splits
-(docs/benchmarks.md); ``--class-balance 1`` gives the full balance, ``0`` the paper's plain loss."""
+"""Shorthands for the compared methods. ``default`` is exactly what the backend runs with no setting changed (read
+from the Config defaults, so it follows them); then the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax
+with the same class re-weighting as our OVA loss), which tells One-vs-All apart from re-weighting; and the other
+cells of the paper's Table II 2x2 with its plain loss (``softmax-ovaselect``, ``ova-margin``, ``ova-plain``;
+``pixelpick`` is the fourth). OVAAL's class balance is the backend's default, 0.5 (half plain, half class-balanced
+loss): the 5-seed grid's best OVA design on both splits (docs/benchmarks.md); ``--class-balance 1`` gives the full
+balance, ``0`` the paper's plain loss."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -32,6 +49,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "init_pixels": 22, "pixels_per_round": 22, "rounds": 3, "scale_min": 0.75, "scale_max": 1.5,
         "semi_top_l": 1000, "num_threads": 2,
     },
+    "converged": {
+        "image_height": 176, "image_width": 240, "batch_size": 8, "retrain": False,
+        "first_round_epochs": 2, "epochs": 1, "init_pixels": 22, "pixels_per_round": 22, "rounds": 4,
+        "scale_min": 0.5, "scale_max": 2.0, "encoder_lr_ratio": 0.1, "num_threads": 2,
+        "final_from_scratch": True, "semi_epochs": 20,
+    },
 }
 """Protocols: ``paper`` is PixelPick's GPU protocol (full size, a fresh model and 50 epochs per round); ``cpu`` is the
-scaled protocol that finishes one method's loop on CamVid in minutes on 2 CPU cores (see docs/benchmarks.md for why)."""
+scaled protocol that finishes one method's loop on CamVid in minutes on 2 CPU cores (see docs/benchmarks.md for why);
+``converged`` runs the same short active loop at the product's budget (22 + 4 x 22 = 110 px per image), then trains
+the final model from scratch on the selected labels for ``semi_epochs`` epochs, as the paper's Table II does, with
+PixelPick's encoder rate (0.1 of the head's) and scale range (0.5-2) for every method."""

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The converged CamVid grid (issue 15): the same short active loop as --preset cpu, at the product's budget
+# (22 + 4 x 22 = 110 px per image), then the final model trained from scratch on each method's selected labels
+# (--preset converged: 20 epochs, encoder at 0.1 of the head's rate, scale 0.5-2, the same recipe for every method).
+# Every run also measures logit adjustment (tau 0.5, 1) and the final masks on the pool images (RESULT.json: pool).
+#   val   : pool = camvid/train (367 images) -> camvid/val (101 images of 0016E5, the tuning split)
+#   cross : pool = the 266 train images of 0001TP and 0016E5 -> the 101 train images of 0006R0 (held out by sequence)
+# Usage: benchmarks/converged_grid.sh [main|budgets|convergence] [RESULTS_DIR] [SEEDS...]
+#   main        : default, pixelpick and Table II's other cells (softmax-ovaselect, ova-margin, ova-plain), both splits
+#   budgets     : default and pixelpick at 44 px (cold start: 22 + 1 x 22) and 200 px (40 + 4 x 40)
+#   convergence : default and pixelpick on val with the final phase trained again for twice the epochs
+# Order: seed by seed, both splits, the default and PixelPick first, so a CPU run that is stopped still leaves the
+# pairs that matter; a finished file is skipped, so the grid resumes. JOBS runs at a time, THREADS torch threads each
+# (CPU: JOBS=1 THREADS=2; one H200: JOBS=14 THREADS=1, images and labels resident on the GPU).
+# Then: python benchmarks/converged_report.py RESULTS_DIR --write-doc
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GRID=${1:-main}
+OUT=${2:-docs/results/camvid-converged}
+shift 2 || shift $# || true
+SEEDS=${*:-0 1 2 3 4}
+CAMVID=${CAMVID:-../shared/data/camvid}
+PY=${PY:-.venv/bin/python}
+JOBS=${JOBS:-1}
+THREADS=${THREADS:-2}
+
+split_flags() {  # split_flags SPLIT
+  case $1 in
+    val) echo "--train $CAMVID/train --eval $CAMVID/val" ;;
+    cross) echo "--train $CAMVID/train --train-prefixes 0001TP,0016E5 --eval $CAMVID/train --eval-prefixes 0006R0" ;;
+  esac
+}
+
+job() {  # job SPLIT NAME SEED FLAGS...: one line for the runner, or nothing when the result exists
+  local split=$1 name=$2 seed=$3
+  shift 3
+  local out="$OUT/$split/${name}_seed${seed}.json"
+  [[ -f "$out" ]] && return 0
+  echo "$PY -m ovaal_backend simulate $(split_flags "$split") --out $out --preset converged" \
+       "--encoder-weights lite0-offline --threads $THREADS --seed $seed --logit-taus 0.5,1 --quiet $*"
+}
+
+jobs_list() {
+  for seed in $SEEDS; do
+    for split in val cross; do
+      case $GRID in
+        main)
+          for method in default pixelpick softmax-ovaselect ova-margin ova-plain; do
+            job "$split" "$method" "$seed" --method "$method"
+          done ;;
+        budgets)
+          for method in default pixelpick; do
+            job "$split" "$method-44px" "$seed" --method "$method" --rounds 1
+            job "$split" "$method-200px" "$seed" --method "$method" --init-pixels 40 --pixels-per-round 40
+          done ;;
+        convergence)
+          [[ $split == val ]] || continue
+          for method in default pixelpick; do
+            job "$split" "$method-convergence" "$seed" --method "$method" --convergence-check
+          done ;;
+        *) echo "unknown grid $GRID: main, budgets or convergence" >&2; exit 2 ;;
+      esac
+    done
+  done
+}
+
+mkdir -p "$OUT/val" "$OUT/cross"
+jobs_list | xargs -P "$JOBS" -I{} bash -c '{} >/dev/null 2>&1 || echo "failed: {}" >&2'
