@@ -197,9 +197,10 @@ def run_serve(args: argparse.Namespace) -> int:
     It holds MODEL_DIR's lock while it runs (``files.lock_model_dir``): a second server on the same MODEL_DIR stops
     with one ``error:`` line instead of running every project's rounds a second time.
     """
-    from .backend.wsgi import serve
+    from .backend.wsgi import check_network_exposure, serve
 
     config = Config.from_env()
+    check_network_exposure(config)  # a refused address leaves nothing behind, not even MODEL_DIR
     with lock_model_dir(config.model_dir):
         serve(config)
     return 0

@@ -229,7 +229,7 @@ def test_predict_source_and_query_tasks_in_order(tmp_path, fake, truth):
 def test_setup_validates_the_label_config_and_project(tmp_path, fake):
     driver = ProjectDriver(tiny_config(tmp_path), P, fake)
     no_ignore = XML.replace('<Label value="ignore" ovaal="ignore"/>', "")
-    with pytest.raises(LabelConfigError, match="ignore label"):
+    with pytest.raises(LabelConfigError, match='<Label value="ignore" ovaal="ignore"/>'):
         driver.setup(UID, no_ignore)
     with pytest.raises(LabelConfigError):
         driver.setup(UID, "<View>")
