@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +13,18 @@ import pytest
 from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.backend.convert import pixel_to_percent
 from ovaal_backend.backend.dashboard import WorkerClock
-from ovaal_backend.backend.progress import class_clicks, phase_since, prelabel_quality, round_timeline
+from ovaal_backend.backend.progress import (
+    ProjectFacts,
+    answered_queries,
+    class_clicks,
+    phase_since,
+    prelabel_quality,
+    round_answers,
+    round_task_counts,
+    round_timeline,
+)
+from ovaal_backend.backend.round_store import RoundStore
+from ovaal_backend.backend.store import LabelStore
 from ovaal_backend.config import IGNORE_INDEX
 
 from .annotator import answer_keypoints
@@ -81,6 +93,136 @@ def test_worker_clock_dates_what_the_worker_does():
     assert clock.since("1", "training", 50.0, "training", now=110.0)["since"] == 50.0
     assert clock.since("1", None, 120.0, "publishing", now=130.0) == {"doing": None, "since": 130.0, "how": "seen"}
     assert clock.since("2", "publishing", None, "publishing", now=140.0)["how"] == "first"
+
+
+# --------------------------------------------------------------------------- the facts, kept per image
+
+NAMES, KEY = ["road", "car", "sky"], "1"
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """A project's two stores on one file: six listed images, round 0's query tasks (ids 100 + image) imported,
+    four of them answered."""
+    path = tmp_path / "labels.sqlite3"
+    store, rounds = LabelStore(path), RoundStore(path)
+    rounds.set_sources(KEY, {s: {"image": f"{s}.png"} for s in range(1, 7)})
+    rounds.plan_queries(KEY, 0, 0, [(s, 0.5, [region(s, 1, "ignore"), region(s, 2, "car")]) for s in range(1, 7)])
+    rounds.set_imported(KEY, 0, [(s, 100 + s) for s in range(1, 7)])
+    for s in range(1, 5):
+        answer(store, s, s, [(s, 1, 0), (s, 2, 1)])
+    return store, rounds
+
+
+def answer(store: LabelStore, annotation_id: int, source: int, points, round_index: int = 0,
+           cancelled: bool = False) -> None:
+    store.put_annotation(KEY, annotation_id, 100 * (round_index + 1) + source, source, round_index, "a@b.c", points,
+                         cancelled)
+
+
+def from_scratch(store: LabelStore, rounds: RoundStore, names=NAMES) -> dict:
+    """The facts computed from every stored click, as the dashboard computed them before (the reference)."""
+    answers = store.labelled_points(KEY)
+    per_image = {str(s): 0 for s in rounds.sources(KEY)}
+    per_image.update({str(s): len(t) for s, t in answers.items()})
+    counts = store.counts(KEY)
+    return {"labelled_per_image": per_image, "class_clicks": class_clicks(answers, names, NAMES, "ignore"),
+            "quality": prelabel_quality(answered_queries(rounds, KEY), answers, names, "ignore"),
+            "points": counts["points"], "ignored_points": counts["ignored_points"],
+            "answers_by_round": round_answers(store, KEY), "query_tasks_by_round": round_task_counts(rounds, KEY)}
+
+
+class ReadRecorder:
+    """Records which images ``labelled_points`` is asked for and can hold the caller inside it (the real method
+    runs; only its start is gated)."""
+
+    def __init__(self, store: LabelStore, hold: bool = False) -> None:
+        self.calls: list[set[int] | None] = []
+        self.entered, self.go = threading.Event(), threading.Event()
+        if not hold:
+            self.go.set()
+        real = store.labelled_points
+
+        def recorded(project, sources=None):
+            self.calls.append(None if sources is None else set(sources))
+            self.entered.set()
+            assert self.go.wait(30)
+            return real(project, sources)
+
+        store.labelled_points = recorded
+
+
+def test_project_facts_follow_every_change_reading_only_the_changed_images(stores):
+    store, rounds = stores
+    facts = ProjectFacts(store, rounds, KEY)
+    assert facts.get(NAMES, NAMES, "ignore") == from_scratch(store, rounds)
+    recorder = ReadRecorder(store)
+
+    def check(*changed: int, names=NAMES) -> None:
+        recorder.calls.clear()
+        got = facts.get(names, NAMES, "ignore")
+        assert recorder.calls == ([set(changed)] if changed else []), recorder.calls
+        assert got == from_scratch(store, rounds, names)
+
+    check()  # nothing changed: nothing read again
+
+    answer(store, 2, 2, [(2, 1, 2), (2, 2, 1)])  # an update: the newest answer wins
+    check(2)
+    answer(store, 5, 5, [(5, 2, 1), (9, 9, IGNORE_INDEX)])  # a new answer, one point "can't tell"
+    check(5)
+    answer(store, 6, 6, [], cancelled=True)  # skipped: answered, no point, not in the quality
+    check(6)
+    assert store.delete_annotations(KEY, [5]) == 1  # the newest annotation: its seq is free again ...
+    answer(store, 7, 3, [(3, 1, 1)], round_index=1)  # ... and taken by a new answer on another image
+    check(3, 5)
+    rounds.forget_query_tasks(KEY, [104])
+    check(4)
+    rounds.set_sources(KEY, {s: {"image": f"{s}.png"} for s in range(1, 8)})  # a new image, nothing stored on it
+    check()
+    check(*range(1, 7), names=[*NAMES, "bus"])  # a label config change: every image again
+
+
+def test_project_facts_one_computation_at_a_time(stores):
+    """A caller that finds a computation running gets the last result at once, never a second computation."""
+    store, rounds = stores
+    facts = ProjectFacts(store, rounds, KEY)
+    before = facts.get(NAMES, NAMES, "ignore")
+    answer(store, 9, 5, [(5, 1, 0)])
+    recorder = ReadRecorder(store, hold=True)
+    first = {}
+    computing = threading.Thread(target=lambda: first.update(facts.get(NAMES, NAMES, "ignore")))
+    computing.start()
+    assert recorder.entered.wait(30)  # the first caller is computing (held inside the read)
+    got: list[dict] = []
+    others = [threading.Thread(target=lambda: got.append(facts.get(NAMES, NAMES, "ignore"))) for _ in range(5)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join(5)
+    assert not any(t.is_alive() for t in others), "a second caller waited for the running computation"
+    assert got == [before] * 5  # the last result, not a computation of their own
+    recorder.go.set()
+    computing.join(30)
+    assert recorder.calls == [{5}]  # one computation, of the one image that changed
+    got[0]["labelled_per_image"].clear()  # a caller's copy: changing it changes nothing cached
+    assert facts.get(NAMES, NAMES, "ignore") == first and recorder.calls == [{5}]
+    assert first == from_scratch(store, rounds) != before
+
+
+def test_project_facts_first_callers_wait_for_the_first_result(stores):
+    store, rounds = stores
+    facts = ProjectFacts(store, rounds, KEY)
+    recorder = ReadRecorder(store, hold=True)
+    got: list[dict] = []
+    callers = [threading.Thread(target=lambda: got.append(facts.get(NAMES, NAMES, "ignore"))) for _ in range(3)]
+    for thread in callers:
+        thread.start()
+    assert recorder.entered.wait(30)
+    recorder.go.set()
+    for thread in callers:
+        thread.join(30)
+    assert recorder.calls == [set(range(1, 7))]  # one computation, of every image
+    assert got == [from_scratch(store, rounds)] * 3
 
 
 # --------------------------------------------------------------------------- the facts and the routes

@@ -8,6 +8,7 @@ two answered rounds and half of the third, with one quarantined event and one un
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from ovaal_backend.backend.app import Backend, create_app
+from ovaal_backend.backend.dashboard import STATIC
 from ovaal_backend.config import Config
 
 from .fake_label_studio import TINY, UID, XML, P, add_scenes, answer_round, make_fake_project
@@ -36,13 +38,14 @@ def chromium_binary() -> str | None:
     return None
 
 
-def chromium(binary: str, profile: Path, *args: str) -> subprocess.Popen:
-    """Headless Chromium that reaches nothing but loopback, with its own profile folder."""
+def chromium(binary: str, profile: Path, *args: str, budget_ms: int = 7000) -> subprocess.Popen:
+    """Headless Chromium that reaches nothing but loopback, with its own profile folder; the page runs for
+    ``budget_ms`` virtual milliseconds (timers fire without the wall-clock wait)."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-proxy-server", "--hide-scrollbars",
              "--mute-audio", f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-             "--virtual-time-budget=7000"]  # virtual milliseconds: past the page's first refresh (5 s)
+             f"--virtual-time-budget={budget_ms}"]  # by default past the page's first refresh (5 s)
     return subprocess.Popen([binary, *flags, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -159,3 +162,60 @@ def test_dashboard_renders_the_figures_of_metrics(tmp_path, mid_round):
     if keep:
         Path(keep).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, keep)
+
+
+POLL_HARNESS = """<!doctype html>
+<html><body>
+<span id="status"></span>
+<main id="projects" data-url="/dashboard/data"></main>
+<script id="initial-data" type="application/json">@DATA@</script>
+<script>
+  // fetch stands in for a busy backend: each answer takes 12 s (virtual), and every second call fails.
+  var calls = [], inFlight = 0, most = 0;
+  window.fetch = function () {
+    var call = {start: Date.now(), index: calls.length};
+    calls.push(call);
+    inFlight += 1;
+    most = Math.max(most, inFlight);
+    return new Promise(function (resolve, reject) {
+      setTimeout(function () {
+        inFlight -= 1;
+        call.end = Date.now();
+        if (call.index % 2) { reject(new Error('backend busy')); return; }
+        resolve({ok: true, json: function () { return Promise.resolve(JSON.parse(
+          document.getElementById('initial-data').textContent)); }});
+      }, 12000);
+    });
+  };
+</script>
+<script src="@SCRIPT@"></script>
+<script>
+  setTimeout(function () {
+    var gaps = calls.slice(1).map(function (c, i) { return c.start - calls[i].end; });
+    document.body.setAttribute('data-most', most);
+    document.body.setAttribute('data-calls', calls.length);
+    document.body.setAttribute('data-gaps', gaps.join(' '));
+  }, 59000);
+</script>
+</body></html>
+"""
+"""The real dashboard.js on a page whose ``fetch`` answers slowly (no server: the script's own logic is tested)."""
+
+
+def test_dashboard_polls_one_request_at_a_time(tmp_path):
+    """The page asks again only ``refresh_seconds`` after the last answer, also after a failed one: with answers
+    slower than the refresh, a fixed interval kept several requests in flight per open page (issue 16)."""
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium binary (Debian: apt-get install -y chromium; `make test` installs it)")
+    data = {"projects": {}, "refresh_seconds": 5, "server_time": 0, "model_class": "OVAAL", "version": "test"}
+    page = tmp_path / "poll.html"
+    page.write_text(POLL_HARNESS.replace("@DATA@", json.dumps(data)).replace("@SCRIPT@",
+                                                                          (STATIC / "dashboard.js").as_uri()))
+    dom = finish(chromium(binary, tmp_path / "profile", "--dump-dom", page.as_uri(), budget_ms=60000))
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    most, calls = (int(re.search(rf'data-{name}="(\d+)"', body).group(1)) for name in ("most", "calls"))
+    gaps = [int(g) for g in re.search(r'data-gaps="([^"]*)"', body).group(1).split()]
+    # 59 s: asked at 5, 22, 39 and 56 s (each answer 12 s, then 5 s); an interval would have asked 11 times.
+    assert most == 1 and calls == 4, body
+    assert len(gaps) == 3 and all(g >= 5000 for g in gaps), gaps  # the second answer failed: the chain went on

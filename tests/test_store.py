@@ -199,3 +199,39 @@ def test_events_quarantine_retry_and_release(store):
     assert store.retry_event_later(second, "OperationalError: locked") == 1
     assert store.pending_events(P, now=0.0) == [] and [e[0] for e in store.pending_events(P)] == [second]
     assert store.release_events(P) == 1 and [e[0] for e in store.pending_events(P, now=0.0)] == [first]
+
+
+def test_pending_count_is_counted_in_sql_without_reading_payloads(store):
+    """``/metrics`` and the worker count the queue often; a 50,000-event backlog must not be parsed to count it."""
+    first = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 1}})
+    done = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 2}})
+    aside = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 3}})
+    later = store.add_event(P, "ANNOTATION_CREATED", {"annotation": {"id": 4}})
+    store.add_event("other", "START_TRAINING", {})
+    store.mark_event_done(done)
+    store.quarantine_event(aside, "ValueError: no task")
+    store.retry_event_later(later, "OperationalError: locked")  # deferred, still to apply
+    assert store.pending_count(P) == len(store.pending_events(P)) == 2 and store.pending_count("other") == 1
+    with store._write() as db:  # a payload that does not parse: counting never reads it
+        db.execute("UPDATE events SET payload = '{not json' WHERE id = ?", (first,))
+    assert store.pending_count(P) == 2
+    with pytest.raises(ValueError):
+        store.pending_events(P)
+    with sqlite3.connect(store.path) as db:  # the count reads the partial index only, never a row with a payload
+        plan = " ".join(r[-1] for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM events WHERE project = ? AND done_at IS NULL AND "
+            "quarantined_at IS NULL", (P,)))
+    assert "COVERING INDEX events_open" in plan, plan
+
+
+def test_labelled_points_of_some_images(store):
+    put(store, 1, [(1, 1, 0), (2, 2, 1)], source=3)
+    put(store, 2, [(1, 1, 2)], source=3, task=11, round_index=1)  # newer: wins on (1, 1)
+    put(store, 3, [(4, 4, 1)], source=5, task=12)
+    for source in range(600, 1200):  # more images than one IN (...) list takes
+        put(store, source, [(0, 0, 1)], source=source, task=source)
+    every = store.labelled_points(P)
+    some = store.labelled_points(P, [3, 700, 1199, 9999])
+    assert set(some) == {3, 700, 1199} and some[3].tolist() == [[1, 1, 2], [2, 2, 1]]
+    assert all(np.array_equal(some[s], every[s]) for s in some)
+    assert store.labelled_points(P, []) == {}

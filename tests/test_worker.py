@@ -11,8 +11,8 @@ class FakeStore:
     def __init__(self) -> None:
         self.events: list[int] = []
 
-    def pending_events(self, key: str) -> list[int]:
-        return list(self.events)
+    def pending_count(self, key: str) -> int:
+        return len(self.events)
 
 
 class FakeDriver:

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hmac
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -68,6 +69,10 @@ STORAGE_ERROR = ("the backend could not write to its MODEL_DIR (disk full or not
                  "request was stored; free space, then `python -m ovaal_backend resync --project <id>` re-reads "
                  "what Label Studio sent meanwhile")
 """The whole text of a 507 answer, besides its request id: a full disk is the server's fault, and this says the fix."""
+GIL_SWITCH_SECONDS = 0.001
+"""How long a busy thread keeps the GIL before another may take it (Python's default: 5 ms). A request thread waits
+up to this long after each SQLite call while a project's worker computes (e.g. applies a backlog of events), and
+``/metrics`` makes some 40: 5 ms made it take 0.5 s on a 5,000-image project (docs/benchmarks.md, DASHBOARD-LOAD)."""
 PREDICT_RETRY_AFTER_S = 2
 """``Retry-After`` of a /predict refused because MAX_PREDICT_CALLS are computing (about one dense mask's time)."""
 
@@ -244,6 +249,7 @@ def create_app(config: Config | None = None, backend: Backend | None = None, rec
     if not config.redis_url:  # round jobs train here; with REDIS_URL each queue worker applies the profile it needs
         config = config.for_machine(resolve_device(config.device).type == "cuda")
     configure_torch(config)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     backend = backend or Backend(config)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_request_mb * 1024 * 1024)

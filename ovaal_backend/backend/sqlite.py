@@ -44,6 +44,8 @@ class SqliteFile:
     SCHEMA = ""
     ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {}
     """Columns added after a table first shipped, ``table -> ((name, declaration), ...)``: added to older files."""
+    LATE_SCHEMA = ""
+    """Statements run after ``ADDED_COLUMNS`` (indexes over added columns, which an older file lacks before)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -57,6 +59,8 @@ class SqliteFile:
                 for name, declaration in columns:
                     if name not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            if self.LATE_SCHEMA:
+                db.executescript(f"BEGIN IMMEDIATE; {self.LATE_SCHEMA} COMMIT;")
 
     def _connect(self) -> sqlite3.Connection:
         """A fresh connection in autocommit mode, so transactions are exactly the ones ``_write`` opens.

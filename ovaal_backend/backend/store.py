@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -65,7 +65,11 @@ CREATE TABLE IF NOT EXISTS events (
     done_at REAL
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (done_at, id);
+CREATE INDEX IF NOT EXISTS annotations_source ON annotations (project, source_task_id, seq, annotation_id, cancelled);
 """
+_OPEN_EVENT = "done_at IS NULL AND quarantined_at IS NULL"
+"""An event still to apply: neither done nor set aside (``pending_events`` lists them, ``pending_count`` counts
+them)."""
 
 
 class LabelStore(SqliteFile):
@@ -87,6 +91,13 @@ class LabelStore(SqliteFile):
     ADDED_COLUMNS = {"annotations": (("ls_updated_at", "TEXT"),),
                      "events": (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("error", "TEXT"),
                                 ("quarantined_at", "REAL"), ("retry_at", "REAL"))}
+    # Events still to apply and those set aside, by project: /metrics counts the first and lists the second without
+    # reading other rows (``quarantined_at`` lies after the payload: filtering on it read every pending payload).
+    LATE_SCHEMA = f"""
+CREATE INDEX IF NOT EXISTS events_open ON events (project, done_at, quarantined_at) WHERE {_OPEN_EVENT};
+CREATE INDEX IF NOT EXISTS events_set_aside ON events (project, id)
+    WHERE quarantined_at IS NOT NULL AND done_at IS NULL;
+"""
 
     # --- annotations -------------------------------------------------------------------------------------------
 
@@ -157,28 +168,35 @@ class LabelStore(SqliteFile):
             db.executemany("DELETE FROM annotations WHERE project = ? AND annotation_id = ?", keys)
             return db.total_changes - before
 
-    def labelled_points(self, project: str) -> dict[int, np.ndarray]:
-        """Every labelled pixel of a project, grouped by source image.
+    def labelled_points(self, project: str, sources: Collection[int] | None = None) -> dict[int, np.ndarray]:
+        """Every labelled pixel of a project (or of the ``sources`` images only), grouped by source image.
 
         When two annotations label the same pixel of the same image, the one stored (or updated) last wins, so a
         correction in a later round overrides an earlier answer.
 
         Returns:
             ``source_task_id -> int64 array (N, 3)`` of ``(row, col, label)``, one row per pixel, sorted by row
-            then column. Labels may be IGNORE_INDEX.
+            then column. Labels may be IGNORE_INDEX. Images without points are absent.
         """
+        # Some images: their annotations first (CROSS JOIN keeps that order), found by annotations_source; left to
+        # itself the planner walks every point of the project instead.
+        query = ("SELECT a.source_task_id, p.row, p.col, p.label FROM annotations a {} points p "
+                 "ON p.project = a.project AND p.annotation_id = a.annotation_id WHERE a.project = ?")
+        rows: list[tuple[int, int, int, int]] = []
         with self._read() as db:
-            rows = db.execute("SELECT a.source_task_id, p.row, p.col, p.label FROM points p JOIN annotations a "
-                              "ON a.project = p.project AND a.annotation_id = p.annotation_id "
-                              "WHERE p.project = ? ORDER BY a.seq DESC", (project,)).fetchall()
+            if sources is None:
+                rows = db.execute(query.format("JOIN") + " ORDER BY a.seq DESC", (project,)).fetchall()
+            for chunk in id_chunks(sorted({int(s) for s in sources or ()})):
+                rows += db.execute(query.format("CROSS JOIN") + f" AND a.source_task_id IN "
+                                   f"({', '.join('?' * len(chunk))}) ORDER BY a.seq DESC", (project, *chunk)).fetchall()
         if not rows:
             return {}
-        newest_first = np.asarray(rows, dtype=np.int64)
+        newest_first = np.asarray(rows, dtype=np.int64)  # chunks hold disjoint images: each is newest first
         _, first = np.unique(newest_first[:, :3], axis=0, return_index=True)
         table = newest_first[first]
-        sources, starts = np.unique(table[:, 0], return_index=True)
+        images, starts = np.unique(table[:, 0], return_index=True)
         groups = np.split(table[:, 1:], starts[1:])
-        return {int(s): np.ascontiguousarray(g) for s, g in zip(sources, groups, strict=True)}
+        return {int(s): np.ascontiguousarray(g) for s, g in zip(images, groups, strict=True)}
 
     def annotation_ids(self, project: str) -> set[int]:
         """Every stored annotation id of a project (a re-sync deletes the ones Label Studio no longer has)."""
@@ -209,28 +227,36 @@ class LabelStore(SqliteFile):
                                 (project, action, json.dumps(payload), time.time()))
             return int(cursor.lastrowid)
 
-    def pending_events(self, project: str | None = None,
-                       now: float | None = None) -> list[tuple[int, str, str, dict[str, Any]]]:
+    def pending_events(self, project: str | None = None, now: float | None = None,
+                       limit: int = -1) -> list[tuple[int, str, str, dict[str, Any]]]:
         """Events not yet done nor quarantined, oldest first, as ``(id, project, action, payload)``.
 
         Args:
             project: Only this project's events; None for all projects (restart recovery).
             now: Stop at the first event whose retry is due only later (events apply in order, so none after it).
+            limit: At most this many (-1: all); the worker reads a backlog in batches, not 50,000 payloads at once.
         """
-        query = ("SELECT id, project, action, payload, retry_at FROM events WHERE done_at IS NULL "
-                 "AND quarantined_at IS NULL")
+        query = f"SELECT id, project, action, payload, retry_at FROM events WHERE {_OPEN_EVENT}"
         args: tuple[Any, ...] = ()
         if project is not None:
             query += " AND project = ?"
             args = (project,)
-        with self._read() as db:
-            rows = db.execute(query + " ORDER BY id", args).fetchall()
         out = []
-        for event_id, key, action, payload, retry_at in rows:
-            if now is not None and retry_at is not None and retry_at > now:
-                break
-            out.append((event_id, key, action, json.loads(payload)))
+        with self._read() as db:
+            for event_id, key, action, payload, retry_at in db.execute(query + " ORDER BY id LIMIT ?",
+                                                                       (*args, int(limit))):
+                if now is not None and retry_at is not None and retry_at > now:
+                    break  # rows are read one by one: a backlog behind a deferred event is never loaded
+                out.append((event_id, key, action, json.loads(payload)))
         return out
+
+    def pending_count(self, project: str) -> int:
+        """How many of the project's events are still to apply, counted in SQL (``/metrics`` and the worker ask
+        often, and parsing a backlog's payloads only to count them held the GIL for seconds)."""
+        with self._read() as db:
+            (count,) = db.execute(f"SELECT COUNT(*) FROM events WHERE project = ? AND {_OPEN_EVENT}",
+                                  (project,)).fetchone()
+        return int(count)
 
     def mark_event_done(self, event_id: int) -> None:
         """Mark an event processed; it stays in the file as a record."""
@@ -281,15 +307,24 @@ class LabelStore(SqliteFile):
             pixels, as ``labelled_points`` gives them) and ``ignored_points`` (those labelled IGNORE_INDEX).
         """
         with self._read() as db:
-            total, cancelled = db.execute("SELECT COUNT(*), COALESCE(SUM(cancelled), 0) FROM annotations "
-                                          "WHERE project = ?", (project,)).fetchone()
             points, ignored = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(label = ?), 0) FROM (SELECT p.label, ROW_NUMBER() OVER ("
                 "PARTITION BY a.source_task_id, p.row, p.col ORDER BY a.seq DESC) AS newest FROM points p "
                 "JOIN annotations a ON a.project = p.project AND a.annotation_id = p.annotation_id "
                 "WHERE p.project = ?) WHERE newest = 1", (IGNORE_INDEX, project)).fetchone()
-        return {"annotations": int(total), "cancelled": int(cancelled), "points": int(points),
-                "ignored_points": int(ignored)}
+        return {**self.annotation_counts(project), "points": int(points), "ignored_points": int(ignored)}
+
+    def annotation_counts(self, project: str) -> dict[str, int]:
+        """``annotations`` (stored, skipped ones included) and ``cancelled`` (skipped): the cheap part of ``counts``."""
+        with self._read() as db:
+            total, cancelled = db.execute("SELECT COUNT(*), COALESCE(SUM(cancelled), 0) FROM annotations "
+                                          "WHERE project = ?", (project,)).fetchone()
+        return {"annotations": int(total), "cancelled": int(cancelled)}
+
+
+def id_chunks(values: list[int], size: int = 500) -> list[list[int]]:
+    """``values`` in pieces small enough for one ``IN (...)`` (SQLite limits the parameters of a statement)."""
+    return [values[i:i + size] for i in range(0, len(values), size)]
 
 
 def _is_older(new: str | None, stored: str | None) -> bool:

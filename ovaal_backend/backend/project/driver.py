@@ -36,7 +36,7 @@ from ...engine.rounds import RoundPlan
 from ..client import ImageHostRefused, LabelStudioClient, LabelStudioError
 from ..convert import brush_results
 from ..jobs import InProcessJobs, JobFailedError, JobRunner
-from ..progress import project_facts
+from ..progress import ProjectFacts, project_facts
 from .context import ProjectContext, parse_label_config
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
 from .pool import PoolImage
@@ -83,6 +83,7 @@ class ProjectDriver:
         self.publisher = Publisher(self.ctx, self.upkeep)
         self.jobs = jobs or InProcessJobs()
         self.config, self.key, self.root, self.store = config, self.ctx.key, self.ctx.root, self.ctx.store
+        self.facts = ProjectFacts(self.store, self.ctx.rounds, self.key)  # what /metrics shows of the clicks
 
     # ============================================================ quick calls (request threads)
 
@@ -166,19 +167,26 @@ class ProjectDriver:
         return [dict(r or {"result": [], "score": 0.0}, model_version=name) for r in results]
 
     def metrics(self) -> dict[str, Any]:
-        """What /metrics shows for this project."""
+        """What /metrics shows for this project.
+
+        Cheap on a big project, because every open dashboard asks every few seconds: counts come from SQL, and the
+        facts of the stored clicks from ``ProjectFacts`` (updated image by image, one computation at a time).
+        """
         state = self.ctx.state
         queries, answered = self.ctx.rounds.round_progress(self.key, state.round)
-        trainings = [dict(t, version=version_name(t["version"])) for t in self.ctx.rounds.trainings(self.key)]
+        trainings = self.ctx.rounds.trainings(self.key)
+        ignore = self.ctx.iface.ignore_label if state.is_set_up else None
+        stored = self.facts.get(state.label_names, state.classes, ignore)
         return {
             "phase": state.phase, "round": state.round, "rounds": self.plan.rounds,
             "model_version": self.model_version, "generation": state.generation, "classes": state.classes,
             "query_tasks": queries, "answered_query_tasks": answered,
             "new_annotations": state.new_annotations,
-            "pending_events": len(self.store.pending_events(self.key)), **self.store.counts(self.key),
-            "trainings": trainings, "quarantined": self.quarantined(), "failed_job": state.held_job(),
-            **project_facts(self.config, self.plan, self.store, self.ctx.rounds, self.key, state,
-                            self.ctx.iface.ignore_label if state.is_set_up else None),
+            "pending_events": self.store.pending_count(self.key), **self.store.annotation_counts(self.key),
+            "points": stored["points"], "ignored_points": stored["ignored_points"],
+            "trainings": [dict(t, version=version_name(t["version"])) for t in trainings],
+            "quarantined": self.quarantined(), "failed_job": state.held_job(),
+            **project_facts(self.config, self.plan, trainings, stored, state, ignore),
         }
 
     def quarantined(self) -> dict[str, list[dict[str, Any]]]:
@@ -211,20 +219,21 @@ class ProjectDriver:
         the queue in order and retries with backoff, so nothing is marked done that was not applied.
         """
         handled = 0
-        for event_id, _, action, payload in self.store.pending_events(self.key, now=time.time()):
-            try:
-                self.events.apply(action, payload)
-            except TRANSIENT as err:
-                attempts = self.store.retry_event_later(event_id, _reason(err))
-                log.warning("project %s: event %d (%s) failed (attempt %d), retried later: %s", self.key, event_id,
-                            action, attempts, _reason(err))
-                break
-            except Exception as err:
-                self.store.quarantine_event(event_id, _reason(err))
-                log.error("project %s: event %d (%s) quarantined: %s", self.key, event_id, action, _reason(err))
-            else:
-                self.store.mark_event_done(event_id)
-            handled += 1
+        while batch := self.store.pending_events(self.key, now=time.time(), limit=EVENT_BATCH):
+            for event_id, _, action, payload in batch:
+                try:
+                    self.events.apply(action, payload)
+                except TRANSIENT as err:
+                    attempts = self.store.retry_event_later(event_id, _reason(err))
+                    log.warning("project %s: event %d (%s) failed (attempt %d), retried later: %s", self.key,
+                                event_id, action, attempts, _reason(err))
+                    return handled
+                except Exception as err:
+                    self.store.quarantine_event(event_id, _reason(err))
+                    log.error("project %s: event %d (%s) quarantined: %s", self.key, event_id, action, _reason(err))
+                else:
+                    self.store.mark_event_done(event_id)
+                handled += 1
         return handled
 
     def step(self) -> bool:
@@ -406,6 +415,9 @@ class ProjectDriver:
         return self.ctx.model.image(task_id, self.ctx.image_url(data))
 
 
+EVENT_BATCH = 200
+"""Stored events read (and parsed) at a time by ``process_events``: a backlog of 50,000 read at once held the GIL
+for tens of seconds and its payloads in memory."""
 TRANSIENT = (sqlite3.OperationalError, OSError, LabelStudioError)
 """Failures that may pass by themselves (a locked database, a full disk, Label Studio unreachable): retried in order,
 never quarantined."""

@@ -22,6 +22,7 @@
   var dataUrl = root.getAttribute('data-url');
   var lastData = null;
   var lastOk = null;
+  var REQUEST_TIMEOUT_MS = 60000;  // a request never answered must not stop the refreshing for good
 
   // ------------------------------------------------------------------ small helpers
 
@@ -498,15 +499,27 @@
       ' · refreshes every ' + (data.refresh_seconds || 5) + ' s';
   }
 
+  // One request at a time: the next one is scheduled only once the last has been answered (or has failed or
+  // timed out), refresh_seconds after that. A fixed interval piled requests up on a busy backend: every open
+  // page kept adding one while the last ones were still being computed.
+  function refreshEvery() { return ((lastData && lastData.refresh_seconds) || 5) * 1000; }
+
   function refresh() {
-    fetch(dataUrl, {credentials: 'same-origin', cache: 'no-store'}).then(function (response) {
-      if (!response.ok) throw new Error('HTTP ' + response.status);
-      return response.json();
-    }).then(render).catch(function (err) {
-      statusLine.className = 'error';
-      statusLine.textContent = 'refresh failed (' + err.message + '); showing data of ' +
-        clock(lastData ? lastData.server_time : null);
-    });
+    var aborter = typeof AbortController === 'function' ? new AbortController() : null;
+    var timer = aborter ? setTimeout(function () { aborter.abort(); }, REQUEST_TIMEOUT_MS) : null;
+    fetch(dataUrl, {credentials: 'same-origin', cache: 'no-store', signal: aborter ? aborter.signal : undefined})
+      .then(function (response) {
+        if (!response.ok) throw new Error('HTTP ' + response.status);
+        return response.json();
+      }).then(render).catch(function (err) {
+        statusLine.className = 'error';
+        statusLine.textContent = 'refresh failed (' + (err.name === 'AbortError' ? 'no answer in ' +
+          REQUEST_TIMEOUT_MS / 1000 + ' s' : err.message) + '); showing data of ' +
+          clock(lastData ? lastData.server_time : null);
+      }).then(function () {
+        clearTimeout(timer);
+        setTimeout(refresh, refreshEvery());
+      });
   }
 
   try {
@@ -515,6 +528,5 @@
     statusLine.className = 'error';
     statusLine.textContent = 'cannot show the data: ' + err.message;
   }
-  var every = ((lastData && lastData.refresh_seconds) || 5) * 1000;
-  setInterval(refresh, every);
+  setTimeout(refresh, refreshEvery());
 })();
