@@ -344,20 +344,22 @@ RESULTS = ROOT / "docs" / "results" / "dashboard_load.json"
 
 
 def report(args: argparse.Namespace, lines: str) -> str:
-    return textwrap.dedent(f"""\
+    text = textwrap.dedent("""\
         ## Dashboards open on a big project (issue 16, high finding 4)
 
-        `{COMMAND}` ({datetime.date.today()}, {machine()}; the machine was shared with other jobs, so absolute
-        figures vary from run to run). A {args.images:,}-image project in round 3 of 4 (rounds 0-2 answered, 22
-        points per image and round), 50,000 stored webhook events not yet applied (the project's worker applies
-        them during the run, so the facts change all the time), served by the real backend (gunicorn, one worker,
-        8 threads). For {args.seconds:.0f} s: {args.dashboards} dashboards poll `/dashboard/data` every
-        {args.refresh:.0f} s, one client samples `/metrics` every second, and {args.rate:.0f} webhooks a second
-        (new round-3 answers) arrive, each on a fresh connection. "first /metrics" is the first call after the
-        start (it computes every image's facts once), before the load.
+        `{command}` ({date}, {machine}; the machine was shared with other jobs, so absolute figures vary from run to
+        run). A {images:,}-image project in round 3 of 4 (rounds 0-2 answered, 22 points per image and round),
+        50,000 stored webhook events not yet applied (the project's worker applies them during the run, so the facts
+        change all the time), served by the real backend (gunicorn, one worker, 8 threads). For {seconds:.0f} s:
+        {dashboards} dashboards poll `/dashboard/data` every {refresh:.0f} s, one client samples `/metrics` every
+        second, and {rate:.0f} webhooks a second (new round-3 answers) arrive, each on a fresh connection. "first
+        /metrics" is the first call after the start (it computes every image's facts once), before the load.
+        /metrics stays above the 100 ms target here: its SQLite reads share the 2 busy cores and the GIL with the
+        worker thread that applies the backlog (in-process, one call costs 50-150 ms of which none parses the queue).
 
-        {HEADER}
-        """) + lines + "\n"
+        """).format(command=COMMAND, date=datetime.date.today(), machine=machine(), images=args.images,
+                    seconds=args.seconds, dashboards=args.dashboards, refresh=args.refresh, rate=args.rate)
+    return text + HEADER + "\n" + lines + "\n"
 
 
 if __name__ == "__main__":
