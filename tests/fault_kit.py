@@ -83,10 +83,13 @@ class Proxy:
         plan: Chooses a fault per request (None = forward as it is).
         keep_body: Which requests' JSON bodies the log keeps (by path), e.g. webhooks.
         timeout: Seconds the proxy waits for the real server.
+        keep_host: Forward the client's Host header (a reverse proxy in front of the backend, as nginx's
+            ``proxy_set_header Host $host``: the backend then knows itself by the address Label Studio uses).
     """
 
     def __init__(self, target: str, plan: Plan | None = None, keep_body: Callable[[str], bool] | None = None,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, keep_host: bool = False) -> None:
+        self.keep_host = keep_host
         parsed = urlparse(target)
         self.target_host, self.target_port = parsed.hostname, parsed.port
         self.plan = plan or (lambda method, path, body: None)
@@ -165,7 +168,8 @@ class Proxy:
                 conn = http.client.HTTPConnection(proxy.target_host, proxy.target_port, timeout=proxy.timeout)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                    headers["Host"] = f"{proxy.target_host}:{proxy.target_port}"
+                    headers["Host"] = (self.headers.get("Host") if proxy.keep_host else None) \
+                        or f"{proxy.target_host}:{proxy.target_port}"
                     headers["Content-Length"] = str(len(body))
                     conn.request(self.command, self.path, body=body if body or self.command != "GET" else None,
                                  headers=headers)

@@ -151,7 +151,7 @@ def test_kill_9_at_random_points(label_studio, tmp_path):
         backend.start()
     except BackendError as e:
         pytest.fail(str(e))
-    tap = Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"))
+    tap = Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"), keep_host=True)
     with tap:
         try:
             _run(label_studio, project, backend, tap, model_dir, seed, t_start)

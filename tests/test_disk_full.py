@@ -63,7 +63,8 @@ def test_a_full_disk_answers_507_and_resync_stores_the_label(label_studio, tmp_p
     backend = BackendProcess(env, tmp_path / "backend.log")
     full = BackendProcess(env, tmp_path / "backend-full.log", preexec_fn=file_size_limit(FILE_SIZE_LIMIT))
     backend.start()
-    tap = Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"))  # the same port after restarts
+    # the same port after restarts; Host kept, so the backend knows the URL Label Studio uses as its own
+    tap = Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"), keep_host=True)
     try:
         with tap:
             connect_model(label_studio, pid, tap.url)

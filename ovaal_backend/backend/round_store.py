@@ -27,7 +27,6 @@ CREATE TABLE IF NOT EXISTS query_tasks (
 );
 CREATE INDEX IF NOT EXISTS query_tasks_round ON query_tasks (project, round_index);
 CREATE INDEX IF NOT EXISTS query_tasks_source ON query_tasks (project, source_task_id, task_id);
-CREATE INDEX IF NOT EXISTS query_tasks_source ON query_tasks (project, source_task_id, task_id);
 CREATE TABLE IF NOT EXISTS round_queries (
     project TEXT NOT NULL,
     round_index INTEGER NOT NULL,
