@@ -9,7 +9,7 @@
 #   main        : default, pixelpick and Table II's other cells (softmax-ovaselect, ova-margin, ova-plain), both splits
 #   budgets     : default and pixelpick at 44 px (cold start: 22 + 1 x 22) and 200 px (40 + 4 x 40)
 #   convergence : default and pixelpick on val with the final phase trained again for twice the epochs
-# Order: seed by seed, both splits, the default and PixelPick first, so a CPU run that is stopped still leaves the
+# Order: the default and PixelPick seed by seed on both splits, then the other cells, so a CPU run that is stopped still leaves the
 # pairs that matter; a finished file is skipped, so the grid resumes. JOBS runs at a time, THREADS torch threads each
 # (CPU: JOBS=1 THREADS=2; one H200: JOBS=14 THREADS=1, images and labels resident on the GPU).
 # Then: python benchmarks/converged_report.py RESULTS_DIR --write-doc
@@ -41,13 +41,21 @@ job() {  # job SPLIT NAME SEED FLAGS...: one line for the runner, or nothing whe
 }
 
 jobs_list() {
+  if [[ $GRID == main ]]; then  # the pairs that matter first, on every seed, then Table II's other cells
+    for methods in "default pixelpick" "softmax-ovaselect ova-margin ova-plain"; do
+      for seed in $SEEDS; do
+        for split in val cross; do
+          for method in $methods; do
+            job "$split" "$method" "$seed" --method "$method"
+          done
+        done
+      done
+    done
+    return
+  fi
   for seed in $SEEDS; do
     for split in val cross; do
       case $GRID in
-        main)
-          for method in default pixelpick softmax-ovaselect ova-margin ova-plain; do
-            job "$split" "$method" "$seed" --method "$method"
-          done ;;
         budgets)
           for method in default pixelpick; do
             job "$split" "$method-44px" "$seed" --method "$method" --rounds 1
