@@ -41,8 +41,9 @@ from .convert import LabelConfigError
 from .dashboard import dashboard_blueprint
 from .jobs import job_runner
 from .link import SetupCheck, reason_phrase
-from .project.context import STATE_FILE, known_projects, parse_label_config, project_dir
+from .project.context import STATE_FILE, known_projects, project_dir
 from .project.driver import ProjectDriver, ProjectMismatchError
+from .project.label_config import parse_label_config
 from .sqlite import is_storage_fault
 from .validate import (
     ACTION,

@@ -11,8 +11,8 @@ from flask import request
 
 from ..config import MAX_PROJECT_ID, Config, is_loopback_host
 from .convert import LabelConfigError, LabelConfigTooLarge
-from .project.context import parse_label_config
 from .project.events import ANNOTATION_ACTIONS
+from .project.label_config import parse_label_config
 
 MAX_TASK_ID = 2**63 - 1
 """The largest task or annotation id accepted (SQLite's integers are signed 64-bit)."""

@@ -24,7 +24,7 @@ from ..config import IGNORE_INDEX, Config
 from ..files import write_atomically
 from .data import load_rgb, to_tensor_resized
 from .learner import ActiveLearner, Queries
-from .rounds import RoundPlan
+from .rounds import RoundPlan, round_job_id
 from .train import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,6 @@ class RoundJob:
     def job_id(self) -> str:
         """Stable id of this piece of work: model generation, version to produce and the round that ended."""
         return round_job_id(self.generation, self.version, self.ended_round)
-
-
-def round_job_id(generation: int, version: int, ended_round: int) -> str:
-    """``RoundJob.job_id`` from its parts: the backend names the job its state is waiting for without building it."""
-    return f"g{generation}-v{version}-r{ended_round}"
 
 
 @dataclass

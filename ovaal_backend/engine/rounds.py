@@ -51,3 +51,12 @@ class RoundPlan:
     def next_round(self, round_index: int) -> int | None:
         """The round whose queries follow the training after ``round_index`` (-1 = the start), None after the last."""
         return None if self.is_last(round_index) else round_index + 1
+
+
+def round_job_id(generation: int, version: int, ended_round: int) -> str:
+    """The id of a round's job (``RoundJob.job_id``): model generation, version to produce and the round that ended.
+
+    It lives here, with the plan and without torch, so the backend can name the job its state waits for without
+    importing the engine's heavy modules (``project/state.py`` is imported by ``validate.py`` and ``cleanup.py``).
+    """
+    return f"g{generation}-v{version}-r{ended_round}"

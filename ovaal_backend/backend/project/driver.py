@@ -37,8 +37,9 @@ from ..client import ImageHostRefused, LabelStudioClient, LabelStudioError
 from ..convert import brush_results
 from ..jobs import InProcessJobs, JobFailedError, JobRunner
 from ..progress import ProjectFacts, project_facts
-from .context import ProjectContext, parse_label_config
+from .context import ProjectContext
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
+from .label_config import parse_label_config
 from .pool import PoolImage
 from .publish import MASK_SCORE, Publisher
 from .state import (

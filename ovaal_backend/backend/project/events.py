@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import IGNORE_INDEX
 from ..convert import LabelConfigError, annotation_points
-from .context import ProjectContext, parse_label_config
+from .label_config import parse_label_config
 from .state import (
     PHASE_DONE,
     PHASE_NEW,
@@ -24,6 +24,9 @@ from .state import (
     SOURCE_KEY,
     SOURCE_ROUND,
 )
+
+if TYPE_CHECKING:  # the applier only receives a context: validate.py imports this module without torch
+    from .context import ProjectContext
 
 log = logging.getLogger(__name__)
 

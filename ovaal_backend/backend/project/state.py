@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...engine.job import round_job_id
+from ...engine.rounds import round_job_id
 
 log = logging.getLogger(__name__)
 
