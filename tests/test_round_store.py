@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
-from ovaal_backend.backend.round_store import IMPORTED, IMPORTING, PLANNED, PUSHED, SENDING, TODO, RoundStore
+from ovaal_backend.backend.round_store import MaskStatus, QueryStatus, RoundStore
 from ovaal_backend.backend.store import LabelStore
 
 P = "7"
@@ -30,25 +32,38 @@ def test_query_tasks_by_id(rounds):
 def test_planned_queries_move_through_their_statuses(rounds):
     rounds.plan_queries(P, 1, 1, [(3, 0.25, RESULT), (4, 0.5, RESULT), (5, 0.75, RESULT)])
     rounds.plan_queries(P, 1, 2, [(3, 0.9, [])])  # a re-run job does not re-plan a planned source
-    assert rounds.queries(P, 1, PLANNED) == [(3, 0.25, RESULT), (4, 0.5, RESULT), (5, 0.75, RESULT)]
-    assert [s for s, _, _ in rounds.queries(P, 1, PLANNED, limit=2)] == [3, 4]
-    rounds.set_query_status(P, 1, [3, 4], IMPORTING)
-    assert [s for s, _, _ in rounds.queries(P, 1, IMPORTING)] == [3, 4]
+    assert rounds.queries(P, 1, QueryStatus.PLANNED) == [(3, 0.25, RESULT), (4, 0.5, RESULT), (5, 0.75, RESULT)]
+    assert [s for s, _, _ in rounds.queries(P, 1, QueryStatus.PLANNED, limit=2)] == [3, 4]
+    rounds.set_query_status(P, 1, [3, 4], QueryStatus.IMPORTING)
+    assert [s for s, _, _ in rounds.queries(P, 1, QueryStatus.IMPORTING)] == [3, 4]
     rounds.set_imported(P, 1, [(3, 30), (4, 40)])
-    assert [s for s, _, _ in rounds.queries(P, 1, IMPORTED)] == [3, 4]
+    assert [s for s, _, _ in rounds.queries(P, 1, QueryStatus.IMPORTED)] == [3, 4]
     assert rounds.query_tasks(P, 1) == {30: 3, 40: 4}
     assert rounds.query_prediction(P, 40) == (RESULT, 0.5)
     assert rounds.query_prediction(P, 50) is None
     assert rounds.count_queries(P, 1) == 3 and rounds.count_queries(P, 2) == 0
-    assert rounds.count_queries(P, 1, IMPORTED) == 2 and rounds.count_queries(P, 1, PLANNED) == 1
+    assert rounds.count_queries(P, 1, QueryStatus.IMPORTED) == 2
+    assert rounds.count_queries(P, 1, QueryStatus.PLANNED) == 1
+
+
+def test_statuses_are_stored_as_their_names(rounds):
+    """Statuses are ``str`` Enums: a file written before them (plain names) reads the same, and vice versa."""
+    rounds.plan_queries(P, 1, 1, [(3, 0.25, RESULT)])
+    rounds.plan_masks(P, 2, [(3, "/m/3.npz")])
+    with sqlite3.connect(rounds.path) as db:
+        assert db.execute("SELECT status FROM round_queries UNION ALL SELECT status FROM masks").fetchall() == [
+            ("planned",), ("todo",)]
+        db.execute("UPDATE masks SET status = 'sending'")
+    assert rounds.masks(P, 2, MaskStatus.SENDING) == [(3, "/m/3.npz")]
 
 
 def test_masks_sources_and_trainings(rounds):
     rounds.plan_masks(P, 2, [(3, "/m/3.npz"), (4, "/m/4.npz")])
-    rounds.set_mask_status(P, 2, [3], SENDING)
-    assert rounds.masks(P, 2, TODO) == [(4, "/m/4.npz")] and rounds.masks(P, 2, SENDING) == [(3, "/m/3.npz")]
-    rounds.set_mask_status(P, 2, [3, 4], PUSHED)
-    assert rounds.masks(P, 2, TODO) == [] and len(rounds.masks(P, 2, PUSHED)) == 2
+    rounds.set_mask_status(P, 2, [3], MaskStatus.SENDING)
+    assert rounds.masks(P, 2, MaskStatus.TODO) == [(4, "/m/4.npz")]
+    assert rounds.masks(P, 2, MaskStatus.SENDING) == [(3, "/m/3.npz")]
+    rounds.set_mask_status(P, 2, [3, 4], MaskStatus.PUSHED)
+    assert rounds.masks(P, 2, MaskStatus.TODO) == [] and len(rounds.masks(P, 2, MaskStatus.PUSHED)) == 2
     rounds.set_sources(P, {3: {"image": "a.png"}, 4: {"image": "b.png"}})
     rounds.set_sources(P, {4: {"image": "b2.png"}})
     assert rounds.sources(P) == {4: {"image": "b2.png"}}

@@ -2,10 +2,11 @@
 
 A round's result becomes one row per query task and one per mask, each updated on its own as it reaches Label Studio,
 so publishing costs the same per task whatever the project's size (no file rewritten whole), and a crash resumes
-at the first row not yet done. Statuses: a query row is ``planned`` -> ``importing`` (sent in a batch whose answer
-may be lost) -> ``imported`` (its task id known); a mask row is ``todo`` -> ``sending`` -> ``pushed``. A row whose
-source task was deleted from Label Studio ends ``gone`` (never sent again); a mask Label Studio refuses for a task
-that exists ends ``refused`` (logged; the next version's mask is sent as usual).
+at the first row not yet done. Statuses (``QueryStatus``, ``MaskStatus``): a query row is ``planned`` ->
+``importing`` (sent in a batch whose answer may be lost) -> ``imported`` (its task id known); a mask row is ``todo``
+-> ``sending`` -> ``pushed``. A row whose source task was deleted from Label Studio ends ``gone`` (never sent again);
+a mask Label Studio refuses for a task that exists ends ``refused`` (logged; the next version's mask is sent as
+usual).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from enum import Enum
 from typing import Any
 
 from .sqlite import SqliteFile
@@ -71,9 +73,40 @@ CREATE TABLE IF NOT EXISTS trainings (
 );
 """
 
-PLANNED, IMPORTING, IMPORTED = "planned", "importing", "imported"
-TODO, SENDING, PUSHED = "todo", "sending", "pushed"
-GONE, REFUSED = "gone", "refused"
+
+
+class QueryStatus(str, Enum):
+    """Where a planned query task is on its way into Label Studio (``round_queries.status``)."""
+
+    PLANNED = "planned"
+    """Recorded from the round job's result, not sent yet (or sent in a batch Label Studio did not create)."""
+    IMPORTING = "importing"
+    """Sent in a batch whose answer may be lost: adopted by its markers if Label Studio created it."""
+    IMPORTED = "imported"
+    """In Label Studio, its task id known."""
+    GONE = "gone"
+    """Its source task was deleted from Label Studio: never sent."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MaskStatus(str, Enum):
+    """Where a dense mask is on its way to its source task (``masks.status``)."""
+
+    TODO = "todo"
+    """Written by the round job, not sent yet."""
+    SENDING = "sending"
+    """Sent in a batch whose answer may be lost: pushed if Label Studio holds a prediction of its version."""
+    PUSHED = "pushed"
+    """A prediction of its source task in Label Studio."""
+    GONE = "gone"
+    """Its source task was deleted from Label Studio: never sent again."""
+    REFUSED = "refused"
+    """Label Studio refused it for a task that exists (logged); the next version's mask is sent as usual."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class RoundStore(SqliteFile):
@@ -87,13 +120,13 @@ class RoundStore(SqliteFile):
                      rows: Iterable[tuple[int, float, list[dict[str, Any]]]]) -> None:
         """Record the round's planned query tasks as ``(source task id, score, keypoint result)``; a source already
         planned for that round keeps its row (a re-run job must not re-plan what may be imported)."""
-        values = [(project, int(round_index), int(src), int(version), float(score), json.dumps(result), PLANNED)
-                  for src, score, result in rows]
+        values = [(project, int(round_index), int(src), int(version), float(score), json.dumps(result),
+                   QueryStatus.PLANNED) for src, score, result in rows]
         with self._write() as db:
             db.executemany("INSERT OR IGNORE INTO round_queries (project, round_index, source_task_id, version, score, "
                            "result, status) VALUES (?, ?, ?, ?, ?, ?, ?)", values)
 
-    def queries(self, project: str, round_index: int, status: str,
+    def queries(self, project: str, round_index: int, status: QueryStatus,
                 limit: int = -1) -> list[tuple[int, float, list[dict[str, Any]]]]:
         """``(source task id, score, result)`` of the round's rows in ``status``, by source id."""
         with self._read() as db:
@@ -102,7 +135,7 @@ class RoundStore(SqliteFile):
                               (project, int(round_index), status, int(limit))).fetchall()
         return [(int(s), float(score), json.loads(result)) for s, score, result in rows]
 
-    def set_query_status(self, project: str, round_index: int, sources: Iterable[int], status: str) -> None:
+    def set_query_status(self, project: str, round_index: int, sources: Iterable[int], status: QueryStatus) -> None:
         with self._write() as db:
             db.executemany("UPDATE round_queries SET status = ? WHERE project = ? AND round_index = ? AND "
                            "source_task_id = ?", [(status, project, int(round_index), int(s)) for s in sources])
@@ -112,7 +145,8 @@ class RoundStore(SqliteFile):
         pairs = [(int(s), int(t)) for s, t in pairs]
         with self._write() as db:
             db.executemany("UPDATE round_queries SET status = ?, task_id = ? WHERE project = ? AND round_index = ? "
-                           "AND source_task_id = ?", [(IMPORTED, t, project, int(round_index), s) for s, t in pairs])
+                           "AND source_task_id = ?",
+                           [(QueryStatus.IMPORTED, t, project, int(round_index), s) for s, t in pairs])
             db.executemany("INSERT OR REPLACE INTO query_tasks VALUES (?, ?, ?, ?)",
                            [(project, t, int(round_index), s) for s, t in pairs])
 
@@ -123,7 +157,7 @@ class RoundStore(SqliteFile):
                              (project, int(task_id))).fetchone()
         return None if row is None else (json.loads(row[0]), float(row[1]))
 
-    def count_queries(self, project: str, round_index: int, status: str | None = None) -> int:
+    def count_queries(self, project: str, round_index: int, status: QueryStatus | None = None) -> int:
         """Planned query tasks of a round in ``status`` (any status when None)."""
         query, args = "SELECT COUNT(*) FROM round_queries WHERE project = ? AND round_index = ?", [project, round_index]
         if status is not None:
@@ -183,11 +217,11 @@ class RoundStore(SqliteFile):
 
     def plan_masks(self, project: str, version: int, rows: Iterable[tuple[int, str]]) -> None:
         """Record a version's mask files to push, as ``(source task id, path)``."""
-        values = [(project, int(version), int(src), str(path), TODO) for src, path in rows]
+        values = [(project, int(version), int(src), str(path), MaskStatus.TODO) for src, path in rows]
         with self._write() as db:
             db.executemany("INSERT OR IGNORE INTO masks VALUES (?, ?, ?, ?, ?)", values)
 
-    def masks(self, project: str, version: int, status: str, limit: int = -1) -> list[tuple[int, str]]:
+    def masks(self, project: str, version: int, status: MaskStatus, limit: int = -1) -> list[tuple[int, str]]:
         """``(source task id, path)`` of a version's masks in ``status``, by source id."""
         with self._read() as db:
             rows = db.execute("SELECT source_task_id, path FROM masks WHERE project = ? AND version = ? AND "
@@ -195,7 +229,7 @@ class RoundStore(SqliteFile):
                               (project, int(version), status, int(limit))).fetchall()
         return [(int(s), str(p)) for s, p in rows]
 
-    def set_mask_status(self, project: str, version: int, sources: Iterable[int], status: str) -> None:
+    def set_mask_status(self, project: str, version: int, sources: Iterable[int], status: MaskStatus) -> None:
         with self._write() as db:
             db.executemany("UPDATE masks SET status = ? WHERE project = ? AND version = ? AND source_task_id = ?",
                            [(status, project, int(version), int(s)) for s in sources])

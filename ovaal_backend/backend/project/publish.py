@@ -20,7 +20,7 @@ from ...engine.job import RoundResult, read_mask
 from ...engine.learner import Queries
 from ..client import LabelStudioError
 from ..convert import brush_results, keypoint_results
-from ..round_store import GONE, IMPORTED, IMPORTING, PLANNED, PUSHED, REFUSED, SENDING, TODO
+from ..round_store import MaskStatus, QueryStatus
 from .context import ProjectContext
 from .state import QUERY_MARKER, ROUND_KEY, SOURCE_KEY, version_name
 from .upkeep import Upkeep
@@ -71,15 +71,16 @@ class Publisher:
         """Import the round's planned query tasks in batches; returns how many of the round's tasks exist now."""
         self._adopt(round_index, version)
         sources = self.ctx.list_sources()  # listed again: a source deleted while the round trained gets no query
-        while batch := self.ctx.rounds.queries(self.ctx.key, round_index, PLANNED, IMPORT_BATCH):
+        while batch := self.ctx.rounds.queries(self.ctx.key, round_index, QueryStatus.PLANNED, IMPORT_BATCH):
             gone = [src for src, _, _ in batch if src not in sources]
-            self.ctx.rounds.set_query_status(self.ctx.key, round_index, gone, GONE)
+            self.ctx.rounds.set_query_status(self.ctx.key, round_index, gone, QueryStatus.GONE)
             batch = [row for row in batch if row[0] in sources]
             if not batch:
                 continue
             tasks = [self._task(src, sources[src], score, result, round_index, version)
                      for src, score, result in batch]
-            self.ctx.rounds.set_query_status(self.ctx.key, round_index, [src for src, _, _ in batch], IMPORTING)
+            self.ctx.rounds.set_query_status(self.ctx.key, round_index, [src for src, _, _ in batch],
+                                             QueryStatus.IMPORTING)
             try:
                 ids = self.ctx.client.import_tasks(self.ctx.project_id, tasks)
             except Exception:
@@ -89,7 +90,7 @@ class Publisher:
             self.ctx.rounds.set_imported(self.ctx.key, round_index, zip([s for s, _, _ in batch], ids, strict=True))
             self.upkeep.mark_version(version)
             log.info("project %s: round %d: imported %d query tasks", self.ctx.key, round_index, len(ids))
-        return self.ctx.rounds.count_queries(self.ctx.key, round_index, IMPORTED)
+        return self.ctx.rounds.count_queries(self.ctx.key, round_index, QueryStatus.IMPORTED)
 
     def _task(self, source_id: int, data: dict[str, Any], score: float, result: list[dict[str, Any]],
               round_index: int, version: int) -> dict[str, Any]:
@@ -106,7 +107,7 @@ class Publisher:
         would make duplicates. After a restart the wait is not known, and the rows go back at once.
         """
         pending = {src: (score, result) for src, score, result in
-                   self.ctx.rounds.queries(self.ctx.key, round_index, IMPORTING)}
+                   self.ctx.rounds.queries(self.ctx.key, round_index, QueryStatus.IMPORTING)}
         if not pending:
             return
         found: dict[int, int] = {}
@@ -127,7 +128,7 @@ class Publisher:
             raise LabelStudioError(f"round {round_index}: {len(missing)} query tasks of an import whose answer was "
                                    f"lost are not in Label Studio yet; waiting up to "
                                    f"{self._late_until - time.monotonic():.0f} s before importing them again")
-        self.ctx.rounds.set_query_status(self.ctx.key, round_index, missing, PLANNED)
+        self.ctx.rounds.set_query_status(self.ctx.key, round_index, missing, QueryStatus.PLANNED)
         log.info("project %s: round %d: adopted %d query tasks found in Label Studio, %d to import again",
                  self.ctx.key, round_index, len(found), len(pending) - len(found))
 
@@ -158,22 +159,22 @@ class Publisher:
         self._forget_gone_masks(version, set(self.ctx.list_sources()))
         self._reconcile_masks(version)
         name, pushed = version_name(version), 0
-        while batch := self.ctx.rounds.masks(self.ctx.key, version, TODO, PUSH_BATCH):
+        while batch := self.ctx.rounds.masks(self.ctx.key, version, MaskStatus.TODO, PUSH_BATCH):
             predictions = []
             for source, path in batch:
                 class_map, confidence = read_mask(path)
                 result = brush_results(class_map, self.ctx.iface, scores=confidence)
                 predictions.append({"task": source, "result": result, "score": MASK_SCORE, "model_version": name})
             sources = [source for source, _ in batch]
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, SENDING)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, MaskStatus.SENDING)
             refused = self.send_predictions(predictions)
             gone = [task for task, exists in refused.items() if not exists]
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, GONE)
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, set(refused) - set(gone), REFUSED)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, MaskStatus.GONE)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, set(refused) - set(gone), MaskStatus.REFUSED)
             done = [source for source in sources if source not in refused]
             if done:
                 self.upkeep.mark_version(version)
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, done, PUSHED)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, done, MaskStatus.PUSHED)
             pushed += len(done)
         if pushed:
             log.info("project %s: dense masks of %s pushed to %d source tasks", self.ctx.key, name, pushed)
@@ -211,9 +212,9 @@ class Publisher:
 
     def _forget_gone_masks(self, version: int, sources: set[int]) -> None:
         """Mark the version's unsent masks of tasks that are no longer sources ``gone``."""
-        for status in (TODO, SENDING):
+        for status in (MaskStatus.TODO, MaskStatus.SENDING):
             gone = [s for s, _ in self.ctx.rounds.masks(self.ctx.key, version, status) if s not in sources]
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, GONE)
+            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, MaskStatus.GONE)
             if gone:
                 log.warning("project %s: %d source task(s) were deleted in Label Studio since %s trained; their "
                             "masks are dropped", self.ctx.key, len(gone), version_name(version))
@@ -221,8 +222,8 @@ class Publisher:
     def _reconcile_masks(self, version: int) -> None:
         """Masks of a batch whose answer was lost: pushed if Label Studio has a prediction of the version."""
         name = version_name(version)
-        sending = self.ctx.rounds.masks(self.ctx.key, version, SENDING)
+        sending = self.ctx.rounds.masks(self.ctx.key, version, MaskStatus.SENDING)
         arrived = [s for s, _ in sending
                    if any(p.get("model_version") == name for p in self.ctx.client.task_predictions(s))]
-        self.ctx.rounds.set_mask_status(self.ctx.key, version, arrived, PUSHED)
-        self.ctx.rounds.set_mask_status(self.ctx.key, version, {s for s, _ in sending} - set(arrived), TODO)
+        self.ctx.rounds.set_mask_status(self.ctx.key, version, arrived, MaskStatus.PUSHED)
+        self.ctx.rounds.set_mask_status(self.ctx.key, version, {s for s, _ in sending} - set(arrived), MaskStatus.TODO)
