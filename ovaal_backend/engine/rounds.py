@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from ..config import Config
 
+START = -1
+"""The round that ended when no round has: the work at the start (``RoundJob.ended_round``, the backend's
+``training_round``) only picks round 0's random pixels."""
+
 
 @dataclass(frozen=True)
 class RoundPlan:
