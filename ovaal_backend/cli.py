@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .backend.export_formats import COCO_FILE, DEFAULT_FORMATS, FORMATS, LS_FILE, parse_formats
 from .config import (
     CLASSIFIERS,
     LR_SCHEDULES,
@@ -147,12 +148,18 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn on PORT)",
                    description="Serve /health, /setup, /predict, /webhook and /metrics for Label Studio. Every "
                                "setting comes from the environment (field names of config.py in upper case).")
-    p = sub.add_parser("export", help="write PNG label maps and colour previews of a project's source images",
-                       description="Label map per source image (class index per pixel, 255 = none) from the "
-                                   "project's current model, annotators' clicks on top, plus colour previews and "
-                                   "classes.json. Reads MODEL_DIR; asks Label Studio only for uncached images.")
+    p = sub.add_parser("export", help="write a project's masks: PNG label maps, COCO JSON, Label Studio JSON",
+                       description="The mask of every source image from the project's current model, annotators' "
+                                   "clicks on top, in each --format: png (label map per image, class index per "
+                                   "pixel, 255 = none, plus a colour preview), coco (coco.json: one RLE per class "
+                                   "per image, category id = class index + 1), ls-json (label_studio.json: the "
+                                   "tasks with the masks as brush predictions, to import into a project with the "
+                                   "same label config); classes.json always. Reads MODEL_DIR; asks Label Studio "
+                                   "only for uncached images.")
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--format", type=_export_formats, default=",".join(DEFAULT_FORMATS),
+                   help=f"comma-separated, from {', '.join(FORMATS)} (default: {','.join(DEFAULT_FORMATS)})")
     p = sub.add_parser("resync", help="re-read a project's annotations from Label Studio (lost webhooks)",
                        description="Queue every annotation Label Studio has, and the deletion of stored ones it no "
                                    "longer has, as events: a running backend applies them within seconds, a "
@@ -212,9 +219,19 @@ def run_export(args: argparse.Namespace) -> int:
     from .backend.export import export_project
 
     config = Config.from_env()
-    written = export_project(config, args.project, args.out, client_from_config(config))
-    print(f"project {args.project}: {len(written)} label maps -> {args.out}")
+    written = export_project(config, args.project, args.out, client_from_config(config), args.format)
+    files = [f"{len(written)} label maps"] if "png" in args.format else []
+    files += [name for fmt, name in (("coco", COCO_FILE), ("ls-json", LS_FILE)) if fmt in args.format]
+    print(f"project {args.project}: {', '.join(files)} -> {args.out}")
     return 0
+
+
+def _export_formats(text: str) -> tuple[str, ...]:
+    """``--format``'s value as export formats; argparse turns the error into a usage error naming the choices."""
+    try:
+        return parse_formats(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run_resync(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -30,7 +31,16 @@ class ModelDirBusyError(RuntimeError):
 
 
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` with ``write(handle)`` so a reader sees the old file or the new one, never half of one.
+    """Write ``path`` with ``write(handle)`` so a reader sees the old file or the new one, never half of one
+    (see ``atomic_file``)."""
+    with atomic_file(path) as handle:
+        write(handle)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes become ``path`` when the block ends, and are dropped if it raises; for writers
+    that produce a file piece by piece (the export's Label Studio JSON, one task at a time).
 
     The bytes go to a temporary file in the same folder, are flushed to disk, then renamed over ``path``; on any
     error the temporary file is removed and ``path`` is left as it was. Concurrent writers each use their own
@@ -44,7 +54,7 @@ def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Non
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -1,7 +1,8 @@
 """The Flask app speaking Label Studio's ML backend protocol (label-studio-ml 2.x): thin routes over the drivers.
 
 Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``POST /train`` (the old
-way Label Studio asked for training), ``GET /metrics``. Each parses JSON, calls one driver method and answers JSON;
+way Label Studio asked for training), ``GET /metrics`` (JSON, or Prometheus text for a scraper: ``prometheus.py``).
+Each parses JSON, calls one driver method and answers JSON;
 every error is JSON ``{"error": reason}``: 400 for malformed input (checked before any project state is created),
 401 (basic auth), 403 (a project outside ALLOWED_PROJECTS), 404, 409, 413 (over MAX_REQUEST_MB), 503 with
 ``Retry-After`` (a /predict past MAX_PREDICT_CALLS), 503 for a project set aside (its state file cannot be opened:
@@ -44,7 +45,9 @@ from .link import SetupCheck, reason_phrase
 from .project.context import STATE_FILE, known_projects, project_dir
 from .project.driver import ProjectDriver, ProjectMismatchError
 from .project.label_config import parse_label_config
+from .prometheus import prometheus_text, wants_prometheus
 from .sqlite import is_storage_fault
+from .status import MODEL_CLASS, metrics_payload
 from .validate import (
     ACTION,
     BadRequest,
@@ -60,8 +63,6 @@ from .worker import ProjectWorker
 
 log = logging.getLogger(__name__)
 
-MODEL_CLASS = "OVAAL"
-"""What /health reports as ``model_class``."""
 OPEN_ROUTES = ("/", "/health")
 """Routes answered without basic auth: they reveal nothing, and container health checks carry no password."""
 INTERNAL_ERROR = "internal error; see the backend's log"
@@ -352,13 +353,15 @@ def _add_status_routes(app: Flask, backend: Backend) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        projects = {}
-        for project_id, driver in sorted(backend.projects().items()):
-            projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
-        return jsonify(model_class=MODEL_CLASS, version=__version__, projects=projects,
-                       set_aside=backend.set_aside(), label_studio=backend.client.link.status(),
-                       jobs=backend.jobs.status(),
-                       predict=backend.predict_slots.status())
+        try:
+            text = wants_prometheus(request.args.get("format"), request.headers.get("Accept"))
+        except ValueError as err:
+            raise BadRequest(str(err)) from None
+        payload = metrics_payload(backend)
+        if not text:
+            return jsonify(payload)
+        body, content_type = prometheus_text(payload, request.headers.get("Accept"))
+        return Response(body, content_type=content_type)
 
 
 def _add_routes(app: Flask, backend: Backend) -> None:

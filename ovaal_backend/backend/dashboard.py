@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from .. import __version__
+from .status import metrics_payload
 
 STATIC = Path(__file__).resolve().parent / "static"
 """The page's assets (shipped with the package)."""
@@ -54,21 +54,6 @@ class WorkerClock:
                     entry = (doing, now, "first")
                 self._seen[project] = previous = entry
             return {"doing": doing, "since": previous[1], "how": previous[2]}
-
-
-def metrics_payload(backend: Any) -> dict[str, Any]:
-    """What ``/metrics`` answers: every project's ``ProjectDriver.metrics`` with its worker's status."""
-    from .app import MODEL_CLASS
-
-    projects = {}
-    for project_id, driver in sorted(backend.projects().items()):
-        projects[str(project_id)] = dict(driver.metrics(), worker=backend.worker(project_id).status())
-    body: dict[str, Any] = {"model_class": MODEL_CLASS, "version": __version__, "projects": projects,
-                            "label_studio": backend.client.link.status()}
-    jobs = getattr(backend, "jobs", None)
-    if callable(getattr(jobs, "status", None)):
-        body["jobs"] = jobs.status()
-    return body
 
 
 def dashboard_blueprint(backend: Any) -> Blueprint:
