@@ -122,3 +122,25 @@ def test_a_real_backend_serves_prometheus_text_to_a_scraper(label_studio, tmp_pa
         assert samples(text.text, openmetrics=False)[("ovaal_project_query_tasks", p)] == 3
     finally:
         backend.stop()
+
+
+def test_a_redis_queue_and_an_unreachable_label_studio():
+    """With REDIS_URL the queue's counts and workers; a Label Studio that failed: reachable 0, its error present."""
+    from ovaal_backend.backend.prometheus import prometheus_text
+
+    payload = {"model_class": "OVAAL", "version": "0", "projects": {}, "set_aside": {"3": {"reason": "corrupt"}},
+               "label_studio": {"reachable": False, "last_ok": None, "last_error": "connection refused",
+                                "last_error_at": 1700000000.0},
+               "jobs": {"kind": "rq", "queued": 2, "started": 1, "failed": 0, "workers": 3, "jobs": {}},
+               "predict": {"slots": 2, "busy": 0, "refused": 5}}
+    text, content_type = prometheus_text(payload, "text/plain;version=0.0.4")
+    scraped = samples(text.decode(), openmetrics=False)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert scraped[("ovaal_jobs", (("state", "queued"),))] == 2 and scraped[("ovaal_queue_workers", ())] == 3
+    assert scraped[("ovaal_queue_reachable", ())] == 1 and ("ovaal_job_slots", ()) not in scraped
+    assert scraped[("ovaal_label_studio_reachable", ())] == 0 and scraped[("ovaal_label_studio_last_error", ())] == 1
+    assert scraped[("ovaal_label_studio_last_error_timestamp_seconds", ())] == 1700000000.0
+    assert ("ovaal_label_studio_last_ok_timestamp_seconds", ()) not in scraped
+    assert scraped[("ovaal_projects_set_aside", ())] == 1 and scraped[("ovaal_predict_refused_total", ())] == 5
+    down = dict(payload, jobs={"kind": "rq", "redis": "redis://x", "queue": "ovaal", "error": "ConnectionError"})
+    assert samples(prometheus_text(down, "")[0].decode(), openmetrics=False)[("ovaal_queue_reachable", ())] == 0
