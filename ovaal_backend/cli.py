@@ -79,6 +79,9 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-train-images", type=int, default=0, help="use only the first N pool images (0 = all)")
     p.add_argument("--max-eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
+    p.add_argument("--dense-images", type=int, default=0,
+                   help="N pool images (drawn by the seed) get their whole ground-truth mask as if an annotator had "
+                        "corrected the pushed mask: they train as dense labels from round 1 and are not queried again")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the preset's; 0 = torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -134,7 +137,8 @@ def run_simulate(args: argparse.Namespace) -> int:
                             eval_prefixes=_split(args.eval_prefixes), semi_ablations=_split(args.semi_ablations),
                             checkpoint=args.save_checkpoint,
                             logit_taus=[float(t) for t in _split(args.logit_taus)],
-                            convergence_check=args.convergence_check, method=args.method)
+                            convergence_check=args.convergence_check, method=args.method,
+                            dense_images=args.dense_images)
     write_result(result, args.out)
     if args.plot:
         plot_results([result], args.plot)

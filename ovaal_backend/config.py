@@ -171,6 +171,9 @@ class Config:
     query_from_name: str = ""
     mask_from_name: str = ""
     train_after_annotations: int = 0
+    # corrected masks (submitted brush annotations on source tasks) train the next rounds as dense labels, and their
+    # images are not queried again
+    train_on_corrections: bool = True
     point_size: float = 0.6
     predict_batch: int = 4
     max_download_mb: float = 64.0  # one image download, in MiB

@@ -13,10 +13,12 @@ import pytest
 TORCH_FREE = (
     "ovaal_backend.config",
     "ovaal_backend.engine.rounds",
+    "ovaal_backend.engine.dense",
     "ovaal_backend.backend.validate",
     "ovaal_backend.backend.cleanup",
     "ovaal_backend.backend.project.state",
     "ovaal_backend.backend.project.label_config",
+    "ovaal_backend.backend.project.corrected",
 )
 """Modules a process may import without paying for torch: request checks (validate), the cleanup command, the typed
 state and label config, the settings and the round plan."""

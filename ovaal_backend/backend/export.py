@@ -29,6 +29,7 @@ from .coco import CocoWriter
 from .export_formats import COCO_FILE, DEFAULT_FORMATS, LS_FILE, parse_formats
 from .ls_export import TasksWriter, check_brush_control
 from .project.context import ProjectContext, known_projects, project_dir
+from .project.corrected import CorrectedMasks
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clicks = ctx.points_by_source()
+    CorrectedMasks(ctx).overlay(ids, predicted, clicks)  # an annotator's corrected mask wins over the model
     version = ctx.model_version if learner is not None else None
     coco = None
     if "coco" in formats:

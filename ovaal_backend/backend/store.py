@@ -140,11 +140,14 @@ CREATE INDEX IF NOT EXISTS events_set_aside ON events (project, id)
                 return False
             row = db.execute("SELECT task_id, source_task_id, round_index, annotator, cancelled, ls_updated_at "
                              "FROM annotations WHERE project = ? AND annotation_id = ?", key).fetchone()
-            if row is not None and _is_older(updated_at, row[5]):
+            if row is not None and is_older(updated_at, row[5]):
                 return False
             old_points = db.execute("SELECT row, col, label FROM points WHERE project = ? AND annotation_id = ? "
                                     "ORDER BY row, col", key).fetchall()
             if row is not None and tuple(row[:5]) == header and old_points == new_points:
+                if updated_at and updated_at != row[5]:  # the same points, a newer edit (e.g. of its brush regions)
+                    db.execute("UPDATE annotations SET ls_updated_at = ? WHERE project = ? AND annotation_id = ?",
+                               (updated_at, *key))
                 return False
             (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM annotations").fetchone()
             db.execute("INSERT OR REPLACE INTO annotations (project, annotation_id, task_id, source_task_id, "
@@ -153,6 +156,17 @@ CREATE INDEX IF NOT EXISTS events_set_aside ON events (project, id)
             db.execute("DELETE FROM points WHERE project = ? AND annotation_id = ?", key)
             db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)", [(*key, *p) for p in new_points])
         return True
+
+    def is_current(self, project: str, annotation_id: int, updated_at: str | None) -> bool:
+        """Whether a delivery of an annotation is its newest state: False when Label Studio deleted the annotation
+        or a newer edit of it is stored (webhooks may arrive late, ``resync`` queues what Label Studio holds)."""
+        with self._read() as db:
+            key = (project, int(annotation_id))
+            if db.execute("SELECT 1 FROM deleted_annotations WHERE project = ? AND annotation_id = ?", key).fetchone():
+                return False
+            row = db.execute("SELECT ls_updated_at FROM annotations WHERE project = ? AND annotation_id = ?",
+                             key).fetchone()
+        return row is None or not is_older(updated_at, row[0])
 
     def delete_annotations(self, project: str, annotation_ids: Iterable[int]) -> int:
         """Forget annotations deleted in Label Studio, with their points.
@@ -327,7 +341,7 @@ def id_chunks(values: list[int], size: int = 500) -> list[list[int]]:
     return [values[i:i + size] for i in range(0, len(values), size)]
 
 
-def _is_older(new: str | None, stored: str | None) -> bool:
+def is_older(new: str | None, stored: str | None) -> bool:
     """True when both timestamps are known and ``new`` is before ``stored`` (ISO 8601, as Label Studio sends them)."""
     if not new or not stored:
         return False

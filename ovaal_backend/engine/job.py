@@ -23,14 +23,12 @@ import torch.nn.functional as F
 from ..config import IGNORE_INDEX, Config
 from ..files import write_atomically
 from .data import load_rgb, to_tensor_resized
+from .dense import DenseLabels, grid_points
 from .learner import ActiveLearner, Queries
-from .rounds import RoundPlan, round_job_id
+from .rounds import START, RoundPlan, round_job_id
 from .train import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-
-START = -1
-"""``RoundJob.ended_round`` when no round has ended yet: the job only picks round 0's random pixels."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +36,9 @@ class RoundJob:
     """Everything one round's work needs, as plain values (picklable, so a queue can carry it).
 
     ``points[i]`` holds image i's clicks as (row, col, class index) at its original size, IGNORE_INDEX for "can't
-    tell"; ``checkpoint`` is read when ``fine_tune`` and written when the job trains; masks are written as
-    ``masks_dir/<key>.npz`` when ``masks_dir`` is set.
+    tell"; ``dense`` holds the full label maps some images have (by key): those train on every grid cell besides
+    their clicks and are not queried again; ``checkpoint`` is read when ``fine_tune`` and written when the job
+    trains; masks are written as ``masks_dir/<key>.npz`` when ``masks_dir`` is set.
     """
 
     config: Config
@@ -53,6 +52,7 @@ class RoundJob:
     generation: int
     fine_tune: bool = True
     masks_dir: str | None = None
+    dense: dict[int, DenseLabels] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -82,7 +82,8 @@ class RoundResult:
 
 
 def run_round(job: RoundJob) -> RoundResult:
-    """Train on every click (unless nothing is trainable or this is the start), then select and predict."""
+    """Train on every click and dense label map (unless nothing is trainable or this is the start), then select
+    (images with a dense map are not asked again) and predict."""
     plan = RoundPlan.from_config(job.config)
     keys, images, sizes, points, unreadable = _load_pool(job)
     result = RoundResult(version=job.version - 1, next_round=plan.next_round(job.ended_round),
@@ -90,15 +91,19 @@ def run_round(job: RoundJob) -> RoundResult:
     result.sizes = dict(zip(keys, sizes))
     if not keys:
         return result
+    dense = _dense_points(job, keys, sizes)
     learner = ActiveLearner(job.config, job.num_classes)
-    trained = job.ended_round != START and _train_or_resume(job, plan, learner, images, points, sizes, result)
+    trained = job.ended_round != START and _train_or_resume(job, plan, learner, images, points, dense, keys, sizes,
+                                                            result)
     if not trained and job.ended_round != START and not _load_version(job, learner, job.version - 1):
         learner = None  # nothing trainable yet and no earlier weights: random queries, no masks
     if result.next_round is not None:
         random = learner is None or plan.is_random(result.next_round)
+        ask = [i for i, key in enumerate(keys) if key not in dense]
         picked = (learner or ActiveLearner(job.config, job.num_classes)).query(
-            images, points, sizes, plan.pixels(result.next_round), random=random)
-        result.queries = dict(zip(keys, picked))
+            images if len(ask) == len(keys) else images[ask], [points[i] for i in ask], [sizes[i] for i in ask],
+            plan.pixels(result.next_round), random=random)
+        result.queries = {keys[i]: q for i, q in zip(ask, picked, strict=True)}
     if trained and job.masks_dir:
         result.masks = _write_masks(learner, keys, images, sizes, Path(job.masks_dir), job.config.predict_batch)
     return result
@@ -128,19 +133,38 @@ def _inside(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return table[keep]
 
 
+def _dense_points(job: RoundJob, keys: list[int], sizes: list[tuple[int, int]]) -> dict[int, np.ndarray]:
+    """The training points of each loaded image's dense label map (key -> (n, 3)); a map drawn at another size
+    than the image has now (the file changed since) is left out, with a warning."""
+    out = {}
+    for key, size in zip(keys, sizes, strict=True):
+        labels = job.dense.get(key)
+        if labels is None:
+            continue
+        if tuple(labels.size) != tuple(size):
+            log.warning("job %s: image %s is %dx%d but its dense labels were drawn at %dx%d: they train nothing",
+                        job.job_id, key, size[1], size[0], labels.size[1], labels.size[0])
+            continue
+        out[key] = grid_points(labels.grid, size, job.num_classes)
+    return out
+
+
 def _train_or_resume(job: RoundJob, plan: RoundPlan, learner: ActiveLearner, images: torch.Tensor,
-                     points: list[np.ndarray], sizes: list[tuple[int, int]], result: RoundResult) -> bool:
-    """Train and save ``job.version``, or load it when an earlier run of this job saved it; False when nothing
-    can be trained yet."""
+                     clicks: list[np.ndarray], dense: dict[int, np.ndarray], keys: list[int],
+                     sizes: list[tuple[int, int]], result: RoundResult) -> bool:
+    """Train and save ``job.version`` on the clicks plus the dense maps' points, or load it when an earlier run of
+    this job saved it; False when nothing can be trained yet."""
     saved = _read(job.checkpoint)
     if saved is not None and (saved["generation"], saved["version"]) == (job.generation, job.version):
         learner.load_state_dict(saved["learner"])
         result.version, result.training = job.version, saved.get("training")
         log.info("job %s: its weights were saved by an earlier run; using them", job.job_id)
         return True
-    trainable = sum(int((p[:, 2] != IGNORE_INDEX).sum()) for p in points)
-    if not trainable:
+    trainable = sum(int((p[:, 2] != IGNORE_INDEX).sum()) for p in clicks)
+    dense_points = sum(len(d) for d in dense.values())
+    if not trainable and not dense_points:
         return False
+    points = [np.concatenate([p, dense[key]]) if key in dense else p for key, p in zip(keys, clicks, strict=True)]
     if job.fine_tune and saved is not None and saved["generation"] == job.generation:
         learner.load_state_dict(saved["learner"])
     started = time.perf_counter()
@@ -150,6 +174,7 @@ def _train_or_resume(job: RoundJob, plan: RoundPlan, learner: ActiveLearner, ima
         outcome = learner.train(images, points, sizes, semi=semi, final=True, progress=False)
     result.training = {"round": job.ended_round, "generation": job.generation, "final": plan.is_last(job.ended_round),
                        "semi": semi, "points": trainable, "images": sum(1 for p in points if len(p)),
+                       "dense_images": sum(1 for d in dense.values() if len(d)), "dense_points": dense_points,
                        "loss": outcome.last_loss, "seconds": round(time.perf_counter() - started, 2),
                        "finished_at": time.time()}
     save_checkpoint(job.checkpoint, {"learner": learner.state_dict(), "version": job.version,

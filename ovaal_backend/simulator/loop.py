@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..engine.adjust import adjusted_class_map, click_log_prior
 from ..engine.data import SegmentationFolder, resize_images
+from ..engine.dense import grid_labels, grid_points
 from ..engine.learner import ActiveLearner, Queries
 from ..engine.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
 from ..engine.rounds import RoundPlan
@@ -25,6 +26,12 @@ from ..engine.train import save_checkpoint
 from .presets import METHODS
 
 log = logging.getLogger(__name__)
+
+DENSE_FROM_ROUND = 1
+"""The round while which ``--dense-images`` masks arrive, as corrections do in the backend: the first masks are pushed
+with round 1's query tasks (from the round-0 model), so corrected masks train from round 1's training on, and their
+images are not queried again from round 2 on (round 1's tasks were already out)."""
+
 
 def method_names(config: Config) -> list[str]:
     """Every shorthand whose settings a config has (``default`` and ``ovaal`` are the same design today)."""
@@ -116,21 +123,25 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
                    on_round: Callable[[dict[str, Any]], None] | None = None, train_prefixes: Sequence[str] = (),
                    eval_prefixes: Sequence[str] = (), semi_ablations: Sequence[str] = (),
                    checkpoint: str | Path | None = None, logit_taus: Sequence[float] = (),
-                   convergence_check: bool = False, method: str | None = None) -> dict[str, Any]:
+                   convergence_check: bool = False, method: str | None = None,
+                   dense_images: int = 0) -> dict[str, Any]:
     """Run the whole loop: random round 0, then ``rounds`` acquisition rounds, then the final (OVAAL+) phase.
 
     ``train_prefixes`` / ``eval_prefixes`` keep only images whose names start with one of them (a split by sequence);
     ``semi_ablations`` (names of SEMI_ABLATIONS) run other OVAAL+ final phases on the same rounds; ``checkpoint``
     saves the learner after the last active round; ``logit_taus`` also measures every model with logit adjustment
     of those strengths (engine/adjust.py); ``convergence_check`` trains the final phase a second time, on the same
-    labels, with twice its epochs. Returns the RESULT.json dictionary (mIoU in percent); its ``pool`` entry measures
-    the final model's dense masks on the pool images themselves (what the backend pushes to Label Studio).
+    labels, with twice its epochs; ``dense_images`` pool images (drawn by the seed) get their whole ground-truth mask
+    as if an annotator had corrected the pushed mask (see DENSE_FROM_ROUND). Returns the RESULT.json dictionary (mIoU
+    in percent); its ``pool`` entry measures the final model's dense masks on the pool images themselves (what the
+    backend pushes to Label Studio).
     """
     for name in semi_ablations:
         if name not in SEMI_ABLATIONS:
             raise ValueError(f"unknown OVAAL+ ablation {name!r}: choose from {', '.join(SEMI_ABLATIONS)}")
     configure_torch(config)
-    sim = Simulation(config, train_dir, eval_dir, (max_train, train_prefixes), (max_eval, eval_prefixes), progress)
+    sim = Simulation(config, train_dir, eval_dir, (max_train, train_prefixes), (max_eval, eval_prefixes), progress,
+                     dense_images)
     sim.on_round = on_round
     sim.taus = (0.0, *[float(t) for t in logit_taus if float(t) != 0.0])
     sim.active_rounds()
@@ -152,7 +163,7 @@ class Simulation:
 
     def __init__(self, config: Config, train_dir: str | Path, eval_dir: str | Path,
                  train_subset: tuple[int, Sequence[str]], eval_subset: tuple[int, Sequence[str]],
-                 progress: bool) -> None:
+                 progress: bool, dense_images: int = 0) -> None:
         train_folder, eval_folder = SegmentationFolder(train_dir), SegmentationFolder(eval_dir)
         self.classes = train_folder.info.classes
         if eval_folder.info.classes != self.classes:
@@ -167,6 +178,11 @@ class Simulation:
         self.oracle = Oracle(labels)
         self.excluded = [label == IGNORE_INDEX for label in labels] if config.exclude_void else None
         self.points = [np.zeros((0, 3), dtype=np.int64) for _ in labels]
+        if not 0 <= dense_images <= len(labels):
+            raise ValueError(f"--dense-images {dense_images}: the pool has {len(labels)} images")
+        chosen = np.random.default_rng(config.seed).permutation(len(labels))[:dense_images]  # nested across N
+        self.dense = {int(i): _dense_points(labels[i], self.sizes[i], config, len(self.classes)) for i in sorted(chosen)}
+        self.dense_on = False
         self.acquired: list[list[np.ndarray]] = [[] for _ in labels]
         self.rounds: list[dict[str, Any]] = []
         self.learner = ActiveLearner(config, len(self.classes))
@@ -187,6 +203,12 @@ class Simulation:
             out["logit_adjusted"] = {str(tau): describe(confusion[tau], self.classes) for tau in self.taus[1:]}
         return out
 
+    def training_points(self) -> list[np.ndarray]:
+        """The clicks, plus every grid point of the dense images once their masks have arrived."""
+        if not self.dense_on:
+            return self.points
+        return [np.concatenate([p, self.dense[i]]) if i in self.dense else p for i, p in enumerate(self.points)]
+
     def measure_pool(self) -> dict[str, Any]:
         """The final model's dense masks on the pool images, against their ground truth (void ignored)."""
         return self._described(self.learner, self.images, self.oracle.labels, self.sizes)
@@ -202,6 +224,7 @@ class Simulation:
             "labelled_pixels": answered, "labelled_pixels_per_image": answered / len(self.points),
             "labelled_fraction": answered / total_pixels,
             "void_answers": sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in self.points),
+            "dense_images": len(self.dense) if self.dense_on else 0,
             **described,
             "train_seconds": train_seconds, "select_seconds": select_seconds,
             "elapsed_seconds": time.perf_counter() - self.started,
@@ -221,22 +244,28 @@ class Simulation:
         """Round 0 (random) and the acquisition rounds, each answered by the oracle and followed by a training."""
         for round_index in range(self.plan.rounds + 1):
             t0 = time.perf_counter()
-            queries = self.learner.query(self.images, self.points, self.sizes, self.plan.pixels(round_index),
-                                         random=self.plan.is_random(round_index), excluded=self.excluded)
-            for i, q in enumerate(queries):
+            asked = [i for i in range(len(self.points)) if not (self.dense_on and i in self.dense)]
+            queries = self.learner.query(
+                self.images if len(asked) == len(self.points) else self.images[asked],
+                [self.points[i] for i in asked], [self.sizes[i] for i in asked], self.plan.pixels(round_index),
+                random=self.plan.is_random(round_index),
+                excluded=None if self.excluded is None else [self.excluded[i] for i in asked])
+            for i, q in zip(asked, queries, strict=True):
                 answers = self.oracle.answer(i, q)
                 self.points[i] = np.concatenate([self.points[i], answers])
                 if round_index > 0:
                     self.acquired[i].append(answers)
             select_seconds = time.perf_counter() - t0
-            result = self.learner.train(self.images, self.points, self.sizes, progress=self.progress)
+            self.dense_on = self.dense_on or (bool(self.dense) and round_index >= DENSE_FROM_ROUND)
+            result = self.learner.train(self.images, self.training_points(), self.sizes, progress=self.progress)
             self.record(round_index, "active", result.seconds, select_seconds)
 
     def final_twin(self, semi: bool, changes: dict[str, Any]) -> dict[str, Any]:
         """The final phase on a copy of the learner (identical weights and random state): a paired ablation."""
         twin = copy.deepcopy(self.learner)
         twin.config = self.config.replace(**changes)
-        result = twin.train(self.images, self.points, self.sizes, semi=semi, final=True, progress=self.progress)
+        result = twin.train(self.images, self.training_points(), self.sizes, semi=semi, final=True,
+                            progress=self.progress)
         return self.measure(twin, self.plan.rounds + 1, "semi" if semi else "final", result.seconds, 0.0)
 
     def final_phases(self, semi_ablations: Sequence[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -246,8 +275,8 @@ class Simulation:
             if self.plan.semi:
                 without_semi = self.final_twin(False, {})
                 variants = {name: self.final_twin(True, SEMI_ABLATIONS[name]) for name in semi_ablations}
-            result = self.learner.train(self.images, self.points, self.sizes, semi=self.plan.semi, final=True,
-                                        progress=self.progress)
+            result = self.learner.train(self.images, self.training_points(), self.sizes, semi=self.plan.semi,
+                                        final=True, progress=self.progress)
             self.record(self.plan.rounds + 1, "semi" if self.plan.semi else "final", result.seconds, 0.0)
         return without_semi, variants
 
@@ -266,8 +295,16 @@ class Simulation:
             "diversity": {"spatial": spatial_diversity(chosen), "pixels": int(len(all_labels)),
                           "semantic": semantic_diversity(all_labels, len(self.classes))},
             "final_without_semi": finals[0], "semi_ablations": finals[1],
+            "dense_images": len(self.dense), "dense_indices": sorted(self.dense), "dense_from_round": DENSE_FROM_ROUND,
             "device": str(self.learner.device), "total_seconds": time.perf_counter() - self.started,
         }
+
+
+def _dense_points(label: np.ndarray, size: tuple[int, int], config: Config, num_classes: int) -> np.ndarray:
+    """A pool image's whole ground truth as training points: one per cell of the training grid (void trains
+    nothing), as the backend turns a corrected mask into dense labels."""
+    grid = grid_labels(label, min(config.image_height, size[0]), min(config.image_width, size[1]))
+    return grid_points(grid, size, num_classes)
 
 
 def write_result(result: dict[str, Any], out: str | Path) -> None:

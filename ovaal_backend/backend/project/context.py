@@ -16,6 +16,7 @@ from ...config import IGNORE_INDEX, Config
 from ..client import LabelStudioClient
 from ..convert import LabelInterface
 from ..images import ImageFetcher
+from ..correction_store import CorrectionStore
 from ..round_store import RoundStore
 from ..store import LabelStore
 from .label_config import parse_label_config
@@ -55,6 +56,7 @@ class ProjectContext:
         self.client = client
         self.store = LabelStore(self.root / STATE_FILE)
         self.rounds = RoundStore(self.root / STATE_FILE)
+        self.corrections = CorrectionStore(self.root / STATE_FILE)
         fetcher = ImageFetcher(client, self.root / "images", config.label_studio_local_files_document_root,
                                config.max_image_pixels)
         self.model = ProjectModel(config, self.root, fetcher)

@@ -187,6 +187,7 @@ class ProjectDriver:
             "points": stored["points"], "ignored_points": stored["ignored_points"],
             "trainings": [dict(t, version=version_name(t["version"])) for t in trainings],
             "quarantined": self.quarantined(), "failed_job": state.held_job(),
+            "corrections": self.events.corrected.summary(),
             **project_facts(self.config, self.plan, trainings, stored, state, ignore),
         }
 
@@ -324,8 +325,9 @@ class ProjectDriver:
                   err, self.key)
 
     def round_job(self, state: ProjectState) -> tuple[RoundJob, dict[int, str]]:
-        """The job for the round that ended (every source image's file and its clicks, the checkpoint to continue),
-        and the images that could not be fetched (left out of this round, tried again in the next)."""
+        """The job for the round that ended (every source image's file and its clicks, the corrected masks as dense
+        labels with TRAIN_ON_CORRECTIONS, the checkpoint to continue), and the images that could not be fetched
+        (left out of this round, tried again in the next)."""
         sources = self.ctx.list_sources()
         clicks = self.ctx.points_by_source()
         keys, paths, points, unreachable = [], [], [], {}
@@ -339,10 +341,11 @@ class ProjectDriver:
             paths.append(str(path))
             points.append(clicks.get(task_id, np.zeros((0, 3), dtype=np.int64)))
         version = state.version + 1
+        dense = self.events.corrected.dense_labels(keys) if self.config.train_on_corrections else {}
         return RoundJob(config=self.config, classes=list(state.classes), ended_round=state.training_round,
                         keys=keys, image_paths=paths, points=points, checkpoint=str(self.ctx.model.path),
                         version=version, generation=state.generation, fine_tune=not state.fresh_model,
-                        masks_dir=str(self.root / "masks" / version_name(version))), unreachable
+                        masks_dir=str(self.root / "masks" / version_name(version)), dense=dense), unreachable
 
     def _drop_result(self, state: ProjectState) -> None:
         """The classes changed after the round job's result was recorded: publish none of it (its masks' and

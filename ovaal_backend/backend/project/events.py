@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...config import IGNORE_INDEX
 from ..convert import LabelConfigError, annotation_points
+from .corrected import CorrectedMasks
 from .label_config import parse_label_config
 from .state import (
     PHASE_DONE,
@@ -64,6 +65,7 @@ class EventApplier:
     def __init__(self, ctx: ProjectContext) -> None:
         self.ctx = ctx
         self.queued_schema: str | None = None  # a label config /setup queued and not yet applied
+        self.corrected = CorrectedMasks(ctx)
 
     def apply(self, action: str, payload: dict[str, Any]) -> None:
         """Apply one event (raises on a malformed payload; the caller decides what happens to it)."""
@@ -72,6 +74,7 @@ class EventApplier:
         elif action == "ANNOTATIONS_DELETED":
             ids = [int(a["id"]) for a in payload.get("annotations") or []]
             removed = self.ctx.store.delete_annotations(self.ctx.key, ids)
+            self.corrected.forget(ids)
             log.info("project %s: %d annotation(s) deleted in Label Studio, %d were stored", self.ctx.key, len(ids),
                      removed)
         elif action == "START_TRAINING":
@@ -136,8 +139,8 @@ class EventApplier:
         """Store an annotation's clicks on the image they lie on.
 
         Query tasks: the clicks belong to their source image and round. Source tasks: keypoints of the query
-        control count as clicks too (brush strokes are ignored: the backend learns from points). A skipped
-        (cancelled) annotation stores no point but counts as an answer.
+        control count as clicks too, and brush regions of the mask control are the image's corrected mask
+        (``CorrectedMasks.store``). A skipped (cancelled) annotation stores no point but counts as an answer.
         """
         annotation_id = int(annotation["id"])
         task_id = _task_id(annotation.get("task"))
@@ -154,6 +157,8 @@ class EventApplier:
         if changed and created and (is_query or stored):
             with self.ctx.lock:
                 self.ctx.update(new_annotations=self.ctx.state.new_annotations + 1)
+        if not is_query:
+            self.corrected.store(annotation, task_id, cancelled)
         log.debug("project %s: annotation %d on task %d -> %d point(s) on image %d (round %d)%s", self.ctx.key,
                   annotation_id, task_id, len(stored), source, round_index, " [skipped]" if cancelled else "")
 

@@ -367,6 +367,56 @@
     return h('div', null, svgNode, legend);
   }
 
+  /* Corrected masks (brush annotations on source tasks): the pushed mask measured against each, per class and per
+   * pushed version, beside the share of its pixels the annotator kept. */
+  function correctionsBlock(project, color) {
+    var c = project.corrections || {count: 0};
+    var box = h('div', {'data-field': 'corrections', 'data-count': c.count || 0, 'data-measured': c.measured || 0,
+      'data-mean-miou': c.mean_miou === null || c.mean_miou === undefined ? '' : c.mean_miou,
+      'data-mean-kept': c.mean_kept === null || c.mean_kept === undefined ? '' : c.mean_kept});
+    if (!c.count) {
+      box.appendChild(empty('corrections', 'No corrected mask yet: submit a source task\'s mask (accepted as it ' +
+        'is or corrected) in Label Studio.'));
+      return box;
+    }
+    box.appendChild(h('div', {'class': 'counts'},
+      h('span', null, 'corrected images ', h('b', null, c.count)),
+      h('span', null, 'measured ', h('b', null, c.measured)),
+      h('span', null, 'mean IoU ', h('b', {'data-field': 'corrections_mean_miou'}, num(c.mean_miou, 1) +
+        (c.mean_miou === null || c.mean_miou === undefined ? '' : ' %'))),
+      h('span', null, 'pre-label kept ', h('b', {'data-field': 'corrections_mean_kept'},
+        c.mean_kept === null || c.mean_kept === undefined ? '-' : num(100 * c.mean_kept, 1) + ' %'))));
+    var perClass = c.per_class_iou || {};
+    var names = Object.keys(perClass).filter(function (n) { return perClass[n] !== null && perClass[n] !== undefined; });
+    if (names.length) {
+      var rowH = 18, labelW = 130, height = names.length * rowH + 10, plotW = W - labelW - 60;
+      var svgNode = s('svg', {viewBox: '0 0 ' + W + ' ' + height, width: '100%', 'class': 'chart', role: 'img',
+        'data-chart': 'correction-iou', 'data-classes': names.length});
+      names.forEach(function (name, i) {
+        var y = 5 + i * rowH, v = perClass[name], width = plotW * v / 100;
+        svgNode.appendChild(s('text', {x: labelW - 6, y: y + rowH * 0.7, 'text-anchor': 'end', 'class': 'tick', text: name}));
+        svgNode.appendChild(s('rect', {x: labelW, y: y + 2, width: Math.max(width, 1), height: rowH - 5, fill: color(name),
+          'data-class': name, 'data-iou': v}, title(name + ': mean IoU ' + num(v, 1) + ' %')));
+        svgNode.appendChild(s('text', {x: labelW + width + 5, y: y + rowH * 0.7, 'class': 'tick', text: num(v, 1) + ' %'}));
+      });
+      box.appendChild(svgNode);
+    }
+    box.appendChild(h('table', {'class': 'small', 'data-table': 'corrections-by-version'},
+      h('tr', null, ['pushed version', 'corrected', 'mean IoU', 'pre-label kept'].map(function (t) { return h('th', null, t); })),
+      (c.by_version || []).map(function (v) {
+        return h('tr', null, h('td', null, v.version), h('td', null, v.count), h('td', null, num(v.mean_miou, 1) + ' %'),
+          h('td', null, v.mean_kept === null ? '-' : num(100 * v.mean_kept, 1) + ' %'));
+      })));
+    box.appendChild(h('table', {'class': 'small', 'data-table': 'corrections-recent'},
+      h('tr', null, ['task', 'pushed version', 'IoU', 'kept', 'stored'].map(function (t) { return h('th', null, t); })),
+      (c.recent || []).map(function (r) {
+        return h('tr', null, h('td', null, r.task), h('td', null, r.version || '(no mask of ours)'),
+          h('td', null, num(r.miou, 1)), h('td', null, r.kept === null || r.kept === undefined ? '-' :
+            num(100 * r.kept, 1) + ' %'), h('td', null, clock(r.at)));
+      })));
+    return box;
+  }
+
   function quarantineBlock(project) {
     var q = project.quarantined || {events: [], images: []};
     var events = q.events || [], images = q.images || [];
@@ -451,6 +501,10 @@
         'round 0\'s random points are pre-labelled "ignore" (no model yet). Queries are the model\'s most uncertain ' +
         'pixels: a pessimistic figure, not its pixel accuracy.', qualityChart(project, color)),
       card('Round timeline', 'When each round\'s answers came in, and its training.', timelineChart(project, now)),
+      card('Corrected masks (ground truth)', 'A submitted brush annotation on a source task is the truth for that ' +
+        'image. Per class, the IoU of the mask the backend had pushed against it (mean over the corrected images; ' +
+        'pixels the correction leaves without a class are not counted), and the share of its pixels the annotator ' +
+        'kept as pushed.', correctionsBlock(project, color), true),
       card('Trainings', 'Last loss and duration of each training (final: the OVAAL+ phase included).',
         trainingCharts(project), true),
       card('Quarantined and failing', 'Events that could not be applied, images that cannot be read, and a round ' +
