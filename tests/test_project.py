@@ -462,3 +462,21 @@ def test_remap_points_keeps_ignore():
     out = remap_points(points, ["a", "b"], ["b"])
     assert out[3][:, 2].tolist() == [IGNORE_INDEX, 0, IGNORE_INDEX]
     assert points[3][:, 2].tolist() == [0, 1, IGNORE_INDEX]  # the input is not changed
+
+
+def test_predict_serves_the_stored_mask_and_computes_only_the_others(tmp_path, fake, truth):
+    """/predict of a source task answers with the mask the round job wrote for the current version (no forward pass:
+    it works with the weights gone), the very result pushed to Label Studio; an image without one is computed."""
+    driver = started(tmp_path, fake)
+    answer_round(fake, driver, truth, 0)
+    drain(driver)
+    sources = [fake.tasks[s] for s in truth]
+    pushed = [fake.predictions_of(t["id"], "ovaal-1")[0]["result"] for t in sources]
+    assert [r["result"] for r in driver.predict(sources)] == pushed
+    computed = driver.predict([dict(sources[0], id=999)])[0]  # same image, a task without a stored mask
+    assert [decode_brush(r).tolist() for r in computed["result"]] == [decode_brush(r).tolist() for r in pushed[0]]
+    driver.ctx.model.path.unlink()  # no weights any more: only stored masks can answer
+    restarted = ProjectDriver(tiny_config(tmp_path), P, fake)
+    assert restarted.predict(sources) == [{"result": r, "score": 1.0, "model_version": "ovaal-1"} for r in pushed]
+    assert restarted.predict([dict(sources[0], id=999)])[0]["result"] == []  # no stored mask, no model
+    assert sorted(p.name for p in (driver.ctx.root / "masks").iterdir()) == ["ovaal-1"]

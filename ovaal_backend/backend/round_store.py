@@ -234,6 +234,18 @@ class RoundStore(SqliteFile):
             db.executemany("UPDATE masks SET status = ? WHERE project = ? AND version = ? AND source_task_id = ?",
                            [(status, project, int(version), int(s)) for s in sources])
 
+    def mask_paths(self, project: str, version: int, sources: Iterable[int]) -> dict[int, str]:
+        """``source task id -> path`` of the version's mask files recorded for ``sources``, whatever their status (a
+        path may name a file deleted since)."""
+        out = {}
+        with self._read() as db:
+            for source in sources:
+                row = db.execute("SELECT path FROM masks WHERE project = ? AND version = ? AND source_task_id = ?",
+                                 (project, int(version), int(source))).fetchone()
+                if row is not None:
+                    out[int(source)] = str(row[0])
+        return out
+
     # --- source tasks (the pool, as last listed from Label Studio; export reads them offline) -------------------
 
     def set_sources(self, project: str, sources: dict[int, dict[str, Any]]) -> None:

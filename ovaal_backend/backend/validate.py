@@ -11,7 +11,7 @@ from flask import request
 
 from ..config import MAX_PROJECT_ID, Config, is_loopback_host
 from .convert import LabelConfigError, LabelConfigTooLarge
-from .project.events import ANNOTATION_ACTIONS
+from .project.actions import ANNOTATION_ACTIONS
 from .project.label_config import parse_label_config
 
 MAX_TASK_ID = 2**63 - 1

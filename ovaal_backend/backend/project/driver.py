@@ -145,7 +145,9 @@ class ProjectDriver:
     def predict(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One prediction per task, in order: keypoints for query tasks, a dense mask for source tasks.
 
-        A source task gets an empty result with score 0 before any model exists (or when its image cannot be
+        A source task's mask is the one the round job wrote for the current version where that file exists (read
+        and encoded, no forward pass: ``Publisher.stored_masks``); only the other images go through the serving
+        model. A source task gets an empty result with score 0 before any model exists (or when its image cannot be
         read); a query task gets the keypoints it was imported with.
         """
         name = self.model_version
@@ -158,10 +160,13 @@ class ProjectDriver:
                 results[i] = {"result": stored[0], "score": stored[1]}
             elif not data.get(QUERY_MARKER):
                 sources[i] = (task_id, data)
-        learner = self.serving_learner()
-        if sources and learner is not None and self.ctx.iface.mask_from_name is not None:
-            maps = self.predict_class_maps(learner, [t for t, _ in sources.values()], [d for _, d in sources.values()])
-            masks = {tid: brush_results(m, self.ctx.iface, scores=c) for tid, m, c in maps}
+        if sources and self.ctx.iface.mask_from_name is not None:
+            masks = self.publisher.stored_masks([task_id for task_id, _ in sources.values()])
+            missing = [(task_id, data) for task_id, data in sources.values() if task_id not in masks]
+            learner = self.serving_learner() if missing else None
+            if learner is not None:
+                maps = self.predict_class_maps(learner, [t for t, _ in missing], [d for _, d in missing])
+                masks.update({tid: brush_results(m, self.ctx.iface, scores=c) for tid, m, c in maps})
             for i, (task_id, _) in sources.items():
                 if task_id in masks:
                     results[i] = {"result": masks[task_id], "score": MASK_SCORE}
@@ -390,7 +395,7 @@ class ProjectDriver:
         if state.final or state.round > 0:
             self.publisher.retire_round(state.round if state.final else state.round - 1)
         self.publisher.push_masks(state.version)
-        shutil.rmtree(self.root / "masks" / version_name(state.version), ignore_errors=True)
+        self.publisher.drop_mask_files(keep=state.version)
         self.upkeep.sync(check=False)
         if state.final:
             self.ctx.update(phase=PHASE_DONE, check_project_at=_soon())

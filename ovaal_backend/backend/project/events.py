@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...config import IGNORE_INDEX
 from ..convert import LabelConfigError, annotation_points
+from .actions import ANNOTATION_ACTIONS
+from .context import ProjectContext
 from .corrected import CorrectedMasks
 from .label_config import parse_label_config
 from .state import (
@@ -26,12 +28,8 @@ from .state import (
     SOURCE_ROUND,
 )
 
-if TYPE_CHECKING:  # the applier only receives a context: validate.py imports this module without torch
-    from .context import ProjectContext
-
 log = logging.getLogger(__name__)
 
-ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 SETUP_ACTION = "OVAAL_SETUP"
 """Our own event: /setup saw a label config to apply, or a project waiting for its first round."""
 REQUEUE_ACTION = "OVAAL_REQUEUE"

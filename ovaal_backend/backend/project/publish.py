@@ -13,6 +13,8 @@ is sent, and the project goes on.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from typing import Any
 
@@ -149,6 +151,36 @@ class Publisher:
         return self.ctx.rounds.query_prediction(self.ctx.key, task_id)
 
     # --- dense masks -------------------------------------------------------------------------------------------
+
+    def stored_masks(self, task_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """Brush results of the masks the round job wrote for the current version, by source task id, for /predict.
+
+        Reading and encoding a stored mask costs a fraction of a forward pass at the original size (docs/benchmarks.md,
+        "/predict of a source task"). None while the classes changed since the current version was trained (its
+        class indices mean the old names; the serving model is gone too); a file that is gone or unreadable is left
+        out, and the caller computes that image with the model.
+        """
+        state = self.ctx.state
+        if state.version == 0 or state.fresh_model:
+            return {}
+        out = {}
+        for task_id, path in self.ctx.rounds.mask_paths(self.ctx.key, state.version, task_ids).items():
+            if not os.path.isfile(path):
+                continue
+            try:
+                class_map, scores = read_mask(path)
+                out[task_id] = brush_results(class_map, self.ctx.iface, scores=scores)
+            except Exception as err:  # a damaged file must not fail the call: the model computes this image
+                log.warning("project %s: stored mask %s unreadable (%s); computing it", self.ctx.key, path, err)
+        return out
+
+    def drop_mask_files(self, keep: int) -> None:
+        """Delete the mask files of every version but ``keep``, the one just published: its files stay (one per
+        source image) so /predict serves them without the model, until the next version is published."""
+        folder = self.ctx.root / "masks"
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.name != version_name(keep):
+                shutil.rmtree(path, ignore_errors=True)
 
     def push_masks(self, version: int) -> int:
         """Push the version's planned masks in batches; returns how many were pushed by this call.
