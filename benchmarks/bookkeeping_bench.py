@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from doc_section import write_section  # noqa: E402
 
 from ovaal_backend.backend.project.driver import ProjectDriver  # noqa: E402
-from ovaal_backend.backend.project.state import PHASE_PUBLISHING  # noqa: E402
+from ovaal_backend.backend.project.state import JobDone, Started  # noqa: E402
 from ovaal_backend.engine.job import RoundResult  # noqa: E402
 from ovaal_backend.engine.learner import Queries  # noqa: E402
 from ovaal_backend.files import write_atomically  # noqa: E402
@@ -83,7 +83,8 @@ def bench(size: int) -> dict[str, tuple[float, float]]:
                                                              confidence=np.full((HEIGHT, WIDTH), 0.5, np.float16)))
         result = round_result(sources, str(mask))
         out = {"store the round's rows": measured(lambda: driver.publisher.record(result))}
-        driver.ctx.update(version=1, round=1, phase=PHASE_PUBLISHING)
+        driver.ctx.apply(Started(has_sources=True))  # as the driver moves on once its job's rows are stored
+        driver.ctx.apply(JobDone(version=1, next_round=1, trained=True, classes=tuple(driver.state().classes)))
         out["import query tasks"] = measured(lambda: driver.publisher.publish_queries(1, 1))
         out["push masks"] = measured(lambda: driver.publisher.push_masks(1))
         query = fake.query_tasks(P, 1)[size // 2]

@@ -59,7 +59,7 @@ from ls_server import BackendProcess, free_port, loopback_session  # noqa: E402
 
 from ovaal_backend.backend.convert import LabelInterface, keypoint_results  # noqa: E402
 from ovaal_backend.backend.project.events import trim_payload  # noqa: E402
-from ovaal_backend.backend.project.state import PHASE_QUERYING, ProjectState  # noqa: E402
+from ovaal_backend.backend.project.state import Phase, ProjectState  # noqa: E402
 from ovaal_backend.backend.round_store import RoundStore  # noqa: E402
 from ovaal_backend.backend.store import LabelStore  # noqa: E402
 from ovaal_backend.config import IGNORE_INDEX  # noqa: E402
@@ -125,7 +125,7 @@ def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
             action = "ANNOTATION_CREATED" if update == 0 else "ANNOTATION_UPDATED"
             store.add_event(str(PROJECT), action, trim_payload(action, body))
     state = ProjectState(uid=f"{PROJECT}.1700000000", label_config=xml, classes=list(iface.classes),
-                         label_names=list(iface.classes), phase=PHASE_QUERYING, round=ROUNDS - 1,
+                         label_names=list(iface.classes), phase=Phase.QUERYING, round=ROUNDS - 1,
                          version=ROUNDS - 1, versions_in_label_studio=list(range(1, ROUNDS)))
     store.set_state(str(PROJECT), state.to_dict())
     for version in range(1, ROUNDS):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ovaal_backend.backend.images import ImageFetcher
-from ovaal_backend.backend.project.state import PHASE_QUERYING
+from ovaal_backend.backend.project.state import Phase
 from ovaal_backend.cli import main
 from ovaal_backend.engine.data import load_rgb
 
@@ -30,7 +30,7 @@ def test_a_malformed_event_is_quarantined_and_the_round_goes_on(tmp_path, fake, 
     assert driver.add_event("ANNOTATION_CREATED", bad) is not None
     answer_round(fake, driver, truth, 0)
     drain(driver)
-    assert driver.state().round == 1 and driver.phase == PHASE_QUERYING
+    assert driver.state().round == 1 and driver.phase == Phase.QUERYING
     (event,) = driver.metrics()["quarantined"]["events"]
     assert event["action"] == "ANNOTATION_CREATED" and "12345" in event["error"]
     assert driver.store.pending_events(driver.key) == []
@@ -71,7 +71,7 @@ def test_an_unreadable_image_is_quarantined_and_the_loop_advances(tmp_path, fake
     fake.files[f"/data/upload/{P}/html.png"] = b"<html>Not found</html>"
     html = fake._new_task(P, {"image": f"/data/upload/{P}/html.png"})
     driver = started(tmp_path, fake)
-    assert driver.phase == PHASE_QUERYING and len(fake.query_tasks(P, 0)) == 3
+    assert driver.phase == Phase.QUERYING and len(fake.query_tasks(P, 0)) == 3
     images = {i["item"]: i["reason"] for i in driver.metrics()["quarantined"]["images"]}
     assert set(images) == {broken, html} and "404" in images[broken] and "not an image" in images[html]
     assert not any((driver.root / "images").glob("*")) or all(

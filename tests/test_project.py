@@ -10,13 +10,7 @@ from ovaal_backend.backend.convert import LabelConfigError, decode_brush, percen
 from ovaal_backend.backend.jobs import InProcessJobs
 from ovaal_backend.backend.project.context import known_projects, remap_points
 from ovaal_backend.backend.project.driver import ProjectDriver, ProjectMismatchError
-from ovaal_backend.backend.project.state import (
-    PHASE_DONE,
-    PHASE_NEW,
-    PHASE_PUBLISHING,
-    PHASE_QUERYING,
-    PHASE_TRAINING,
-)
+from ovaal_backend.backend.project.state import Phase
 from ovaal_backend.backend.validate import parse_project_uid
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import IGNORE_INDEX
@@ -54,7 +48,7 @@ def queried_pixels(task: dict) -> set[tuple[int, int]]:
 
 def test_full_loop_round0_round1_final(tmp_path, fake, truth):
     driver = started(tmp_path, fake, semi=True)  # the OVAAL+ phase, off by default
-    assert driver.phase == PHASE_QUERYING and driver.state().round == 0
+    assert driver.phase == Phase.QUERYING and driver.state().round == 0
 
     # Round 0: one query task per source image, random pixels pre-labelled "ignore", no model yet.
     round0 = fake.query_tasks(P, 0)
@@ -75,7 +69,7 @@ def test_full_loop_round0_round1_final(tmp_path, fake, truth):
 
     # Training happened: version 1, round 1 queries chosen by the model, dense masks on every source task.
     state = driver.state()
-    assert state.phase == PHASE_QUERYING and state.round == 1 and driver.model_version == "ovaal-1"
+    assert state.phase == Phase.QUERYING and state.round == 1 and driver.model_version == "ovaal-1"
     assert fake.projects[P]["model_version"] == "ovaal-1"
     assert (driver.root / "model.pt").is_file()
     round1 = fake.query_tasks(P, 1)
@@ -103,7 +97,7 @@ def test_full_loop_round0_round1_final(tmp_path, fake, truth):
 
     # Budget spent: final (semi-supervised) training, final masks, no more queries.
     state = driver.state()
-    assert state.phase == PHASE_DONE and driver.model_version == "ovaal-2"
+    assert state.phase == Phase.DONE and driver.model_version == "ovaal-2"
     assert fake.query_tasks(P, 2) == []
     assert driver.metrics()["trainings"][-1]["final"] and driver.metrics()["trainings"][-1]["semi"]
     assert all(len(fake.predictions_of(s, "ovaal-2")) == 1 for s in truth)
@@ -127,12 +121,12 @@ def test_pixelpick_design_runs_the_same_loop(tmp_path, fake, truth):
 
 def test_start_waits_for_source_tasks_then_tasks_created_starts(tmp_path, fake):
     driver = started(tmp_path, fake)
-    assert driver.phase == PHASE_NEW and fake.query_tasks(P, 0) == []
+    assert driver.phase == Phase.NEW and fake.query_tasks(P, 0) == []
     image, _ = make_scene(np.random.default_rng(1))
     fake.add_image_task(P, image, "late")
     driver.add_event("TASKS_CREATED", {"tasks": [{"id": 99}]})
     drain(driver)
-    assert driver.phase == PHASE_QUERYING and len(fake.query_tasks(P, 0)) == 1
+    assert driver.phase == Phase.QUERYING and len(fake.query_tasks(P, 0)) == 1
 
 
 def test_same_delivery_twice_changes_nothing(tmp_path, fake, truth):
@@ -152,7 +146,7 @@ def test_skipped_tasks_count_as_answered_and_store_nothing(tmp_path, fake, truth
     drain(driver)
     # The round ended, but with no click there is nothing to train: round 1 is random again, same version.
     assert driver.store.counts(driver.key) == {"annotations": 3, "cancelled": 3, "points": 0, "ignored_points": 0}
-    assert driver.phase == PHASE_QUERYING and driver.state().round == 1 and driver.model_version == "ovaal-0"
+    assert driver.phase == Phase.QUERYING and driver.state().round == 1 and driver.model_version == "ovaal-0"
     assert len(fake.query_tasks(P, 1)) == 3
 
 
@@ -168,7 +162,7 @@ def test_update_and_delete(tmp_path, fake, truth):
     driver.add_event("ANNOTATIONS_DELETED", {"annotations": [{"id": payload["annotation"]["id"]}]})
     drain(driver)
     assert driver.store.counts(driver.key)["annotations"] == 0
-    assert driver.phase == PHASE_QUERYING and driver.state().round == 0
+    assert driver.phase == Phase.QUERYING and driver.state().round == 0
 
 
 def test_start_training_ends_the_round_early(tmp_path, fake, truth):
@@ -288,7 +282,7 @@ def test_restart_during_publish_resumes_without_duplicates(tmp_path, fake, truth
     assert driver.phase == "publishing"
     again = ProjectDriver(tiny_config(tmp_path), P, fake)
     drain(again)
-    assert again.phase == PHASE_QUERYING and len(fake.query_tasks(P, 1)) == 3
+    assert again.phase == Phase.QUERYING and len(fake.query_tasks(P, 1)) == 3
     assert all(len(fake.predictions_of(s, "ovaal-1")) == 1 for s in truth)
 
 
@@ -322,10 +316,20 @@ def test_weights_saved_before_a_crash_are_used(tmp_path, fake, truth):
     drain(driver)
     trainings = len(driver.metrics()["trainings"])
     # Pretend the process died after saving the checkpoint of version 1 but before recording it.
-    driver.ctx.update(version=0, phase=PHASE_TRAINING, training_round=0, final=False, round=0)
+    saved = dict(driver.state().to_dict(), version=0, phase="training", training_round=0, final=False, round=0)
+    driver.store.set_state(driver.key, saved)
     again = ProjectDriver(tiny_config(tmp_path), P, fake)
     again.step()
     assert again.model_version == "ovaal-1" and len(again.metrics()["trainings"]) == trainings
+
+
+def test_round_fields_change_only_through_events(tmp_path, fake):
+    driver = ProjectDriver(tiny_config(tmp_path), P, fake)
+    with pytest.raises(AttributeError, match="ProjectContext.apply"):
+        driver.ctx.update(phase=Phase.DONE)
+    driver.ctx.update(query_view_id=5)  # bookkeeping: what the backend remembers of Label Studio
+    assert driver.state().phase is Phase.NEW
+    assert ProjectDriver(tiny_config(tmp_path), P, fake).state().query_view_id == 5  # saved
 
 
 def test_resync_recovers_lost_webhooks(tmp_path, fake, truth):
@@ -411,7 +415,7 @@ def test_a_result_made_before_a_class_change_is_never_published(tmp_path, fake, 
     driver = started(tmp_path, fake, rounds=2)
     answer_round(fake, driver, truth, 0)
     driver.process_events()
-    while driver.phase != PHASE_PUBLISHING:  # round 0 ends, its job trains ovaal-1 and is recorded
+    while driver.phase != Phase.PUBLISHING:  # round 0 ends, its job trains ovaal-1 and is recorded
         assert driver.step()
     fake.projects[P]["label_config"] = CHANGED
     driver.setup(UID, CHANGED)
@@ -454,7 +458,7 @@ def test_unusable_new_label_config_keeps_the_old_one(tmp_path, fake, truth):
     broken = "<View><Image name='i' value='$i'/></View>"
     driver.add_event("PROJECT_UPDATED", {"project": {"id": P, "label_config": broken}})
     drain(driver)
-    assert driver.state().classes == CLASSES and driver.phase == PHASE_QUERYING
+    assert driver.state().classes == CLASSES and driver.phase == Phase.QUERYING
 
 
 def test_remap_points_keeps_ignore():

@@ -1,7 +1,8 @@
 """What every part of a project shares: its settings, Label Studio client, stores, pool and typed state.
 
 The state is read and changed only through ``ProjectContext`` (under one lock, saved to SQLite on every change), so
-request threads and the project's worker see one consistent state.
+request threads and the project's worker see one consistent state; its round fields change only by events
+(``apply`` runs ``state.on``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..round_store import RoundStore
 from ..store import LabelStore
 from .label_config import parse_label_config
 from .pool import ProjectModel
-from .state import QUERY_MARKER, ProjectState, version_name
+from .state import BOOKKEEPING, QUERY_MARKER, Event, ProjectState, on, version_name
 
 STATE_FILE = "labels.sqlite3"
 
@@ -73,15 +74,27 @@ class ProjectContext:
         with self._lock:
             return self._state.copy()
 
+    def apply(self, event: Event) -> ProjectState:
+        """Run one transition of the round machine (``state.on``), save the state when it changed, and return it
+        (a copy)."""
+        with self._lock:
+            new = on(self._state, event)
+            if new != self._state:
+                if new.label_config != self._state.label_config:
+                    self._iface = None
+                self._state = new
+                self.store.set_state(self.key, new.to_dict())
+            return new.copy()
+
     def update(self, **changes: Any) -> None:
-        """Change fields of the state and save it."""
+        """Change bookkeeping fields of the state (``BOOKKEEPING``: what the backend remembers of Label Studio) and
+        save it; the round's fields change only through ``apply``."""
         with self._lock:
             for name, value in changes.items():
-                if not hasattr(self._state, name):
-                    raise AttributeError(f"ProjectState has no field {name!r}")
+                if name not in BOOKKEEPING:
+                    raise AttributeError(f"ProjectState.{name} is not a bookkeeping field: it changes only through "
+                                         "an event (ProjectContext.apply)")
                 setattr(self._state, name, value)
-            if "label_config" in changes:
-                self._iface = None
             self.store.set_state(self.key, self._state.to_dict())
 
     @property

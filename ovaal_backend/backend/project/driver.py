@@ -1,4 +1,5 @@
-"""The per-project driver: a thin round state machine between Label Studio and the engine's round job.
+"""The per-project driver: does each phase's work between Label Studio and the engine's round job, and reports what
+happened as an event to the round state machine (``state.on``, which alone decides the next phase).
 
 One ``ProjectDriver`` per Label Studio project. Request threads call the quick methods (``setup``, ``add_event``,
 ``predict``, ``metrics``); the project's worker thread (worker.py) calls ``process_events`` and ``step``, which do the
@@ -36,20 +37,25 @@ from ...engine.rounds import RoundPlan
 from ..client import ImageHostRefused, LabelStudioClient, LabelStudioError
 from ..convert import brush_results
 from ..jobs import InProcessJobs, JobFailedError, JobRunner
-from ..progress import ProjectFacts, project_facts
+from ..cached import CachedAnswer
+from ..facts import ProjectFacts
+from ..progress import project_facts
 from .context import ProjectContext
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
 from .label_config import parse_label_config
 from .pool import PoolImage
 from .publish import MASK_SCORE, Publisher
 from .state import (
-    PHASE_DONE,
-    PHASE_NEW,
-    PHASE_PUBLISHING,
-    PHASE_QUERYING,
-    PHASE_TRAINING,
     QUERY_MARKER,
+    JobDone,
+    JobFailed,
+    Phase,
     ProjectState,
+    Published,
+    ResultDropped,
+    RoundEnded,
+    SetUp,
+    Started,
     version_name,
 )
 from .upkeep import Upkeep
@@ -66,7 +72,7 @@ class ProjectMismatchError(RuntimeError):
 
 
 class ProjectDriver:
-    """The round state machine of one Label Studio project.
+    """The work of each phase of one Label Studio project (its transitions: ``state.on``).
 
     Args:
         config: Settings (engine and server).
@@ -85,6 +91,8 @@ class ProjectDriver:
         self.jobs = jobs or InProcessJobs()
         self.config, self.key, self.root, self.store = config, self.ctx.key, self.ctx.root, self.ctx.store
         self.facts = ProjectFacts(self.store, self.ctx.rounds, self.key)  # what /metrics shows of the clicks
+        # /metrics' answer, kept until the SQLite file changes or newer facts of the clicks are computed
+        self._metrics = CachedAnswer(lambda: (self.store.data_version(), self.facts.generation))
 
     # ============================================================ quick calls (request threads)
 
@@ -99,7 +107,7 @@ class ProjectDriver:
         return self.ctx.model_version
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         return self.ctx.state.phase
 
     def state(self) -> ProjectState:
@@ -121,8 +129,7 @@ class ProjectDriver:
         with self.ctx.lock:
             state = self.ctx.state
             if not state.is_set_up:
-                self.ctx.update(uid=uid, label_config=schema, classes=list(iface.classes),
-                                label_names=list(iface.classes))
+                self.ctx.apply(SetUp(uid, schema, tuple(iface.classes)))
                 log.info("project %s: new project (classes %s)", self.key, list(iface.classes))
             elif state.uid and uid != state.uid and "." in uid:
                 raise ProjectMismatchError(
@@ -132,7 +139,7 @@ class ProjectDriver:
                 self.ctx.update(setup_hosts=[*self.ctx.state.setup_hosts, host][-SETUP_HOSTS_KEPT:])
             state = self.ctx.state
             new_schema = schema != state.label_config and schema != self.events.queued_schema
-            if state.phase == PHASE_NEW or new_schema:
+            if state.phase is Phase.NEW or new_schema:
                 self.events.queued_schema = schema
                 self.store.add_event(self.key, SETUP_ACTION, {"schema": schema})
             return self.model_version
@@ -175,20 +182,30 @@ class ProjectDriver:
     def metrics(self) -> dict[str, Any]:
         """What /metrics shows for this project.
 
-        Cheap on a big project, because every open dashboard asks every few seconds: counts come from SQL, and the
-        facts of the stored clicks from ``ProjectFacts`` (updated image by image, one computation at a time).
+        Cheap on a big project, because every open dashboard asks every few seconds: the answer is kept until the
+        project's SQLite file changes, and computed by one caller at a time (``CachedAnswer``; everything here is
+        read from that file, the state included, which ``ProjectContext.update`` saves there); counts come from
+        SQL, and the facts of the stored clicks from ``ProjectFacts`` (updated image by image).
         """
-        state = self.ctx.state
+        return self._metrics.get(self._read_metrics)
+
+    def _read_metrics(self) -> dict[str, Any]:
+        with self.store.snapshot():  # one connection, and the figures agree with each other
+            return self._metrics_of(self.ctx.state)
+
+    def _metrics_of(self, state: ProjectState) -> dict[str, Any]:
         queries, answered = self.ctx.rounds.round_progress(self.key, state.round)
         trainings = self.ctx.rounds.trainings(self.key)
         ignore = self.ctx.iface.ignore_label if state.is_set_up else None
-        stored = self.facts.get(state.label_names, state.classes, ignore)
+        pending = self.store.pending_count(self.key)
+        # While the worker applies a backlog the facts change with every event: the last ones, at once.
+        stored = self.facts.get(state.label_names, state.classes, ignore, wait=not pending)
         return {
             "phase": state.phase, "round": state.round, "rounds": self.plan.rounds,
             "model_version": self.model_version, "generation": state.generation, "classes": state.classes,
             "query_tasks": queries, "answered_query_tasks": answered,
             "new_annotations": state.new_annotations,
-            "pending_events": self.store.pending_count(self.key), **self.store.annotation_counts(self.key),
+            "pending_events": pending, **self.store.annotation_counts(self.key),
             "points": stored["points"], "ignored_points": stored["ignored_points"],
             "trainings": [dict(t, version=version_name(t["version"])) for t in trainings],
             "quarantined": self.quarantined(), "failed_job": state.held_job(),
@@ -210,13 +227,13 @@ class ProjectDriver:
     def needs_step(self) -> bool:
         """True when ``step`` has something to do now (cheap: the worker asks after every wake-up)."""
         state = self.ctx.state
-        if state.phase == PHASE_PUBLISHING or self.upkeep.check_due():
+        if state.phase is Phase.PUBLISHING or self.upkeep.check_due():
             return True
-        if state.phase == PHASE_TRAINING:
+        if state.phase is Phase.TRAINING:
             return state.held_job() is None
-        if state.phase == PHASE_NEW:
+        if state.phase is Phase.NEW:
             return state.start_requested
-        return state.phase == PHASE_QUERYING and self._round_end_reason() is not None
+        return state.phase is Phase.QUERYING and self._round_end_reason() is not None
 
     def process_events(self) -> int:
         """Apply the stored events that are due, oldest first; returns how many were applied or set aside.
@@ -250,15 +267,15 @@ class ProjectDriver:
         persisted phase.
         """
         state = self.ctx.state
-        if state.phase == PHASE_TRAINING and state.held_job() is None:
+        if state.phase is Phase.TRAINING and state.held_job() is None:
             self._run_job(state)
-        elif state.phase == PHASE_PUBLISHING:
+        elif state.phase is Phase.PUBLISHING:
             self._publish(state)
         elif self.upkeep.check_due():
             self.upkeep.check()
-        elif state.phase == PHASE_NEW:
+        elif state.phase is Phase.NEW:
             return self._start() if state.start_requested else False
-        elif state.phase == PHASE_QUERYING and (reason := self._round_end_reason()) is not None:
+        elif state.phase is Phase.QUERYING and (reason := self._round_end_reason()) is not None:
             self._end_round(state, reason)
         else:
             return False
@@ -266,11 +283,9 @@ class ProjectDriver:
 
     def _start(self) -> bool:
         """Start the loop (the job picks round 0's random pixels) once the project has source tasks."""
-        if not self.ctx.list_sources():
+        if self.ctx.apply(Started(has_sources=bool(self.ctx.list_sources()))).phase is Phase.NEW:
             log.info("project %s: no source tasks yet; round 0 starts when images are imported", self.key)
-            self.ctx.update(start_requested=False)
             return False
-        self.ctx.update(phase=PHASE_TRAINING, training_round=START, final=False, start_requested=False)
         return True
 
     def _round_end_reason(self) -> str | None:
@@ -287,11 +302,9 @@ class ProjectDriver:
         return None
 
     def _end_round(self, state: ProjectState, reason: str) -> None:
-        final = self.plan.is_last(state.round)
+        final = self.ctx.apply(RoundEnded(last_round=self.plan.rounds)).final
         log.info("project %s: round %d ends (%s); %s", self.key, state.round, reason,
                  "final training" if final else "training")
-        self.ctx.update(phase=PHASE_TRAINING, training_round=state.round, final=final, round_end_requested="",
-                        new_annotations=0)
 
     def _run_job(self, state: ProjectState) -> None:
         """Run the round job, keep its result as rows, then move on to publishing (the version goes up only now,
@@ -317,15 +330,12 @@ class ProjectDriver:
         elif state.training_round != START:
             log.warning("project %s: no stored click has a class yet (all skipped or 'can't tell'); the model "
                         "stays as it is", self.key)
-        round_index = state.round if result.next_round is None else result.next_round
-        self.ctx.update(version=result.version, round=round_index, phase=PHASE_PUBLISHING,
-                        fresh_model=state.fresh_model and result.training is None, failed_job={},
-                        result_classes=list(result.classes))
+        self.ctx.apply(JobDone(version=result.version, next_round=result.next_round,
+                               trained=result.training is not None, classes=tuple(result.classes)))
 
     def _hold(self, state: ProjectState, job: RoundJob, err: JobFailedError) -> None:
         """Record a job that failed for good: the project waits (``held_job``) instead of failing it again."""
-        self.ctx.update(failed_job={"job": job.job_id, "queue_id": err.job_id, "round": state.training_round,
-                                    "reason": err.reason, "failed_at": time.time()})
+        self.ctx.apply(JobFailed(job=job.job_id, queue_id=err.job_id, reason=err.reason, failed_at=time.time()))
         log.error("project %s: %s; the round waits until `python -m ovaal_backend requeue --project %s`", self.key,
                   err, self.key)
 
@@ -363,9 +373,7 @@ class ProjectDriver:
                     "dropped and the model trained again", self.key, version_name(state.version),
                     state.result_classes, state.classes)
         shutil.rmtree(self.root / "masks" / version_name(state.version), ignore_errors=True)
-        ended = state.training_round if state.final else state.round
-        self.ctx.update(phase=PHASE_TRAINING, training_round=ended, final=state.final or self.plan.is_last(ended),
-                        round_end_requested="", new_annotations=0, result_classes=[])
+        self.ctx.apply(ResultDropped(last_round=self.plan.rounds))
 
     def _image_problem(self, task_id: int, err: BaseException | str) -> str:
         """Log why a task's image is left out of this round (URL, path and the peer's answer), and return the reason
@@ -397,14 +405,12 @@ class ProjectDriver:
         self.publisher.push_masks(state.version)
         self.publisher.drop_mask_files(keep=state.version)
         self.upkeep.sync(check=False)
-        if state.final:
-            self.ctx.update(phase=PHASE_DONE, check_project_at=_soon())
+        after = self.ctx.apply(Published(created=created, check_at=_soon()))
+        if after.phase is Phase.DONE:
             log.info("project %s: done: final masks of %s are in Label Studio", self.key, self.model_version)
-        elif created == 0:
+        elif after.phase is Phase.TRAINING:
             log.info("project %s: round %d has nothing left to ask; final training", self.key, state.round)
-            self.ctx.update(phase=PHASE_TRAINING, training_round=state.round, final=True)
         else:
-            self.ctx.update(phase=PHASE_QUERYING, check_project_at=_soon())
             log.info("project %s: round %d is open (%s)", self.key, state.round, self.model_version)
 
     # ============================================================ models and images (for /predict and export)

@@ -17,15 +17,15 @@ from .context import ProjectContext
 from .corrected import CorrectedMasks
 from .label_config import parse_label_config
 from .state import (
-    PHASE_DONE,
-    PHASE_NEW,
-    PHASE_PUBLISHING,
-    PHASE_QUERYING,
-    PHASE_TRAINING,
     QUERY_MARKER,
     ROUND_KEY,
     SOURCE_KEY,
     SOURCE_ROUND,
+    AnnotationStored,
+    LabelConfigChanged,
+    Requeued,
+    StartRequested,
+    StartTraining,
 )
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ class EventApplier:
         elif action == "START_TRAINING":
             self._start_training()
         elif action == "TASKS_CREATED":
-            if self.ctx.state.phase == PHASE_NEW:
-                self.ctx.update(start_requested=True)
+            self.ctx.apply(StartRequested())
         elif action == REQUEUE_ACTION:
             self._release_failed_job(str(payload.get("job") or ""))
         elif action in ("PROJECT_UPDATED", SETUP_ACTION):
@@ -91,14 +90,11 @@ class EventApplier:
             if action == SETUP_ACTION:
                 # Connecting the model creates the project's webhook right after /setup: check it a little later.
                 self.ctx.update(check_project_at=time.time() + CHECK_PROJECT_DELAY)
-                if self.ctx.state.phase == PHASE_NEW:
-                    self.ctx.update(start_requested=True)
+                self.ctx.apply(StartRequested())
 
     def _release_failed_job(self, job_id: str) -> None:
         """Forget the failure of ``job_id`` so the worker runs the round again (a newer failure stays)."""
-        failed = self.ctx.state.failed_job
-        if failed and failed.get("job") == job_id:
-            self.ctx.update(failed_job={})
+        if self.ctx.state.failed_job != self.ctx.apply(Requeued(job_id)).failed_job:
             log.info("project %s: round job %s released by requeue: the round runs again", self.ctx.key, job_id)
         else:
             log.info("project %s: requeue of %s: no such failed job held (already released)", self.ctx.key, job_id)
@@ -123,15 +119,9 @@ class EventApplier:
 
     def _start_training(self) -> None:
         with self.ctx.lock:
-            state = self.ctx.state
-            if state.phase == PHASE_NEW:
-                self.ctx.update(start_requested=True)
-            elif state.phase == PHASE_QUERYING:
-                self.ctx.update(round_end_requested="START_TRAINING")
-            elif state.phase == PHASE_DONE:  # late answers after the budget: redo the final training with them
-                self.ctx.update(phase=PHASE_TRAINING, training_round=state.round, final=True)
-            else:
-                log.info("project %s: START_TRAINING ignored while %s", self.ctx.key, state.phase)
+            before = self.ctx.state
+            if self.ctx.apply(StartTraining()) == before:
+                log.info("project %s: START_TRAINING ignored while %s", self.ctx.key, before.phase)
 
     def store_annotation(self, annotation: dict[str, Any], task: dict[str, Any] | None, created: bool) -> None:
         """Store an annotation's clicks on the image they lie on.
@@ -153,8 +143,7 @@ class EventApplier:
                                                 points=stored, cancelled=cancelled,
                                                 updated_at=_text(annotation.get("updated_at")))
         if changed and created and (is_query or stored):
-            with self.ctx.lock:
-                self.ctx.update(new_annotations=self.ctx.state.new_annotations + 1)
+            self.ctx.apply(AnnotationStored())
         if not is_query:
             self.corrected.store(annotation, task_id, cancelled)
         log.debug("project %s: annotation %d on task %d -> %d point(s) on image %d (round %d)%s", self.ctx.key,
@@ -190,22 +179,13 @@ class EventApplier:
             return
         with self.ctx.lock:
             self.queued_schema = None
-            state = self.ctx.state
-            old, new = list(state.classes), list(iface.classes)
-            if new == old:
-                self.ctx.update(label_config=schema)
-                return
-            names = state.label_names + [c for c in new if c not in state.label_names]
-            changes: dict[str, Any] = {"label_config": schema, "classes": new, "label_names": names,
-                                       "generation": state.generation + 1, "fresh_model": True}
-            if state.version > 0 and state.phase in (PHASE_QUERYING, PHASE_PUBLISHING):
-                changes["round_end_requested"] = "label config changed"
-            elif state.version > 0 and state.phase == PHASE_DONE:
-                changes.update(phase=PHASE_TRAINING, training_round=state.round, final=True)
-            self.ctx.update(**changes)
+            old = self.ctx.state.classes
+            state = self.ctx.apply(LabelConfigChanged(schema, tuple(iface.classes)))
+        if state.classes == old:
+            return
         log.warning("project %s: classes changed (removed %s, added %s): generation %d starts; stored clicks are "
                     "remapped by class name and clicks of removed classes train nothing", self.ctx.key,
-                    sorted(set(old) - set(new)), sorted(set(new) - set(old)), state.generation + 1)
+                    sorted(set(old) - set(state.classes)), sorted(set(state.classes) - set(old)), state.generation)
 
     def resync(self) -> tuple[int, int]:
         """Queue every annotation Label Studio has as an update, and a deletion for stored ones it no longer has.

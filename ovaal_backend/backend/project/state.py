@@ -1,32 +1,42 @@
-"""A project's round state: the phases, the typed state persisted in the SQLite store, and the names the backend
-writes into Label Studio tasks.
+"""A project's round state machine: the phases, the typed state persisted in the SQLite store, the events that
+change it, ``on(state, event) -> state`` (every transition, in one place), and the names the backend writes into
+Label Studio tasks.
 
 The state holds only small, fixed-size facts; what grows with the project (query tasks, masks, trainings) is rows
-in ``RoundStore``.
+in ``RoundStore``. ``on`` is pure (no I/O, no clock, no engine import): the driver and the event applier decide
+what happened, ``ProjectContext.apply`` runs the transition under the project's lock and saves it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
-from ...engine.rounds import round_job_id
+from ...engine.rounds import START, round_job_id
 
 log = logging.getLogger(__name__)
 
-PHASE_NEW = "new"
-"""No round published yet: waiting for source tasks and a trigger (/setup, TASKS_CREATED or START_TRAINING)."""
-PHASE_QUERYING = "querying"
-"""The current round's query tasks are in Label Studio; answers are being collected."""
-PHASE_TRAINING = "training"
-"""The round job runs: train on every stored click (none at the start), select the next round, predict masks."""
-PHASE_PUBLISHING = "publishing"
-"""The job's result is stored: import the next round's query tasks, push dense masks, switch the version."""
-PHASE_DONE = "done"
-"""The budget is spent: final model and masks are in Label Studio; no more queries."""
-PHASES = (PHASE_NEW, PHASE_QUERYING, PHASE_TRAINING, PHASE_PUBLISHING, PHASE_DONE)
+
+class Phase(str, Enum):
+    """Where a project is in its loop (a ``str`` Enum, as rq's ``JobStatus``: stored and shown as its value)."""
+
+    NEW = "new"
+    """No round published yet: waiting for source tasks and a trigger (/setup, TASKS_CREATED or START_TRAINING)."""
+    QUERYING = "querying"
+    """The current round's query tasks are in Label Studio; answers are being collected."""
+    TRAINING = "training"
+    """The round job runs: train on every stored click (none at the start), select the next round, predict masks."""
+    PUBLISHING = "publishing"
+    """The job's result is stored: import the next round's query tasks, push dense masks, switch the version."""
+    DONE = "done"
+    """The budget is spent: final model and masks are in Label Studio; no more queries."""
+
+    def __str__(self) -> str:
+        return self.value
+
 
 QUERY_MARKER = "ovaal_query"
 """Task data key that marks a task as one of our query tasks (value ``true``)."""
@@ -67,14 +77,14 @@ class ProjectState:
     classes: list[str] = field(default_factory=list)
     label_names: list[str] = field(default_factory=list)
     generation: int = 0
-    phase: str = PHASE_NEW
+    phase: Phase = Phase.NEW
     round: int = 0
     version: int = 0
     start_requested: bool = False
     round_end_requested: str = ""
     new_annotations: int = 0
     fresh_model: bool = False
-    training_round: int = -1
+    training_round: int = START
     final: bool = False
     versions_in_label_studio: list[int] = field(default_factory=list)
     check_project_at: float | None = None
@@ -91,8 +101,10 @@ class ProjectState:
         if unknown:
             log.warning("project state: ignoring unknown keys %s", unknown)
         state = cls(**{k: v for k, v in values.items() if k in known})
-        if state.phase not in PHASES:
-            raise ValueError(f"project state: unknown phase {state.phase!r}")
+        try:
+            state.phase = Phase(state.phase)
+        except ValueError:
+            raise ValueError(f"project state: unknown phase {state.phase!r}") from None
         return state
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,9 +120,214 @@ class ProjectState:
         answers after the budget make a different job, which runs.
         """
         waiting_for = round_job_id(self.generation, self.version + 1, self.training_round)
-        held = self.phase == PHASE_TRAINING and self.failed_job.get("job") == waiting_for
+        held = self.phase is Phase.TRAINING and self.failed_job.get("job") == waiting_for
         return dict(self.failed_job) if held else None
 
     @property
     def is_set_up(self) -> bool:
         return bool(self.label_config)
+
+
+# --- events: what happened, as the machine needs to know it ----------------------------------------------------------
+# Label Studio's events may come in any phase (the ones a phase has no use for change nothing); the driver's own
+# (Started, RoundEnded, JobFailed, JobDone, ResultDropped, Published) only in the phase that does that work: in any
+# other, ``on`` refuses them (TransitionRefused), since that would be a bug of the driver.
+
+@dataclass(frozen=True)
+class SetUp:
+    """The first /setup with a usable label config (later ones change nothing here: see ``LabelConfigChanged``)."""
+
+    uid: str
+    label_config: str
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StartRequested:
+    """TASKS_CREATED, or /setup's own event: start round 0 once the project has source tasks."""
+
+
+@dataclass(frozen=True)
+class StartTraining:
+    """Label Studio's START_TRAINING: start, end the open round early, or train again on late answers."""
+
+
+@dataclass(frozen=True)
+class LabelConfigChanged:
+    """A label config from PROJECT_UPDATED or /setup, already checked to be usable."""
+
+    label_config: str
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AnnotationStored:
+    """A new annotation stored clicks, or answered (even skipped) a query task."""
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """``python -m ovaal_backend requeue`` released the round job ``job`` that failed for good."""
+
+    job: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """The driver looked for source tasks to start round 0 with."""
+
+    has_sources: bool
+
+
+@dataclass(frozen=True)
+class RoundEnded:
+    """The open round ended (every query task answered, START_TRAINING, or TRAIN_AFTER_ANNOTATIONS)."""
+
+    last_round: int
+    """``RoundPlan.rounds``: the training after this round is the final one."""
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """The round job failed for good: the project holds until it is requeued."""
+
+    job: str
+    queue_id: str | None
+    reason: str
+    failed_at: float
+
+
+@dataclass(frozen=True)
+class JobDone:
+    """The round job's result is stored as rows: ``version`` saved (or kept when it trained nothing)."""
+
+    version: int
+    next_round: int | None
+    """The round its queries are for; None after the final training."""
+    trained: bool
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResultDropped:
+    """The classes changed after the result being published was made: train again with the new ones."""
+
+    last_round: int
+    """``RoundPlan.rounds``, as in ``RoundEnded``."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """The result is in Label Studio: ``created`` query tasks of the round exist (0 for a final result)."""
+
+    created: int
+    check_at: float
+    """When the Label Studio project is read back and repaired once (``ProjectState.check_project_at``)."""
+
+
+Event = (SetUp | StartRequested | StartTraining | LabelConfigChanged | AnnotationStored | Requeued | Started
+         | RoundEnded | JobFailed | JobDone | ResultDropped | Published)
+"""Everything that changes a project's round state."""
+
+BOOKKEEPING = frozenset({"check_project_at", "query_view_id", "versions_in_label_studio", "setup_hosts"})
+"""State fields outside the round machine (what the backend remembers of Label Studio), which
+``ProjectContext.update`` sets directly; every other field changes only through ``on``."""
+
+
+class TransitionRefused(RuntimeError):
+    """An event of the driver arrived in a phase where that work is not done (a bug, never an input error)."""
+
+
+def on(state: ProjectState, event: Event) -> ProjectState:
+    """The state after ``event`` (``state`` itself is never changed; it is returned as is when nothing changes).
+
+    Raises:
+        TransitionRefused: A driver's event in a phase that does not do its work.
+    """
+    phase = state.phase
+    match event:
+        case SetUp():
+            if state.is_set_up:
+                return state
+            classes = list(event.classes)
+            return replace(state, uid=event.uid, label_config=event.label_config, classes=classes,
+                           label_names=list(classes))
+        case StartRequested():
+            return replace(state, start_requested=True) if phase is Phase.NEW else state
+        case StartTraining():
+            if phase is Phase.NEW:
+                return replace(state, start_requested=True)
+            if phase is Phase.QUERYING:
+                return replace(state, round_end_requested="START_TRAINING")
+            if phase is Phase.DONE:  # late answers after the budget: redo the final training with them
+                return _train(state, state.round, final=True)
+            return state
+        case LabelConfigChanged():
+            return _adopt_label_config(state, event)
+        case AnnotationStored():
+            return replace(state, new_annotations=state.new_annotations + 1)
+        case Requeued():
+            return replace(state, failed_job={}) if state.failed_job.get("job") == event.job else state
+        case Started():
+            _expect(state, event, Phase.NEW)
+            if not event.has_sources:
+                return replace(state, start_requested=False)
+            return replace(state, phase=Phase.TRAINING, training_round=START, final=False, start_requested=False)
+        case RoundEnded():
+            _expect(state, event, Phase.QUERYING)
+            return _train(state, state.round, final=state.round >= event.last_round)
+        case JobFailed():
+            _expect(state, event, Phase.TRAINING)
+            return replace(state, failed_job={"job": event.job, "queue_id": event.queue_id,
+                                              "round": state.training_round, "reason": event.reason,
+                                              "failed_at": event.failed_at})
+        case JobDone():
+            _expect(state, event, Phase.TRAINING)
+            return replace(state, phase=Phase.PUBLISHING, version=event.version,
+                           round=state.round if event.next_round is None else event.next_round,
+                           fresh_model=state.fresh_model and not event.trained, failed_job={},
+                           result_classes=list(event.classes))
+        case ResultDropped():
+            _expect(state, event, Phase.PUBLISHING)
+            ended = state.training_round if state.final else state.round
+            return _train(state, ended, final=state.final or ended >= event.last_round)
+        case Published():
+            _expect(state, event, Phase.PUBLISHING)
+            if state.final:
+                return replace(state, phase=Phase.DONE, check_project_at=event.check_at)
+            if event.created == 0:  # nothing left to ask in this round: the budget cannot be spent further
+                return _train(state, state.round, final=True)
+            return replace(state, phase=Phase.QUERYING, check_project_at=event.check_at)
+    raise TypeError(f"not a project event: {event!r}")
+
+
+def _train(state: ProjectState, ended: int, final: bool) -> ProjectState:
+    """Round ``ended`` is done: train on every stored click (the ``final`` training when the budget is spent).
+
+    The one way into ``training`` after a round; what asked for it (a round-end request, the annotations counted
+    towards TRAIN_AFTER_ANNOTATIONS, a dropped result's classes) is used up by it.
+    """
+    return replace(state, phase=Phase.TRAINING, training_round=ended, final=final, round_end_requested="",
+                   new_annotations=0, result_classes=[])
+
+
+def _adopt_label_config(state: ProjectState, event: LabelConfigChanged) -> ProjectState:
+    """A new class list starts a new model generation (stored clicks keep their names in ``label_names``); a trained
+    project then ends its open round, or trains its final model again."""
+    classes = list(event.classes)
+    if classes == state.classes:
+        return replace(state, label_config=event.label_config)
+    names = state.label_names + [c for c in classes if c not in state.label_names]
+    state = replace(state, label_config=event.label_config, classes=classes, label_names=names,
+                    generation=state.generation + 1, fresh_model=True)
+    if state.version > 0 and state.phase in (Phase.QUERYING, Phase.PUBLISHING):
+        return replace(state, round_end_requested="label config changed")
+    if state.version > 0 and state.phase is Phase.DONE:
+        return _train(state, state.round, final=True)
+    return state
+
+
+def _expect(state: ProjectState, event: Event, phase: Phase) -> None:
+    if state.phase is not phase:
+        raise TransitionRefused(f"{type(event).__name__} happens in phase {phase}, and the project is in "
+                                f"{state.phase}")

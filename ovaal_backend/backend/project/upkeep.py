@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .context import ProjectContext
-from .state import PHASE_NEW, QUERY_VIEW_FILTERS, QUERY_VIEW_ORDERING, QUERY_VIEW_TITLE, version_name
+from .state import QUERY_VIEW_FILTERS, QUERY_VIEW_ORDERING, QUERY_VIEW_TITLE, Phase, version_name
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Upkeep:
         """
         self.ensure_webhook_auth()
         self.ensure_query_view()
-        if self.ctx.state.phase != PHASE_NEW:
+        if self.ctx.state.phase is not Phase.NEW:
             self.sync(check=True)
         self.ctx.update(check_project_at=None)
 
