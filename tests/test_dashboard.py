@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +16,8 @@ import pytest
 from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.backend.convert import pixel_to_percent
 from ovaal_backend.backend.dashboard import WorkerClock
+from ovaal_backend.backend.facts import ProjectFacts
 from ovaal_backend.backend.progress import (
-    ProjectFacts,
     answered_queries,
     class_clicks,
     phase_since,
@@ -30,6 +33,8 @@ from ovaal_backend.config import IGNORE_INDEX
 from .annotator import answer_keypoints
 from .fake_label_studio import CLASSES, TINY, UID, XML, P, add_scenes, answer_round
 from .fake_label_studio import make_fake_project as _make_fake_project
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def region(row: int, col: int, label: str, width: int = 40, height: int = 20) -> dict:
@@ -183,30 +188,39 @@ def test_project_facts_follow_every_change_reading_only_the_changed_images(store
 
 
 def test_project_facts_one_computation_at_a_time(stores):
-    """A caller that finds a computation running gets the last result at once, never a second computation."""
+    """A caller that does not wait (a backlog is being applied) gets the last result at once and starts one
+    computation in the background (none within ``background_gap`` of the last one); callers meanwhile get the last
+    result too and start none; a caller that waits gets the facts of the file as it is, after that computation."""
     store, rounds = stores
-    facts = ProjectFacts(store, rounds, KEY)
+    patient = ProjectFacts(store, rounds, KEY, background_gap=3600)
+    facts = ProjectFacts(store, rounds, KEY, background_gap=0)
     before = facts.get(NAMES, NAMES, "ignore")
+    assert patient.get(NAMES, NAMES, "ignore") == before
+    first_generation = facts.generation
     answer(store, 9, 5, [(5, 1, 0)])
     recorder = ReadRecorder(store, hold=True)
-    first = {}
-    computing = threading.Thread(target=lambda: first.update(facts.get(NAMES, NAMES, "ignore")))
-    computing.start()
-    assert recorder.entered.wait(30)  # the first caller is computing (held inside the read)
+    assert patient.get(NAMES, NAMES, "ignore", wait=False) == before and not recorder.calls  # within its gap
+    assert facts.get(NAMES, NAMES, "ignore", wait=False) == before  # at once: the last result
+    assert recorder.entered.wait(30)  # the computation it started runs (held inside the read)
     got: list[dict] = []
-    others = [threading.Thread(target=lambda: got.append(facts.get(NAMES, NAMES, "ignore"))) for _ in range(5)]
+    others = [threading.Thread(target=lambda: got.append(facts.get(NAMES, NAMES, "ignore", wait=False)))
+              for _ in range(5)]
     for thread in others:
         thread.start()
     for thread in others:
         thread.join(5)
-    assert not any(t.is_alive() for t in others), "a second caller waited for the running computation"
+    assert not any(t.is_alive() for t in others), "a caller that does not wait waited for the running computation"
     assert got == [before] * 5  # the last result, not a computation of their own
+    fresh: dict = {}
+    waiting = threading.Thread(target=lambda: fresh.update(facts.get(NAMES, NAMES, "ignore")))
+    waiting.start()
     recorder.go.set()
-    computing.join(30)
+    waiting.join(30)
     assert recorder.calls == [{5}]  # one computation, of the one image that changed
-    got[0]["labelled_per_image"].clear()  # a caller's copy: changing it changes nothing cached
-    assert facts.get(NAMES, NAMES, "ignore") == first and recorder.calls == [{5}]
-    assert first == from_scratch(store, rounds) != before
+    fresh["labelled_per_image"].clear()  # a caller's copy: changing it changes nothing cached
+    again = facts.get(NAMES, NAMES, "ignore", wait=False)
+    assert recorder.calls == [{5}] and facts.generation == first_generation + 1  # one, in the background
+    assert again == from_scratch(store, rounds) != before
 
 
 def test_project_facts_first_callers_wait_for_the_first_result(stores):
@@ -281,6 +295,28 @@ def test_metrics_gains_the_dashboard_facts(served):
     assert [t["round"] for t in project["timeline"]] == [0, 1]
     assert project["timeline"][1]["opened"] == project["trainings"][0]["finished_at"] == project["phase_since"]
     json.dumps(project, allow_nan=False)
+
+
+def test_metrics_are_kept_until_the_project_file_changes(served):
+    """/metrics (and the dashboard's data) computes a project's figures again only after a commit to its SQLite file:
+    by this process or another one (``resync``, ``requeue``, ``quarantine --release`` write beside a backend)."""
+    client, auth, driver, *_ = served
+    computed: list[int] = []
+    read = driver._read_metrics
+    driver._read_metrics = lambda: computed.append(1) or read()
+    first = client.get("/metrics", headers=auth).json["projects"][str(P)]
+    computed.clear()
+    assert client.get("/metrics", headers=auth).json["projects"][str(P)] == first
+    assert client.get("/dashboard/data", headers=auth).json["projects"][str(P)]["phase"] == first["phase"]
+    assert computed == []  # nothing changed: nothing read again
+    script = (f"from ovaal_backend.backend.store import LabelStore; "
+              f"LabelStore({str(driver.store.path)!r}).add_event({driver.key!r}, 'START_TRAINING', {{}})")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)
+    assert client.get("/metrics", headers=auth).json["projects"][str(P)]["pending_events"] == 1
+    assert computed == [1]
+    driver.store.add_event(driver.key, "START_TRAINING", {})
+    assert client.get("/metrics", headers=auth).json["projects"][str(P)]["pending_events"] == 2
+    assert computed == [1, 1]
 
 
 def test_dashboard_needs_basic_auth_and_serves_page_data_and_assets(served):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from ovaal_backend.backend.store import LabelStore
 from ovaal_backend.config import IGNORE_INDEX
 
 P = "7.1700000000"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -235,3 +239,32 @@ def test_labelled_points_of_some_images(store):
     assert set(some) == {3, 700, 1199} and some[3].tolist() == [[1, 1, 2], [2, 2, 1]]
     assert all(np.array_equal(some[s], every[s]) for s in some)
     assert store.labelled_points(P, []) == {}
+
+
+def test_data_version_says_when_anyone_committed_and_a_snapshot_reads_one_state(path, store):
+    """What ``/metrics`` keeps its answer by (``SqliteFile.data_version``) and reads it in (``snapshot``)."""
+    version = store.data_version()
+    store.pending_count(P)
+    store.labelled_points(P)
+    assert store.data_version() == version  # reads change nothing
+    store.add_event(P, "ANNOTATION_CREATED", {})
+    assert store.data_version() != version
+    version = store.data_version()
+    script = f"from ovaal_backend.backend.store import LabelStore; LabelStore({str(path)!r}).add_event({P!r}, 'X', {{}})"
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)  # as `resync` beside a backend
+    assert store.data_version() != version
+
+    other = LabelStore(path)  # another store on the file: the thread's snapshot serves it too
+    with store.snapshot(), store.snapshot():  # re-entrant
+        before = store.pending_count(P)
+        with sqlite3.connect(path) as db:  # a commit meanwhile, from another connection
+            db.execute("UPDATE events SET done_at = 1 WHERE project = ?", (P,))
+        assert store.pending_count(P) == other.pending_count(P) == before == 2  # one state
+    assert store.pending_count(P) == 0  # after the block, the file as it is
+
+    version = store.data_version()
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    assert store.data_version() != store.data_version()  # no file: never "unchanged"
+    LabelStore(path)  # the file made anew
+    assert store.data_version() not in (version, None) and store.data_version() == store.data_version()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -14,6 +15,10 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS
 SQLITE_STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN,
                                   sqlite3.SQLITE_READONLY})
 """SQLite's primary result codes for the same faults (a write that hits EFBIG surfaces as SQLITE_IOERR)."""
+
+
+_snapshots = threading.local()
+"""Per thread: ``held``, the open ``SqliteFile.snapshot`` connections by file path."""
 
 
 def is_storage_fault(err: BaseException) -> bool:
@@ -51,6 +56,8 @@ class SqliteFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._watch: tuple[tuple[int, int], sqlite3.Connection] | None = None  # (the file's identity, its connection)
         with self._lock, closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode = WAL")
             db.executescript(f"BEGIN IMMEDIATE; {self.SCHEMA} COMMIT;")
@@ -73,9 +80,59 @@ class SqliteFile:
         db.execute("PRAGMA synchronous = NORMAL")
         return db
 
+    def data_version(self) -> Hashable:
+        """A value that changes whenever anyone, this process or another, commits to the file.
+
+        Why: a reader that keeps an expensive answer (``/metrics``) learns in one cheap call whether it still stands.
+        It is SQLite's ``PRAGMA data_version`` on a connection kept open for it (the pragma compares commits made
+        by every other connection since that connection last asked) with the file's identity, so a file deleted and
+        made anew (the same path, a new inode) is a change too; a file that cannot be read gives a value equal to
+        nothing, never a stale "unchanged".
+        """
+        try:
+            stat = os.stat(self.path)
+            identity = (stat.st_dev, stat.st_ino)
+            with self._watch_lock:
+                if self._watch is None or self._watch[0] != identity:
+                    if self._watch is not None:
+                        self._watch[1].close()
+                    self._watch = (identity, sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                                             check_same_thread=False))
+                (version,) = self._watch[1].execute("PRAGMA data_version").fetchone()
+            return (*identity, int(version))
+        except (OSError, sqlite3.Error):
+            return object()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within the block, every read of this file by this thread (through any store on it) uses one connection
+        and one read transaction: the reads see one state of the file, and the thread pays for one connection.
+
+        Why: ``/metrics`` makes some 20 reads, and each connection opened and closed, and each statement, hands the
+        GIL over and waits to get it back while a project's worker applies events; from one state, the figures also
+        agree with each other. Re-entrant; writes still open their own connection (WAL lets them commit meanwhile).
+        """
+        held = getattr(_snapshots, "held", {})
+        if str(self.path) in held:
+            yield
+            return
+        with closing(self._connect()) as db:
+            db.execute("BEGIN")
+            _snapshots.held = {**held, str(self.path): db}
+            try:
+                yield
+            finally:
+                _snapshots.held = held
+                db.execute("ROLLBACK")
+
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A connection for queries; WAL gives it a consistent snapshot per statement without blocking writers."""
+        """A connection for queries (the thread's ``snapshot`` when it holds one); WAL gives it a consistent snapshot
+        per statement (per transaction in a ``snapshot``) without blocking writers."""
+        shared = getattr(_snapshots, "held", {}).get(str(self.path))
+        if shared is not None:
+            yield shared
+            return
         with closing(self._connect()) as db:
             yield db
 
