@@ -2,7 +2,7 @@
 the ground truth.
 
 OVAAL+ thresholds each class's sigmoid at 0.5 and then refines its ``top_l`` most uncertain pixels per image
-(engine/losses.py ``refine_pseudo_labels``): ``paper`` inverts them (the paper's eq. 3), ``wta`` sets them to the
+(engine/pseudo_labels.py ``refine_pseudo_labels``): ``paper`` inverts them (the paper's eq. 3), ``wta`` sets them to the
 Winner-Takes-All answer. For a model saved by ``simulate --save-checkpoint`` (the learner after the last active round)
 this predicts every image of a labelled folder at its original size and counts, per class, the pixels whose binary
 target a rule CHANGED and the share of those where the new target is RIGHT (it equals the ground truth's one-hot for
@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from ovaal_backend.config import SEMI_RULES, Config  # noqa: E402
 from ovaal_backend.engine.data import SegmentationFolder, resize_images  # noqa: E402
 from ovaal_backend.engine.learner import ActiveLearner  # noqa: E402
-from ovaal_backend.engine.losses import refine_pseudo_labels  # noqa: E402
+from ovaal_backend.engine.pseudo_labels import refine_pseudo_labels  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid" / "val"
 SECRETS = ("label_studio_api_key", "basic_auth_user", "basic_auth_pass")  # masked as "***" in a saved config

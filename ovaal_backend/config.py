@@ -15,20 +15,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .engine.classifiers import CLASSIFIERS
+from .engine.pseudo_labels import SEMI_RULES, SEMI_TEACHERS
+from .engine.schedules import LR_SCHEDULES
+from .engine.scorers import SCORERS
+
 IGNORE_INDEX = -1
 """Label of a point that trains nothing: void, "can't tell", or a class the label config no longer has."""
 
-OVA_CLASSIFIERS = ("ova-shared", "ova-separate")
-"""One-vs-All kinds: C independent sigmoids (one network with C outputs, or C networks as in the paper)."""
-CLASSIFIERS = (*OVA_CLASSIFIERS, "multiclass")
-MULTICLASS_SCORERS = ("margin", "entropy", "least-confidence")
-"""Selections that score a class distribution (engine/acquisition.py maps each name to its scorer)."""
-SELECTIONS = ("ova", *MULTICLASS_SCORERS, "random")
-LR_SCHEDULES = ("cosine", "constant")
-SEMI_TEACHERS = ("ema", "frozen")
-SEMI_RULES = ("paper", "wta")
-"""How OVAAL+ refines a class's binary prediction at its most uncertain pixels: ``paper`` inverts it (eq. 3);
-``wta`` sets it to the Winner-Takes-All answer (1 where the class wins the argmax, else 0)."""
+# The names of the engine's choices come from its registries, each a dict name -> implementation beside the
+# implementations (torch-free modules, so this file loads no torch): CLASSIFIERS (engine/classifiers.py), SCORERS
+# (engine/scorers.py), LR_SCHEDULES (engine/schedules.py), SEMI_RULES and SEMI_TEACHERS (engine/pseudo_labels.py).
+RANDOM_SELECTION = "random"
+"""The selection that scores nothing: pixels drawn uniformly at random (round 0 always; the random baseline)."""
+SELECTIONS = (*SCORERS, RANDOM_SELECTION)
+"""Every ``SELECTION``: a scorer's name, or ``random``."""
+MULTICLASS_SCORERS = tuple(name for name, scorer in SCORERS.items() if not scorer.per_class)
+"""Selections that score a class distribution (margin, entropy, least-confidence), not each class on its own."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -49,7 +52,7 @@ def is_loopback_host(host: str) -> bool:
 
 def is_ova(classifier: str) -> bool:
     """Whether a classifier kind is One-vs-All (per-class sigmoids) rather than the multi-class softmax baseline."""
-    return classifier in OVA_CLASSIFIERS
+    return CLASSIFIERS[classifier].ova
 
 
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {

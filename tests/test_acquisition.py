@@ -1,46 +1,7 @@
-import math
-
-import pytest
 import torch
 
-from ovaal_backend.engine.acquisition import (
-    get_scorer,
-    score_binary_entropy,
-    score_entropy,
-    score_least_confidence,
-    score_margin,
-    select_per_class,
-    select_random,
-    select_top,
-    split_quota,
-)
-
-
-def test_binary_entropy_known_values():
-    probs = torch.tensor([0.5, 0.0, 1.0, 0.1]).view(1, 4, 1, 1)
-    h = score_binary_entropy(probs).flatten()
-    assert h[0] == pytest.approx(math.log(2), abs=1e-6)
-    assert h[1] < 1e-4 and h[2] < 1e-4
-    assert h[3] == pytest.approx(-(0.1 * math.log(0.1) + 0.9 * math.log(0.9)), abs=1e-5)
-    assert torch.isfinite(h).all()
-
-
-def test_multiclass_scorers_rank_uniform_highest():
-    confident = torch.tensor([0.9, 0.05, 0.05])
-    uniform = torch.full((3,), 1 / 3)
-    two_way = torch.tensor([0.5, 0.5, 0.0])
-    probs = torch.stack([confident, uniform, two_way], -1).view(1, 3, 1, 3)
-    for scorer in (score_entropy, score_least_confidence):
-        s = scorer(probs).flatten()
-        assert s[1] > s[0] and s[1] > s[2]
-    margin = score_margin(probs).flatten()
-    assert margin[2] == pytest.approx(1.0) and margin[0] == pytest.approx(0.15)
-    assert score_entropy(probs).flatten()[1] == pytest.approx(math.log(3), abs=1e-6)
-
-
-def test_unknown_scorer_lists_valid_names():
-    with pytest.raises(ValueError, match="margin"):
-        get_scorer("bald")
+from ovaal_backend.engine.acquisition import select_per_class, select_random, select_top, split_quota
+from ovaal_backend.engine.scorers import score_binary_entropy
 
 
 def test_select_top_picks_highest_and_skips_labelled():

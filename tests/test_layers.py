@@ -14,6 +14,10 @@ TORCH_FREE = (
     "ovaal_backend.config",
     "ovaal_backend.engine.rounds",
     "ovaal_backend.engine.dense",
+    "ovaal_backend.engine.scorers",
+    "ovaal_backend.engine.classifiers",
+    "ovaal_backend.engine.schedules",
+    "ovaal_backend.engine.pseudo_labels",
     "ovaal_backend.backend.validate",
     "ovaal_backend.backend.cleanup",
     "ovaal_backend.backend.project.state",
@@ -21,7 +25,7 @@ TORCH_FREE = (
     "ovaal_backend.backend.project.corrected",
 )
 """Modules a process may import without paying for torch: request checks (validate), the cleanup command, the typed
-state and label config, the settings and the round plan."""
+state and label config, the settings, the round plan and the registries config.py takes its names from."""
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from ovaal_backend.config import Config
+from ovaal_backend.config import CLASSIFIERS, Config
 from ovaal_backend.engine.model import SegmentationClassifier, build_classifier, winner_takes_all
 
 
-@pytest.mark.parametrize("kind", ["ova-shared", "ova-separate", "multiclass"])
+@pytest.mark.parametrize("kind", list(CLASSIFIERS))
 def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
     model = SegmentationClassifier(kind, 3).eval()
     with torch.no_grad():
@@ -13,8 +13,8 @@ def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
     assert logits.shape == (2, 3, 40, 50)
     probs = model.probabilities(logits)
     assert ((probs >= 0) & (probs <= 1)).all()
-    assert model.is_ova == (kind != "multiclass")
-    if kind == "multiclass":
+    assert model.is_ova == CLASSIFIERS[kind].ova and len(model.networks) == (3 if CLASSIFIERS[kind].separate else 1)
+    if not model.is_ova:
         assert torch.allclose(probs, torch.softmax(logits, dim=1))
         assert torch.allclose(probs.sum(1), torch.ones(2, 40, 50), atol=1e-5)
     else:  # C independent sigmoids: each class's probability depends on its own logit only

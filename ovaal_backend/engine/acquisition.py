@@ -1,58 +1,14 @@
-"""Uncertainty scores and pixel selection, vectorised in torch (the same code on CPU and GPU).
+"""Pixel selection, vectorised in torch (the same code on CPU and GPU).
 
-Scorers take probabilities (B, C, H, W) and return uncertainty where HIGHER MEANS MORE INFORMATIVE, so every selector
-ranks the same way. Selectors take scores plus a candidate mask (False for already-labelled pixels, and for pixels the
-caller excludes) and never return a non-candidate.
+Selectors take scores (from ``scorers.py``: higher means more informative) plus a candidate mask (False for
+already-labelled pixels, and for pixels the caller excludes) and never return a non-candidate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-
-from ..config import MULTICLASS_SCORERS
-
-EPS = 1e-6
-
-
-def score_binary_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Per-class binary entropy (nats) of independent sigmoid outputs.
-
-    Shape: (B, C, H, W) -> (B, C, H, W). For two outcomes entropy, margin and least confidence rank pixels identically.
-    """
-    p = probs.clamp(EPS, 1 - EPS)
-    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
-
-
-def score_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy of a softmax over classes. Shape: (B, C, H, W) -> (B, H, W)."""
-    return -torch.xlogy(probs, probs).sum(dim=1)
-
-
-def score_margin(probs: torch.Tensor) -> torch.Tensor:
-    """One minus the gap between the two most probable classes. Shape: (B, C, H, W) -> (B, H, W)."""
-    top2 = probs.topk(2, dim=1).values
-    return 1 - (top2[:, 0] - top2[:, 1])
-
-
-def score_least_confidence(probs: torch.Tensor) -> torch.Tensor:
-    """One minus the top class probability. Shape: (B, C, H, W) -> (B, H, W)."""
-    return 1 - probs.max(dim=1).values
-
-
-SCORERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(
-    zip(MULTICLASS_SCORERS, (score_margin, score_entropy, score_least_confidence), strict=True))
-"""The multi-class scorers under the names config.py lists once."""
-
-
-def get_scorer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The multi-class scorer called ``name``; the error lists the valid names."""
-    try:
-        return SCORERS[name]
-    except KeyError:
-        raise ValueError(f"unknown scorer {name!r}: choose one of {', '.join(SCORERS)}") from None
 
 
 def select_top(scores: torch.Tensor, candidates: torch.Tensor, n: int, top_fraction: float = 0.0,

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import Config
-from .acquisition import get_scorer, score_binary_entropy, select_per_class, select_random, select_top
+from ..config import RANDOM_SELECTION, Config
+from .acquisition import select_per_class, select_random, select_top
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
 from .runtime import resolve_device
+from .scorers import get_scorer, score_binary_entropy
 from .train import TrainResult, build_optimizer, train_model
 from .weights import get_normalization
 
@@ -169,21 +170,20 @@ class ActiveLearner:
             random: random picks whatever the configured selection (round 0, the cold start).
         """
         candidates = candidates.to(self.device)
-        selection = "random" if random or probabilities is None else self.config.selection
+        selection = RANDOM_SELECTION if random or probabilities is None else self.config.selection
         query_class = None
-        if selection == "random":
+        if selection == RANDOM_SELECTION:
             index, valid = select_random(candidates, n, self.generator)
-        elif selection == "ova":
+        elif (scorer := get_scorer(selection)).per_class:
             # Over a softmax (Table II (b)) each class's probability is read as its own binary problem.
-            per_class = score_binary_entropy(probabilities)
-            index, query_class, valid = select_per_class(per_class, candidates, n, self.config.diversity_top_fraction,
-                                                         self.generator)
+            index, query_class, valid = select_per_class(scorer.score(probabilities), candidates, n,
+                                                         self.config.diversity_top_fraction, self.generator)
         else:
             if self.model.is_ova:
                 # Table II (c): a multi-class scorer over OVA outputs ranks the sigmoids normalised to sum to one.
                 probabilities = probabilities / probabilities.sum(1, keepdim=True).clamp_min(1e-12)
-            scores = get_scorer(selection)(probabilities)
-            index, valid = select_top(scores, candidates, n, self.config.diversity_top_fraction, self.generator)
+            index, valid = select_top(scorer.score(probabilities), candidates, n, self.config.diversity_top_fraction,
+                                      self.generator)
         return self._to_queries(probabilities, candidates.shape[-1], index, query_class, valid)
 
     def _to_queries(self, probabilities: torch.Tensor | None, width: int, index: torch.Tensor,

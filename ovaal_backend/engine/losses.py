@@ -1,4 +1,4 @@
-"""Losses on sparse point labels, and the OVAAL+ pseudo-labels and semi-supervised loss.
+"""Losses on sparse point labels, and the OVAAL+ semi-supervised loss (its pseudo-labels: ``pseudo_labels.py``).
 
 Point losses take logits already sampled at the labelled points ((P, C) logits, (P,) labels), so augmentation never
 has to rasterise a sparse mask: no click is lost or duplicated by resizing.
@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import IGNORE_INDEX, SEMI_RULES
-from .acquisition import score_binary_entropy
+from ..config import IGNORE_INDEX
 
 
 def _mix(plain: torch.Tensor, balanced: torch.Tensor, balance: float) -> torch.Tensor:
@@ -79,34 +78,6 @@ def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balance: fl
     present = (counts > 0).sum()
     weights = 1.0 / (counts[labels] * present)
     return _mix(per_point.mean(), (per_point * weights).sum(), balance)
-
-
-def refine_pseudo_labels(teacher_probs: torch.Tensor, top_l: int, rule: str = "paper") -> torch.Tensor:
-    """OVAAL+ pseudo-labels: each class's thresholded binary prediction, refined at its ``top_l`` most uncertain
-    pixels by ``rule``.
-
-    Why ``wta``: on CamVid the paper's inversion flips pixels the model had right about half the time (measured by
-    benchmarks/inversion_diagnostic.py), so it adds noise; where a head's threshold disagrees with the argmax over all
-    heads, the argmax is the better-informed answer.
-
-    Shape: (B, C, H, W) probabilities -> (B, C, H, W) float targets in {0, 1}.
-    """
-    if rule not in SEMI_RULES:
-        raise ValueError(f"unknown OVAAL+ rule {rule!r}: choose one of {', '.join(SEMI_RULES)}")
-    pseudo = (teacher_probs > 0.5).to(teacher_probs.dtype)
-    if top_l <= 0:
-        return pseudo
-    batch, classes = pseudo.shape[:2]
-    flat = pseudo.reshape(batch, classes, -1)
-    uncertain = score_binary_entropy(teacher_probs).reshape(batch, classes, -1)
-    index = uncertain.topk(min(top_l, flat.shape[-1]), dim=-1).indices
-    if rule == "paper":
-        refined = 1 - flat.gather(-1, index)
-    else:
-        winner = F.one_hot(teacher_probs.argmax(1), classes).movedim(-1, 1).to(flat.dtype).reshape(batch, classes, -1)
-        refined = winner.gather(-1, index)
-    flat.scatter_(-1, index, refined)
-    return flat.reshape_as(pseudo)
 
 
 def ova_semi_loss(logits: torch.Tensor, pseudo_targets: torch.Tensor, weight: torch.Tensor | None = None,

@@ -12,12 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLASSIFIERS, Config, is_ova
+from ..config import Config
+from .classifiers import get_classifier_kind
 from .weights import load_encoder_weights
-
-OVA_SEPARATE = "ova-separate"
-"""C independent binary networks, as in the paper (C times the cost); ``ova-shared`` is one network with C binary
-(sigmoid) outputs, ``multiclass`` one network with a softmax over C (the PixelPick baseline)."""
 
 INPUT_MULTIPLE = 16
 """smp encoders need heights and widths divisible by this; inputs are padded to it and logits cropped back."""
@@ -36,7 +33,7 @@ class SegmentationClassifier(nn.Module):
     """A segmentation network of one of the three classifier kinds.
 
     Args:
-        kind: ``ova-shared``, ``ova-separate`` or ``multiclass``.
+        kind: a name of ``classifiers.CLASSIFIERS``: ``ova-shared``, ``ova-separate`` or ``multiclass``.
         num_classes: C.
         arch: any smp architecture name (``deeplabv3plus``, ``unet``, ...).
         encoder: any smp encoder name.
@@ -48,22 +45,22 @@ class SegmentationClassifier(nn.Module):
     def __init__(self, kind: str, num_classes: int, arch: str = "deeplabv3plus",
                  encoder: str = "timm-tf_efficientnet_lite0") -> None:
         super().__init__()
-        if kind not in CLASSIFIERS:
-            raise ValueError(f"unknown classifier kind {kind!r}: choose one of {', '.join(CLASSIFIERS)}")
+        spec = get_classifier_kind(kind)
         if num_classes < 2:
             raise ValueError(f"need at least 2 classes, got {num_classes}")
         self.kind = kind
+        self.spec = spec
         self.num_classes = num_classes
         self.arch = arch
         self.encoder_name = encoder
-        if kind == OVA_SEPARATE:
+        if spec.separate:
             self.networks = nn.ModuleList(_build_network(arch, encoder, 1) for _ in range(num_classes))
         else:
             self.networks = nn.ModuleList([_build_network(arch, encoder, num_classes)])
 
     @property
     def is_ova(self) -> bool:
-        return is_ova(self.kind)
+        return self.spec.ova
 
     def encoders(self) -> list[nn.Module]:
         """The encoder of every network (one, or C for ``ova-separate``), for loading pretrained weights."""
@@ -80,7 +77,7 @@ class SegmentationClassifier(nn.Module):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class probabilities (B, C, H, W): independent sigmoids (OVA) or a softmax (multi-class)."""
-        return torch.sigmoid(logits) if self.is_ova else torch.softmax(logits, dim=1)
+        return self.spec.probabilities(logits)
 
 
 def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:

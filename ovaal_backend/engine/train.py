@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from tqdm import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..files import write_atomically
 from .data import Augmentation, Batch, make_batch, normalize, sample_at_points
-from .losses import ova_semi_loss, refine_pseudo_labels, sparse_cross_entropy, sparse_ova_bce
+from .losses import ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
 from .model import SegmentationClassifier
+from .pseudo_labels import SEMI_TEACHERS, refine_pseudo_labels
+from .schedules import LR_SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,10 @@ def build_optimizer(model: SegmentationClassifier, config: Config) -> torch.opti
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: Config,
                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The learning rate over one training run: ``constant``, or ``cosine`` from ``lr`` to zero by its last step.
-
-    Why cosine: with a constant rate the model at the end of a round is wherever the last batches left it, and one
-    extra epoch moved the random baseline by 2.8 mIoU; decaying to zero ends every round at a settled model.
-    """
-    if config.lr_schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))))
+    """The learning rate over one training run: ``LR`` times the factor of ``config.lr_schedule``
+    (``schedules.LR_SCHEDULES``: ``cosine`` from ``LR`` to zero by the last step, or ``constant``)."""
+    factor = LR_SCHEDULES[config.lr_schedule]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps))
 
 
 def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torch.Tensor,
@@ -73,7 +69,7 @@ def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torc
     if not model.is_ova:
         return sparse_cross_entropy(at_points, labels, balance=config.class_balance)
     loss = sparse_ova_bce(at_points, labels, balance=config.class_balance)
-    return loss * model.num_classes if model.kind == "ova-separate" else loss
+    return loss * model.num_classes if model.spec.separate else loss
 
 
 def semi_loss(logits: torch.Tensor, teacher: SegmentationClassifier, batch: Batch, weak_inputs: torch.Tensor,
@@ -183,7 +179,7 @@ class _Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
-        if self.teacher is not None and self.config.semi_teacher == "ema":
+        if self.teacher is not None and SEMI_TEACHERS[self.config.semi_teacher]:
             update_ema(self.teacher, self.model, self.config.semi_ema_decay)
         return float(loss.detach())
 

