@@ -338,6 +338,8 @@ def test_dashboard_needs_basic_auth_and_serves_page_data_and_assets(served):
     metrics = client.get("/metrics", headers=auth).json
     data = client.get("/dashboard/data", headers=auth).json
     for body in (embedded, data):
+        # one builder (status.metrics_payload): the dashboard's data is /metrics plus its own three keys
+        assert set(body) == set(metrics) | {"server_time", "refresh_seconds", "workers"}
         assert set(body["projects"]) == set(metrics["projects"]) == {str(P)}
         mine, theirs = body["projects"][str(P)], metrics["projects"][str(P)]
         assert set(mine) == set(theirs)
