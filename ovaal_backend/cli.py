@@ -29,6 +29,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="offline active-learning loop with an oracle annotator",
                        description="Run the active-learning loop on a labelled dataset, answering queries from its "
                                    "ground truth, and write per-round mIoU to a JSON file.")
+    p.set_defaults(run=run_simulate)
     p.add_argument("--train", required=True, help="folder with images/, labels/ and classes.json (the pool)")
     p.add_argument("--eval", required=True, help="folder to evaluate on after every round")
     p.add_argument("--out", required=True, help="RESULT.json to write")
@@ -151,7 +152,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _backend_parsers(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn on PORT)",
                    description="Serve /health, /setup, /predict, /webhook and /metrics for Label Studio. Every "
-                               "setting comes from the environment (field names of config.py in upper case).")
+                               "setting comes from the environment (field names of config.py in upper case)."
+                   ).set_defaults(run=run_serve)
     p = sub.add_parser("export", help="write a project's masks: PNG label maps, COCO JSON, Label Studio JSON",
                        description="The mask of every source image from the project's current model, annotators' "
                                    "clicks on top, in each --format: png (label map per image, class index per "
@@ -160,6 +162,7 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "tasks with the masks as brush predictions, to import into a project with the "
                                    "same label config); classes.json always. Reads MODEL_DIR; asks Label Studio "
                                    "only for uncached images.")
+    p.set_defaults(run=run_export)
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--format", type=_export_formats, default=",".join(DEFAULT_FORMATS),
@@ -168,11 +171,13 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Queue every annotation Label Studio has, and the deletion of stored ones it no "
                                    "longer has, as events: a running backend applies them within seconds, a "
                                    "stopped one when it starts.")
+    p.set_defaults(run=run_resync)
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p = sub.add_parser("quarantine", help="list what a project set aside: malformed events, unreadable images",
                        description="Events that could not be applied and images that could not be read, with their "
                                    "reasons. --release puts the events back in the queue (a running backend applies "
                                    "them within seconds); images are tried again by every round by themselves.")
+    p.set_defaults(run=run_quarantine)
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--release", action="store_true", help="retry the quarantined events")
     p = sub.add_parser("cleanup", help="remove from a Label Studio project everything the backend wrote into it",
@@ -180,12 +185,14 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "(model versions ovaal-N) and its Data Manager tab, and sets the project back to "
                                    "sequential sampling and no model version. Disconnect the model in Label Studio "
                                    "first, or the backend starts a new round. MODEL_DIR/<id> is left as it is.")
+    p.set_defaults(run=run_cleanup)
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
     p.add_argument("--yes", action="store_true", help="really do it (without: only say what would happen)")
     p = sub.add_parser("worker", help="run round jobs from the Redis queue (REDIS_URL), e.g. on a GPU machine",
                        description="An RQ worker for the backend's JOB_QUEUE on REDIS_URL: each round job runs in a "
                                    "freshly spawned process (never a fork, so CUDA is safe). Needs the shared "
                                    "MODEL_DIR and the image files; start one per GPU (CUDA_VISIBLE_DEVICES=N).")
+    p.set_defaults(run=run_worker)
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     p.add_argument("--name", help="worker name shown by rq (default: a random id)")
     p = sub.add_parser("check", help="say what is right and how to fix what is not, before connecting",
@@ -193,12 +200,14 @@ def _backend_parsers(sub: argparse._SubParsersAction) -> None:
                                    "root and one image read through it, MODEL_DIR writable, the device and the "
                                    "training profile, Redis and its workers (with REDIS_URL), and the settings in "
                                    "effect after the profile. Exit status 0 when every item is ok, 1 otherwise.")
+    p.set_defaults(run=run_check)
     p.add_argument("--json", action="store_true", help="print a JSON object instead of lines")
     p = sub.add_parser("requeue", help="run a project's round job again after it failed for good",
                        description="A round job that failed on every retry holds its project (shown under "
                                    "failed_job in /metrics). After fixing the cause, this puts the job back on the "
                                    "queue (REDIS_URL) or, without a queue, has the backend run it again in its "
                                    "process; a running backend picks it up within seconds, a stopped one on start.")
+    p.set_defaults(run=run_requeue)
     p.add_argument("--project", type=int, required=True, help="Label Studio project id")
 
 
@@ -341,13 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; known failures (bad settings, data, weights) print one ``error:`` line and return 2."""
     args = build_parser().parse_args(argv)
-    handlers = {"simulate": run_simulate, "serve": run_serve, "export": run_export, "resync": run_resync,
-                "quarantine": run_quarantine, "worker": run_worker, "requeue": run_requeue,
-                "cleanup": run_cleanup, "check": run_check}
     try:
         level = "INFO" if args.command == "simulate" else Config.from_env().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return handlers[args.command](args)
+        return args.run(args)  # each sub-command's parser names its function (set_defaults)
     except (ConfigError, ValueError, RuntimeError, OSError) as err:  # DatasetError, WeightsUnavailableError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ One test class per registry, built from the contracts that apply (``SettingContr
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from ovaal_backend.cli import build_parser
 from ovaal_backend.config import (
     CLASSIFIERS,
     LR_SCHEDULES,
@@ -183,3 +185,13 @@ class TestPresets(RegistryContract):
         config = Config(**entry)
         assert config.budget == entry["init_pixels"] + entry["rounds"] * entry["pixels_per_round"]
         assert not math.isnan(config.lr)
+
+
+class TestCommands(RegistryContract):
+    """``python -m ovaal_backend <command>``: each sub-command's parser names the function that runs it."""
+
+    registry = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def check(self, name: str, entry: Any) -> None:
+        run = entry.get_default("run")
+        assert callable(run) and run.__name__ == f"run_{name}", f"{name}: no function of its own"
