@@ -64,7 +64,7 @@ from ovaal_backend.backend.round_store import RoundStore  # noqa: E402
 from ovaal_backend.backend.store import LabelStore  # noqa: E402
 from ovaal_backend.config import IGNORE_INDEX  # noqa: E402
 
-COMMAND = ".venv/bin/python benchmarks/dashboard_load.py"
+COMMAND = "nice -n 5 .venv/bin/python benchmarks/dashboard_load.py"
 PROJECT = 1
 WIDTH, HEIGHT = 960, 720
 """CamVid's image size (the points' pixel grid)."""
@@ -267,13 +267,21 @@ def serve_and_measure(args: argparse.Namespace, state: Path, payloads: list[dict
             first.raise_for_status()
             warm = time.monotonic() - t0
             pending_before = first.json()["projects"][str(PROJECT)]["pending_events"]
+            load_before = os.getloadavg()[0]
             figures = run_load(backend.url, payloads, args)
-            last = loopback_session().get(f"{backend.url}/metrics", timeout=WARM_UP_TIMEOUT).json()
-            figures.update(first_metrics=warm, pending_before=pending_before,
-                           pending_after=last["projects"][str(PROJECT)]["pending_events"])
+            figures.update(first_metrics=warm, pending_before=pending_before, load=(load_before, os.getloadavg()[0]),
+                           pending_after=pending_events(model_dir / str(PROJECT) / "labels.sqlite3"))
             return figures
         finally:
             backend.stop()
+
+
+def pending_events(path: Path) -> int:
+    """Events still to apply, read from the file itself (a slow backend's /metrics may not answer for minutes)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM events WHERE project = ? AND done_at IS NULL AND quarantined_at "
+                              "IS NULL", (str(PROJECT),)).fetchone()
+    return int(count)
 
 
 def ensure_state(path: Path, images: int) -> Path:
@@ -296,12 +304,14 @@ def row(label: str, args: argparse.Namespace, f: dict[str, Any]) -> str:
     return (f"| {label} | {args.poll} | {ms(hooks.seconds, 50)} | {ms(hooks.seconds, 99)} | "
             f"{1000 * max(hooks.seconds, default=0):.0f} | {len(hooks.seconds)}/{f['sent']} | "
             f"{ms(metrics.seconds, 50)} | {ms(dashboards.seconds, 50)} | {len(dashboards.seconds)} | "
-            f"{dashboards.most_in_flight} | {f['first_metrics']:.1f} | {f['pending_before']} -> {f['pending_after']} |")
+            f"{dashboards.most_in_flight} | {f['first_metrics']:.1f} | {f['pending_before']} -> {f['pending_after']} | "
+            f"{f['load'][0]:.1f} -> {f['load'][1]:.1f} |")
 
 
 HEADER = ("| code | dashboards poll | webhook p50 ms | webhook p99 ms | webhook max ms | webhooks answered | "
           "/metrics p50 ms | /dashboard/data p50 ms | dashboard answers | most dashboard calls in flight | "
-          "first /metrics s | pending events (start -> end) |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "first /metrics s | pending events (start -> end) | load average, 1 min (start -> end) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main() -> None:
@@ -330,12 +340,14 @@ def main() -> None:
     if not args.no_docs:
         rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         rows[args.label] = {"row": line, "command": " ".join(sys.argv[1:]), "date": str(datetime.date.today()),
-                            "unanswered": figures["unanswered"]}
+                            "unanswered": figures["unanswered"],
+                            "failed": {name: figures[name].failed for name in ("webhooks", "metrics", "dashboards")}}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+        ordered = sorted(rows.items(), key=lambda item: item[0] == "this change")  # the code of this checkout last
         write_section("DASHBOARD-LOAD", report(args, "\n".join(
-            f"{r['row']}" for r in rows.values()) + "\n\nRuns (arguments after the command): " + "; ".join(
-            f"{label}: `{r['command'] or '(none)'}` ({r['date']})" for label, r in rows.items()) + "."))
+            f"{r['row']}" for _, r in ordered) + "\n\nRuns (arguments after the command): " + "; ".join(
+            f"{label}: `{r['command'] or '(none)'}` ({r['date']})" for label, r in ordered) + "."))
 
 
 RESULTS = ROOT / "docs" / "results" / "dashboard_load.json"
@@ -354,11 +366,22 @@ def report(args: argparse.Namespace, lines: str) -> str:
         {dashboards} dashboards poll `/dashboard/data` every {refresh:.0f} s, one client samples `/metrics` every
         second, and {rate:.0f} webhooks a second (new round-3 answers) arrive, each on a fresh connection. "first
         /metrics" is the first call after the start (it computes every image's facts once), before the load.
-        /metrics stays above the 100 ms target here: its SQLite reads share the 2 busy cores and the GIL with the
-        worker thread that applies the backlog (in-process, one call costs 50-150 ms of which none parses the queue).
+        Latencies are of the calls answered; a call not answered within the client's {timeout:.0f} s counts as not
+        answered. Each row served the backend of the commit it names from a worktree of it (`git worktree add
+        /tmp/x <commit>`, then `--repo /tmp/x`); "this change" is c47e05f. The last column is the machine's 1-minute
+        load average (2 cores; a science grid and other jobs ran at normal priority beside the runs, which ran at
+        `nice -n 5`): every figure here grows with it.
+
+        What makes `/metrics` cheap now: a project's answer is kept until its SQLite file changes (`PRAGMA
+        data_version`, `backend/cached.py`) and is read in one connection and one read transaction; the facts of
+        the clicks are kept per image (`backend/facts.py`) and, while events are pending, computed in the background
+        at most every 2 s, so a call reads only the live counts (phase, pending events, answered tasks) and returns
+        the last facts. The worker now also applies the backlog several times faster (pending events at the end).
+        In-process on the same state with its worker idle, an unchanged answer costs 4 ms instead of 75 ms.
 
         """).format(command=COMMAND, date=datetime.date.today(), machine=machine(), images=args.images,
-                    seconds=args.seconds, dashboards=args.dashboards, refresh=args.refresh, rate=args.rate)
+                    seconds=args.seconds, dashboards=args.dashboards, refresh=args.refresh, rate=args.rate,
+                    timeout=args.timeout)
     return text + HEADER + "\n" + lines + "\n"
 
 
