@@ -80,6 +80,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-train-images", type=int, default=0, help="use only the first N pool images (0 = all)")
     p.add_argument("--max-eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
+    p.add_argument("--correction-points", type=int,
+                   help="most training points of a fully labelled image (0 = one per training pixel)")
     p.add_argument("--dense-images", type=int, default=0,
                    help="N pool images (drawn by the seed) get their whole ground-truth mask as if an annotator had "
                         "corrected the pushed mask: they train as dense labels from round 1 and are not queried again")
@@ -103,7 +105,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
              "diversity_top_fraction": args.diversity_top_fraction, "class_balance": args.class_balance,
              "lr_schedule": args.lr_schedule, "keep_optimizer": args.keep_optimizer, "semi_rule": args.semi_rule,
              "semi_teacher": args.semi_teacher, "encoder_lr_ratio": args.encoder_lr_ratio,
-             "final_from_scratch": args.final_from_scratch}
+             "final_from_scratch": args.final_from_scratch, "correction_points": args.correction_points}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.image_size:
         values["image_height"], values["image_width"] = args.image_size

@@ -105,6 +105,9 @@ class Config:
     scale_max: float = 1.5
     color_jitter: float = 0.3
     class_balance: float = 0.5  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
+    # most training points a fully labelled image (a corrected mask) gives: a grid of the training size scaled down to
+    # at most this many cells (0 = one point per training pixel, which lowered the pool's masks: docs/benchmarks.md)
+    correction_points: int = 1000
     lr_schedule: str = "cosine"
     keep_optimizer: bool = False
     # the pretrained encoder's learning rate as a fraction of LR (PixelPick trains its encoder at 0.1 of the head's)
@@ -243,7 +246,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("epochs", "first_round_epochs", "rounds", "init_pixels", "semi_epochs", "semi_top_l",
-                     "train_after_annotations", "num_threads"):
+                     "train_after_annotations", "num_threads", "correction_points"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0.0 <= self.diversity_top_fraction <= 1.0:

@@ -73,6 +73,7 @@ def test_a_corrected_mask_is_measured_exported_and_trained(tmp_path, fake, proje
 
     job, _ = driver.round_job(driver.state())
     assert set(job.dense) == {source} and job.dense[source].size == corrected.shape
+    assert job.dense[source].grid.shape == (25, 38)  # the training size 32x48 scaled to CORRECTION_POINTS=1000
     answer_round(fake, driver, truth, 1)
     drain(driver)
     training = driver.metrics()["trainings"][-1]
@@ -130,3 +131,12 @@ def test_a_correction_before_any_model_counts_without_a_figure_and_can_stay_out_
     assert figures["recent"][0]["version"] is None
     job, _ = driver.round_job(driver.state())
     assert job.dense == {}  # TRAIN_ON_CORRECTIONS=false
+
+
+def test_correction_points_caps_the_grid_of_a_corrected_image(tmp_path, fake):
+    truth = add_scenes(fake, 2)
+    driver = started(tmp_path, fake, correction_points=100)
+    source = sorted(truth)[1]
+    correct(fake, driver, source, np.where(truth[source] == VOID, -1, truth[source].astype(np.int64)))
+    job, _ = driver.round_job(driver.state())
+    assert job.dense[source].grid.shape == (8, 12) and job.dense[source].size == truth[source].shape

@@ -23,7 +23,7 @@ from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.store import LabelStore
 from ovaal_backend.cli import main
 from ovaal_backend.config import IGNORE_INDEX, Config
-from ovaal_backend.engine.dense import DenseLabels, grid_labels, grid_points
+from ovaal_backend.engine.dense import DenseLabels, grid_labels, grid_points, grid_shape
 from ovaal_backend.engine.job import RoundJob, run_round
 
 from .fake_label_studio import XML
@@ -158,6 +158,15 @@ def test_grid_samples_cell_centres_and_points_map_back_to_original_pixels():
     assert (points[:, 2] < 5).all() and len(points) == int((grid < 5).sum())
     assert (label[points[:, 0], points[:, 1]] == points[:, 2]).all()
     assert grid_points(np.full((2, 2), 255), (4, 4), 3).shape == (0, 3)
+
+
+def test_grid_shape_is_the_training_size_never_finer_than_the_image_and_capped():
+    assert grid_shape((360, 480), 176, 240) == (176, 240)
+    assert grid_shape((48, 64), 176, 240) == (48, 64)
+    assert grid_shape((360, 480), 360, 480, max_points=1000) == (27, 36)
+    rows, cols = grid_shape((1440, 1920), 360, 480, max_points=5000)
+    assert rows * cols <= 5000 and rows * cols > 4800 and cols / rows == pytest.approx(4 / 3, rel=0.05)
+    assert grid_shape((360, 480), 360, 480, max_points=1) == (1, 1)
 
 
 @pytest.fixture

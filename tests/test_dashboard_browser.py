@@ -16,15 +16,18 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
 from ovaal_backend.backend.app import Backend, create_app
+from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.dashboard import STATIC
 from ovaal_backend.config import Config
 
 from .fake_label_studio import TINY, UID, XML, P, add_scenes, answer_round, make_fake_project
 from .ls_server import free_port, loopback_session
+from .synthetic import VOID
 
 WINDOW = (1280, 1720)
 """The screenshot's size: the whole page of one project."""
@@ -79,6 +82,11 @@ def mid_round(tmp_path):
         answer_round(fake, driver, truth, round_index)
         assert worker.run_pending()
     answer_round(fake, driver, truth, 2, only=3)
+    corrected = min(truth)  # one source mask corrected to its ground truth (void painted with no region)
+    payload = fake.annotate(corrected, brush_results(np.where(truth[corrected] == VOID, -1,
+                                                              truth[corrected].astype(np.int64)),
+                                                     LabelInterface.parse(XML)))
+    driver.add_event(payload["action"], payload)
     driver.add_event("ANNOTATION_CREATED", {"annotation": {"id": 9999, "task": 9999, "result": []}})
     assert worker.run_pending()
     worker.start()  # a live worker, idle until the next answer
@@ -155,6 +163,13 @@ def test_dashboard_renders_the_figures_of_metrics(tmp_path, mid_round):
     quarantined = metrics["quarantined"]
     assert len(quarantined["events"]) == 1 and len(quarantined["images"]) == 1
     assert 'data-field="quarantined" data-events="1" data-images="1"' in dom
+    corrections = metrics["corrections"]  # the corrected mask, measured against ovaal-2's
+    assert (corrections["count"], corrections["measured"]) == (1, 1)
+    assert 'data-field="corrections" data-count="1" data-measured="1"' in dom
+    assert shown["corrections_mean_miou"] == f"{corrections['mean_miou']:.1f} %"
+    assert shown["corrections_mean_kept"] == f"{100 * corrections['mean_kept']:.1f} %"
+    present = [name for name, iou in corrections["per_class_iou"].items() if iou is not None]
+    assert chart_attribute(dom, "correction-iou", "data-classes") == str(len(present))
 
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..config import IGNORE_INDEX, Config
 from ..engine.adjust import adjusted_class_map, click_log_prior
 from ..engine.data import SegmentationFolder, resize_images
-from ..engine.dense import grid_labels, grid_points
+from ..engine.dense import grid_labels, grid_points, grid_shape
 from ..engine.learner import ActiveLearner, Queries
 from ..engine.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
 from ..engine.rounds import RoundPlan
@@ -303,8 +303,8 @@ class Simulation:
 def _dense_points(label: np.ndarray, size: tuple[int, int], config: Config, num_classes: int) -> np.ndarray:
     """A pool image's whole ground truth as training points: one per cell of the training grid (void trains
     nothing), as the backend turns a corrected mask into dense labels."""
-    grid = grid_labels(label, min(config.image_height, size[0]), min(config.image_width, size[1]))
-    return grid_points(grid, size, num_classes)
+    shape = grid_shape(size, config.image_height, config.image_width, config.correction_points)
+    return grid_points(grid_labels(label, *shape), size, num_classes)
 
 
 def write_result(result: dict[str, Any], out: str | Path) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...engine.dense import DenseLabels, grid_labels
+from ...engine.dense import DenseLabels, grid_labels, grid_shape
 from ..correction_store import map_digest
 from ..corrections import (
     brush_label_map,
@@ -96,16 +96,15 @@ class CorrectedMasks:
         return corrected
 
     def dense_labels(self, keys: Collection[int]) -> dict[int, DenseLabels]:
-        """The round job's dense labels: each corrected image of ``keys`` sampled on a grid of the training size
-        (never finer than the image)."""
+        """The round job's dense labels: each corrected image of ``keys`` sampled on its grid (``grid_shape``: the
+        training size, at most CORRECTION_POINTS cells)."""
         state, config, wanted = self.ctx.state, self.ctx.config, set(keys)
         out = {}
         for task_id, stored in self.ctx.corrections.newest_maps(self.ctx.key):
             if task_id in wanted:
                 current = _current(stored, state)
-                height, width = current.shape
-                grid = grid_labels(current, min(config.image_height, height), min(config.image_width, width))
-                out[task_id] = DenseLabels((height, width), grid)
+                shape = grid_shape(current.shape, config.image_height, config.image_width, config.correction_points)
+                out[task_id] = DenseLabels(current.shape, grid_labels(current, *shape))
         return out
 
     def summary(self) -> dict[str, Any]:

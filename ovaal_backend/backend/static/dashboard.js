@@ -296,12 +296,13 @@
       });
     });
     var table = h('table', {'class': 'small', 'data-table': 'trainings'},
-      h('tr', null, ['version', 'round', 'images', 'points', 'loss', 'time', 'finished'].map(function (c) {
+      h('tr', null, ['version', 'round', 'images', 'points', 'corrected masks', 'loss', 'time', 'finished'].map(function (c) {
         return h('th', null, c);
       })),
       trainings.map(function (t) {
         return h('tr', null, h('td', null, t.version + (t.final ? ' (final' + (t.semi ? ', OVAAL+' : '') + ')' : '')),
-          h('td', null, t.round), h('td', null, t.images), h('td', null, t.points), h('td', null, num(t.loss, 4)),
+          h('td', null, t.round), h('td', null, t.images), h('td', null, t.points),
+          h('td', null, t.dense_images === undefined ? '-' : t.dense_images), h('td', null, num(t.loss, 4)),
           h('td', null, duration(t.seconds)), h('td', null, clock(t.finished_at)));
       }));
     return h('div', null, h('div', {'class': 'pair'}, lossSvg, secSvg), table);
@@ -387,11 +388,13 @@
       h('span', null, 'pre-label kept ', h('b', {'data-field': 'corrections_mean_kept'},
         c.mean_kept === null || c.mean_kept === undefined ? '-' : num(100 * c.mean_kept, 1) + ' %'))));
     var perClass = c.per_class_iou || {};
-    var names = Object.keys(perClass).filter(function (n) { return perClass[n] !== null && perClass[n] !== undefined; });
+    var names = (project.classes || []).filter(function (n) { return n in perClass; });  // config order first
+    Object.keys(perClass).forEach(function (n) { if (names.indexOf(n) < 0) names.push(n); });
+    names = names.filter(function (n) { return perClass[n] !== null && perClass[n] !== undefined; });
     if (names.length) {
       var rowH = 18, labelW = 130, height = names.length * rowH + 10, plotW = W - labelW - 60;
       var svgNode = s('svg', {viewBox: '0 0 ' + W + ' ' + height, width: '100%', 'class': 'chart', role: 'img',
-        'data-chart': 'correction-iou', 'data-classes': names.length});
+        style: 'max-width:' + W + 'px', 'data-chart': 'correction-iou', 'data-classes': names.length});
       names.forEach(function (name, i) {
         var y = 5 + i * rowH, v = perClass[name], width = plotW * v / 100;
         svgNode.appendChild(s('text', {x: labelW - 6, y: y + rowH * 0.7, 'text-anchor': 'end', 'class': 'tick', text: name}));
