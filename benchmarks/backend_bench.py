@@ -13,8 +13,8 @@ Measures what the issue asks for:
 Set-up is what an admin does (tests/test_e2e_label_studio.py): a project with label_config/camvid.xml, a local
 storage over a temporary document root holding copies of the first N CamVid training images (never the repo), the
 backend started as ``python -m ovaal_backend serve`` and connected as the project's model. The scripted annotator of
-the tests (tests/annotator.py) answers every round-0 query point from the ground truth through Label Studio's API.
-Every Label Studio call goes through the backend's own client (``LabelStudioClient``).
+the tests (tests/helpers/annotator.py) answers every round-0 query point from the ground truth through Label Studio's
+API. Every Label Studio call goes through the backend's own client (``LabelStudioClient``).
 
 Usage::
 
@@ -48,16 +48,15 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # ls_server.py and annotator.py: the helpers of the end-to-end test
 sys.path.insert(0, str(ROOT))
 
-from annotator import answer_keypoints  # noqa: E402
 from doc_section import write_section  # noqa: E402
-from ls_server import BackendProcess, LabelStudioServer, free_port, wait_for  # noqa: E402
 
 from ovaal_backend.backend.client import LabelStudioClient  # noqa: E402
 from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
+from tests.helpers.annotator import answer_keypoints  # noqa: E402
+from tests.helpers.ls_server import BackendProcess, LabelStudioServer, free_port, wait_for  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 COMMAND = ".venv/bin/python benchmarks/backend_bench.py"
@@ -647,9 +646,11 @@ def md_intro(r: dict[str, Any]) -> list[str]:
         "127.0.0.1",
         "```", "",
         f"Measured {r['date']} on {r['machine']}. {load_note(r)} A real Label Studio 1.23.2 "
-        "(`tests/ls_server.py`) and the backend as `python -m ovaal_backend serve` (gunicorn, one worker process), "
+        "(`tests/helpers/ls_server.py`) and the backend as `python -m ovaal_backend serve` "
+        "(gunicorn, one worker process), "
         f"set up as an admin would: `label_config/camvid.xml`, a local storage over copies of the first {r['images']} "
-        "CamVid training images (360x480), the model connected. The tests' scripted annotator (`tests/annotator.py`) "
+        "CamVid training images (360x480), the model connected. The tests' scripted annotator "
+        "(`tests/helpers/annotator.py`) "
         "answers every round-0 point from the ground truth through Label Studio's API.", "",
         f"Settings: the defaults ({c['classifier']}, {c['arch']} on {c['encoder']} with `{c['encoder_weights']}` "
         f"weights, batch {c['batch_size']}, PREDICT_BATCH={c['predict_batch']}, SERVER_THREADS={c['server_threads']}, "

@@ -1,8 +1,8 @@
 """How the backend's own bookkeeping grows with a project's size (no model: a fixed round result).
 
 For N source tasks a round job's result (22 query points and one dense mask per task) is handed to a driver over the
-in-memory fake Label Studio that records calls (tests/fake_label_studio.py), and each step is timed with its peak
-traced memory: storing the result as rows, importing the round's query tasks, pushing the masks, one /predict of a
+in-memory fake Label Studio that records calls (tests/helpers/fake_label_studio.py), and each step is timed with its
+peak traced memory: storing the result as rows, importing the round's query tasks, pushing the masks, one /predict of a
 query task, and /metrics. Linear growth means the per-task columns stay flat.
 
 Usage: .venv/bin/python benchmarks/bookkeeping_bench.py [--sizes 1000 5000 20000] [--no-docs]
@@ -33,7 +33,7 @@ from ovaal_backend.backend.project.state import JobDone, Started  # noqa: E402
 from ovaal_backend.engine.job import RoundResult  # noqa: E402
 from ovaal_backend.engine.learner import Queries  # noqa: E402
 from ovaal_backend.files import write_atomically  # noqa: E402
-from tests.fake_label_studio import UID, XML, FakeLabelStudio, P, tiny_config  # noqa: E402
+from tests.helpers.fake_label_studio import UID, XML, FakeLabelStudio, P, tiny_config  # noqa: E402
 
 POINTS = 22
 HEIGHT, WIDTH = 48, 64

@@ -49,13 +49,10 @@ import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from backend_bench import machine  # noqa: E402
 from doc_section import write_section  # noqa: E402
-from fault_kit import percentile  # noqa: E402
-from ls_server import BackendProcess, free_port, loopback_session  # noqa: E402
 
 from ovaal_backend.backend.convert import LabelInterface, keypoint_results  # noqa: E402
 from ovaal_backend.backend.project.events import trim_payload  # noqa: E402
@@ -63,6 +60,8 @@ from ovaal_backend.backend.project.state import Phase, ProjectState  # noqa: E40
 from ovaal_backend.backend.round_store import RoundStore  # noqa: E402
 from ovaal_backend.backend.store import LabelStore  # noqa: E402
 from ovaal_backend.config import IGNORE_INDEX  # noqa: E402
+from tests.helpers.fault_kit import percentile  # noqa: E402
+from tests.helpers.ls_server import BackendProcess, free_port, loopback_session  # noqa: E402
 
 COMMAND = "nice -n 5 .venv/bin/python benchmarks/dashboard_load.py"
 PROJECT = 1

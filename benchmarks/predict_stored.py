@@ -6,9 +6,10 @@ and encodes that file instead of running the network and upsampling its output t
 measures both paths in one run, on the same tasks, images and model:
 
 1. Set-up: ``--images`` CamVid training images upscaled 4 times (1920x1440; synthetic scenes of that size without
-   ../shared/data/camvid) as source tasks of an in-memory Label Studio (``tests/fake_label_studio.py``); the backend's
-   Flask app with that client (no gunicorn, no sockets: the figures are the app's own time); round 0 answered from
-   the ground truth, so ``ovaal-1`` (the CPU profile's 176x240 model, one epoch) is trained and its masks written.
+   ../shared/data/camvid) as source tasks of an in-memory Label Studio (``tests/helpers/fake_label_studio.py``); the
+   backend's Flask app with that client (no gunicorn, no sockets: the figures are the app's own time); round 0
+   answered from the ground truth, so ``ovaal-1`` (the CPU profile's 176x240 model, one epoch) is trained and its masks
+   written.
 2. Stored: ``--repeats`` rounds of one ``/predict`` call per source task (one task per call, as Label Studio's editor
    asks), after one untimed call each.
 3. Computed: the mask files moved away, the same calls again, after one untimed call each (it loads the model and
@@ -48,9 +49,9 @@ from ovaal_backend.backend.app import Backend, create_app  # noqa: E402
 from ovaal_backend.backend.convert import brush_results, decode_brush  # noqa: E402
 from ovaal_backend.backend.worker import ProjectWorker  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
-from tests.annotator import answer_keypoints  # noqa: E402
-from tests.fake_label_studio import UID, XML, FakeLabelStudio, P  # noqa: E402
-from tests.synthetic import make_scene  # noqa: E402
+from tests.helpers.annotator import answer_keypoints  # noqa: E402
+from tests.helpers.fake_label_studio import UID, XML, FakeLabelStudio, P  # noqa: E402
+from tests.helpers.synthetic import make_scene  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 COMMAND = "nice -n 5 .venv/bin/python benchmarks/predict_stored.py"
@@ -173,9 +174,9 @@ def markdown(run: dict[str, Any]) -> str:
 
 `{COMMAND}` ({datetime.date.today().isoformat()}; {machine()}; the machine was shared: 1-minute load up to
 {run["load"]:.1f} while measuring). {run["images"]} source images of 1920x1440 ({images}) in an in-memory Label Studio
-(`tests/fake_label_studio.py`), the backend's Flask app (no sockets: the app's own time), model `ovaal-1` at 240x176
-(`DEVICE=cpu`, trained on round 0's answers in {run["train_seconds"]:.0f} s). One source task per `/predict` call, as
-Label Studio's editor asks; {run["repeats"]} timed calls per image and path, after one untimed call each (the
+(`tests/helpers/fake_label_studio.py`), the backend's Flask app (no sockets: the app's own time), model `ovaal-1` at
+240x176 (`DEVICE=cpu`, trained on round 0's answers in {run["train_seconds"]:.0f} s). One source task per `/predict`
+call, as Label Studio's editor asks; {run["repeats"]} timed calls per image and path, after one untimed call each (the
 computed path's first call loads the model and the image). Both paths run in this one process, one after the other.
 
 | `/predict` of a 1920x1440 source task | p50 | min | max | calls |

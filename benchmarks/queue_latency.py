@@ -38,18 +38,17 @@ import psutil
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from doc_section import write_section  # noqa: E402
-from queue_kit import Workers, start_redis  # noqa: E402
 
 from ovaal_backend.backend.jobs import InProcessJobs  # noqa: E402
 from ovaal_backend.backend.queue_worker import RQJobs  # noqa: E402
 from ovaal_backend.config import IGNORE_INDEX, Config  # noqa: E402
 from ovaal_backend.engine.job import RoundJob  # noqa: E402
 from ovaal_backend.engine.runtime import configure_torch  # noqa: E402
-from tests.synthetic import make_scene  # noqa: E402
+from tests.helpers.queue_kit import Workers, start_redis  # noqa: E402
+from tests.helpers.synthetic import make_scene  # noqa: E402
 
 CLASSES = ["background", "square", "disc"]
 QUEUE = "ovaal-bench"

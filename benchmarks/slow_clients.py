@@ -1,8 +1,8 @@
 """/health and webhook latency while slow clients hold connections: the old set-up against the new, in one run.
 
 Per set-up (``--setups``): the backend on loopback with ``SERVER_THREADS`` (4) and a set-up project (no Label Studio
-is needed: tests/slowloris.py ``offline_backend``), then ``--header-clients`` slowloris clients (one header line every
-``--interval`` s, never the end of the headers) and ``--body-clients`` slow-body clients (one body byte every
+is needed: tests/helpers/slowloris.py ``offline_backend``), then ``--header-clients`` slowloris clients (one header line
+every ``--interval`` s, never the end of the headers) and ``--body-clients`` slow-body clients (one body byte every
 ``--interval`` s), each opening a new connection as soon as the server cuts its last one, for ``--seconds``.
 Meanwhile a probe sends GET /health and a webhook (Label Studio's ANNOTATION_CREATED shape) in turn, each on a fresh
 connection with a ``--probe-timeout`` s limit (a timeout counts as a failure and as that many seconds), one every
@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from backend_bench import CpuWindow, machine  # noqa: E402
 from doc_section import write_section  # noqa: E402
-from fault_kit import percentile  # noqa: E402
-from ls_server import BackendProcess, free_port  # noqa: E402
-from slowloris import offline_backend, start_slow_clients, timed_call, webhook  # noqa: E402
+
+from tests.helpers.fault_kit import percentile  # noqa: E402
+from tests.helpers.ls_server import BackendProcess, free_port  # noqa: E402
+from tests.helpers.slowloris import offline_backend, start_slow_clients, timed_call, webhook  # noqa: E402
 
 COMMAND = ".venv/bin/python benchmarks/slow_clients.py"
 APP = "ovaal_backend.backend.app:create_app()"

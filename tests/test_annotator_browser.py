@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
 
 from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel
 from ovaal_backend.backend.store import LabelStore
+from tests.helpers.fake_label_studio import XML as SYNTHETIC_XML
+from tests.helpers.ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
+from tests.helpers.synthetic import make_dataset
 
-from .fake_label_studio import XML as SYNTHETIC_XML
-from .synthetic import make_dataset
 from .test_dashboard_browser import chromium_binary
 
 ROOT = Path(__file__).resolve().parents[1]

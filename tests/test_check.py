@@ -21,8 +21,7 @@ from ovaal_backend.backend.check import (
 )
 from ovaal_backend.cli import main
 from ovaal_backend.config import Config
-
-from .ls_server import REPO_ROOT, free_port
+from tests.helpers.ls_server import REPO_ROOT, free_port
 
 WRONG_KEY = "0123456789abcdef0123456789abcdef01234567"
 

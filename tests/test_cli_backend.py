@@ -8,8 +8,7 @@ import sys
 import pytest
 
 from ovaal_backend.cli import build_parser, main
-
-from .fake_label_studio import add_scenes, answer_round, drain, started
+from tests.helpers.fake_label_studio import add_scenes, answer_round, drain, started
 
 
 def test_parser_knows_the_backend_commands():

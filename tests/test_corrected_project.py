@@ -1,6 +1,6 @@
-"""Corrected masks through a project (the in-memory Label Studio of tests/fake_label_studio.py): a brush annotation
-on a source task is stored from its webhook (or by resync), measured against the pushed mask, exported instead of
-the prediction, trained on as dense labels, and forgotten when it is deleted."""
+"""Corrected masks through a project (the in-memory Label Studio of tests/helpers/fake_label_studio.py): a brush
+annotation on a source task is stored from its webhook (or by resync), measured against the pushed mask, exported
+instead of the prediction, trained on as dense labels, and forgotten when it is deleted."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from PIL import Image
 from ovaal_backend.backend.convert import LabelInterface, brush_results, decode_brush
 from ovaal_backend.backend.corrections import correction_figure
 from ovaal_backend.backend.export import export_project
-
-from .fake_label_studio import XML, P, add_scenes, answer_round, drain, started, tiny_config
-from .synthetic import VOID
+from tests.helpers.fake_label_studio import XML, P, add_scenes, answer_round, drain, started, tiny_config
+from tests.helpers.synthetic import VOID
 
 IFACE = LabelInterface.parse(XML)
 

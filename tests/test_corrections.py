@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.correction_store import CorrectionStore, map_digest
 from ovaal_backend.backend.corrections import (
     brush_label_map,
@@ -19,15 +20,14 @@ from ovaal_backend.backend.corrections import (
     summarise,
     version_number,
 )
-from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.store import LabelStore
 from ovaal_backend.cli import main
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.dense import DenseLabels, grid_labels, grid_points, grid_shape
 from ovaal_backend.engine.job import RoundJob, run_round
+from tests.helpers.fake_label_studio import XML
+from tests.helpers.synthetic import CLASSES, VOID, make_dataset
 
-from .fake_label_studio import XML
-from .synthetic import CLASSES, VOID, make_dataset
 from .test_simulate import FAST
 
 IFACE = LabelInterface.parse(XML)

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_kit import (
+from PIL import Image
+
+from ovaal_backend.backend.convert import brush_results, decode_brush
+from ovaal_backend.backend.corrections import correction_figure
+from tests.helpers.fault_kit import (
     all_tasks,
     annotate,
     backend_env,
@@ -28,11 +32,7 @@ from fault_kit import (
     query_tasks,
     webhook_has_auth,
 )
-from ls_server import BackendError, BackendProcess, wait_for
-from PIL import Image
-
-from ovaal_backend.backend.convert import brush_results, decode_brush
-from ovaal_backend.backend.corrections import correction_figure
+from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 

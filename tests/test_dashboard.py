@@ -29,10 +29,9 @@ from ovaal_backend.backend.progress import (
 from ovaal_backend.backend.round_store import RoundStore
 from ovaal_backend.backend.store import LabelStore
 from ovaal_backend.config import IGNORE_INDEX
-
-from .annotator import answer_keypoints
-from .fake_label_studio import CLASSES, TINY, UID, XML, P, add_scenes, answer_round
-from .fake_label_studio import make_fake_project as _make_fake_project
+from tests.helpers.annotator import answer_keypoints
+from tests.helpers.fake_label_studio import CLASSES, TINY, UID, XML, P, add_scenes, answer_round
+from tests.helpers.fake_label_studio import make_fake_project as _make_fake_project
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """The dashboard in a real browser: headless Chromium renders a project in mid-round; its figures match /metrics.
 
 Needs Debian's ``chromium`` (``make test`` installs it where apt-get can); skipped without it. The backend is the
-real Flask app over the fake Label Studio (tests/fake_label_studio.py), served by werkzeug on a loopback port, after
-two answered rounds and half of the third, with one quarantined event and one unreadable image. Set
+real Flask app over the fake Label Studio (tests/helpers/fake_label_studio.py), served by werkzeug on a loopback port,
+after two answered rounds and half of the third, with one quarantined event and one unreadable image. Set
 ``OVAAL_DASHBOARD_SCREENSHOT=docs/images/dashboard.png`` to keep the screenshot (the README shows it).
 """
 
@@ -24,10 +24,9 @@ from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.dashboard import STATIC
 from ovaal_backend.config import Config
-
-from .fake_label_studio import TINY, UID, XML, P, add_scenes, answer_round, make_fake_project
-from .ls_server import free_port, loopback_session
-from .synthetic import VOID
+from tests.helpers.fake_label_studio import TINY, UID, XML, P, add_scenes, answer_round, make_fake_project
+from tests.helpers.ls_server import free_port, loopback_session
+from tests.helpers.synthetic import VOID
 
 WINDOW = (1280, 1720)
 """The screenshot's size: the whole page of one project."""

@@ -14,8 +14,7 @@ from ovaal_backend.engine.data import (
     resize_images,
     sample_at_points,
 )
-
-from .synthetic import CLASSES, make_dataset
+from tests.helpers.synthetic import CLASSES, make_dataset
 
 
 def _marker_image(height, width, points):

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from fault_kit import (
+
+from tests.helpers.fault_kit import (
     Proxy,
     all_tasks,
     annotate,
@@ -32,7 +33,7 @@ from fault_kit import (
     stored_annotation_ids,
     webhook_has_auth,
 )
-from ls_server import REPO_ROOT, BackendProcess, wait_for
+from tests.helpers.ls_server import REPO_ROOT, BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
 from PIL import Image
 
 from ovaal_backend.backend.convert import LabelInterface, decode_brush, percent_to_pixel
-
-from .annotator import answer_keypoints
-from .fake_label_studio import XML as SYNTHETIC_XML
-from .synthetic import make_dataset
+from tests.helpers.annotator import answer_keypoints
+from tests.helpers.fake_label_studio import XML as SYNTHETIC_XML
+from tests.helpers.ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
+from tests.helpers.synthetic import make_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +88,7 @@ def backend(request, label_studio, tmp_path_factory):
     env = backend_env(label_studio, model_dir, SETTINGS)
     workers = None
     if request.param == "queue":
-        from queue_kit import Workers
+        from tests.helpers.queue_kit import Workers
 
         workers = Workers(request.getfixturevalue("redis_server"), model_dir, tmp_path_factory.mktemp("worker-logs"),
                           queue="ovaal-e2e")  # its own queue: the session's Redis also serves tests/test_queue.py

@@ -6,11 +6,8 @@ from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.data import resize_images
 from ovaal_backend.engine.learner import RANDOM_QUERY, ActiveLearner, labelled_mask
 from ovaal_backend.engine.train import load_checkpoint, save_checkpoint
-
-from .synthetic import make_scene
-
-TINY = dict(encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1, first_round_epochs=1,
-            semi_epochs=1, num_threads=2, device="cpu")
+from tests.helpers.fake_label_studio import TINY
+from tests.helpers.synthetic import make_scene
 
 
 def _pool(count=4, seed=0):

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from ovaal_backend.backend.export import NO_CLASS, class_colours, export_project
-
-from .fake_label_studio import (
+from tests.helpers.fake_label_studio import (
     XML,
     P,
     add_scenes,

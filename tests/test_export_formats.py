@@ -17,9 +17,18 @@ from pycocotools.coco import COCO
 from ovaal_backend.backend.convert import LabelConfigError, decode_brush
 from ovaal_backend.backend.export import NO_CLASS, export_project
 from ovaal_backend.backend.export_formats import parse_formats
-
-from .fake_label_studio import CLASSES, XML, P, add_scenes, answer_round, drain, make_fake_project, started, tiny_config
-from .ls_server import loopback_session
+from tests.helpers.fake_label_studio import (
+    CLASSES,
+    XML,
+    P,
+    add_scenes,
+    answer_round,
+    drain,
+    make_fake_project,
+    started,
+    tiny_config,
+)
+from tests.helpers.ls_server import loopback_session
 
 ROOT = Path(__file__).resolve().parents[1]
 

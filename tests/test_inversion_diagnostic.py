@@ -10,7 +10,7 @@ import torch
 
 from ovaal_backend.config import SEMI_RULES, Config
 from ovaal_backend.engine.learner import ActiveLearner
-from tests.synthetic import make_dataset
+from tests.helpers.synthetic import make_dataset
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "inversion_diagnostic.py"
 

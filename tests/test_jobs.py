@@ -9,9 +9,8 @@ import pytest
 from ovaal_backend.backend.jobs import InProcessJobs, job_runner
 from ovaal_backend.config import ConfigError
 from ovaal_backend.engine.job import START, RoundJob
-
-from .fake_label_studio import CLASSES, tiny_config
-from .synthetic import make_dataset
+from tests.helpers.fake_label_studio import CLASSES, tiny_config
+from tests.helpers.synthetic import make_dataset
 
 
 def start_job(tmp_path, name: str) -> RoundJob:

@@ -7,8 +7,7 @@ import pytest
 
 from ovaal_backend.backend.cleanup import clean_project
 from ovaal_backend.backend.project.state import QUERY_VIEW_TITLE
-
-from .fake_label_studio import P, add_scenes, answer_round, drain, started
+from tests.helpers.fake_label_studio import P, add_scenes, answer_round, drain, started
 
 
 @pytest.fixture

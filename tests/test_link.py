@@ -14,9 +14,8 @@ from ovaal_backend.backend.app import create_app
 from ovaal_backend.backend.client import LabelStudioClient, LabelStudioError
 from ovaal_backend.backend.link import LinkStatus, reason_phrase
 from ovaal_backend.config import Config
-
-from .fake_label_studio import XML
-from .ls_server import BackendProcess, backend_env, free_port, loopback_session
+from tests.helpers.fake_label_studio import XML
+from tests.helpers.ls_server import BackendProcess, backend_env, free_port, loopback_session
 
 UID = "1.1700000000"
 WRONG_KEY = "0123456789abcdef0123456789abcdef01234567"

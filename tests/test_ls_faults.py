@@ -1,8 +1,8 @@
 """Label Studio misbehaving between the backend and a REAL Label Studio 1.23.2: the project still advances, and
 not one extra task is created.
 
-The backend (``python -m ovaal_backend serve``) reaches Label Studio only through a fault proxy (tests/fault_kit.py)
-in ``LABEL_STUDIO_URL``. A seeded schedule decides per request:
+The backend (``python -m ovaal_backend serve``) reaches Label Studio only through a fault proxy
+(tests/helpers/fault_kit.py) in ``LABEL_STUDIO_URL``. A seeded schedule decides per request:
 
 - the first request adding the "OVAAL queries" Data Manager tab stalls past the timeout (the tab exists, the
   backend never hears of it);
@@ -18,8 +18,8 @@ extra tasks), each with exactly one prediction per model version (the dropped qu
 "OVAAL queries" tab, the backend's annotation count equals Label Studio's, and the project is in a round after the
 last fault.
 
-``OVAAL_FAULT_SEED`` fixes the seed (printed). ``LABEL_STUDIO_TIMEOUT`` and ``RETRY_SECONDS`` are set low so a
-stall and a retry cost seconds, not minutes. Run with
+The schedule's seed is ``DEFAULT_SEED`` unless ``OVAAL_FAULT_SEED`` picks another (printed). ``LABEL_STUDIO_TIMEOUT``
+and ``RETRY_SECONDS`` are set low so a stall and a retry cost seconds, not minutes. Run with
 ``OVAAL_LS_BIN=$PWD/.venv-ls/bin/label-studio .venv/bin/python -m pytest tests/test_ls_faults.py -s``.
 """
 
@@ -33,7 +33,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from fault_kit import (
+
+from tests.helpers.fault_kit import (
     Fault,
     Proxy,
     all_tasks,
@@ -49,7 +50,7 @@ from fault_kit import (
     query_tasks,
     webhook_has_auth,
 )
-from ls_server import BackendError, BackendProcess, wait_for
+from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +59,7 @@ CLIENT_TIMEOUT = 4.0  # LABEL_STUDIO_TIMEOUT of the backend
 STALL = CLIENT_TIMEOUT + 3.0  # a stalled answer comes (never) this long after the request
 LATE = CLIENT_TIMEOUT + 5.0  # a late import reaches Label Studio this long after the request: after the retry
 P_OTHER = 0.12  # chance of a fault on any other API call
+DEFAULT_SEED = 1  # the fault schedule's seed unless OVAAL_FAULT_SEED is set: a failure repeats on the next run
 IMPORT = re.compile(r"/api/projects/\d+/import")
 
 
@@ -92,7 +94,7 @@ class FaultPlan:
 
 
 def test_label_studio_faults(label_studio, tmp_path):
-    seed = int(os.environ.get("OVAAL_FAULT_SEED") or random.SystemRandom().randrange(2**31))
+    seed = int(os.environ.get("OVAAL_FAULT_SEED") or DEFAULT_SEED)
     print(f"\nfault schedule seed: {seed} (OVAAL_FAULT_SEED={seed} repeats it)")
     t_start = time.monotonic()
     project = make_project(label_studio, "faults", N_IMAGES)

@@ -11,9 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ovaal_backend.backend.project.driver import ProjectDriver
-
-from .fake_label_studio import XML, FakeLabelStudio, add_scenes, drain, tiny_config
-from .ls_server import REPO_ROOT, BackendProcess, backend_env, free_port, loopback_session
+from tests.helpers.fake_label_studio import XML, FakeLabelStudio, add_scenes, drain, tiny_config
+from tests.helpers.ls_server import REPO_ROOT, BackendProcess, backend_env, free_port, loopback_session
 
 WRITER = """
 import sys, time

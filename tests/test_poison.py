@@ -15,8 +15,7 @@ from ovaal_backend.backend.images import ImageFetcher
 from ovaal_backend.backend.project.state import Phase
 from ovaal_backend.cli import main
 from ovaal_backend.engine.data import load_rgb
-
-from .fake_label_studio import P, add_scenes, answer_round, drain, started
+from tests.helpers.fake_label_studio import P, add_scenes, answer_round, drain, started
 
 
 @pytest.fixture

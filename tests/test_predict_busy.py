@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 import pytest
-from fault_kit import (
+
+from tests.helpers.fault_kit import (
     all_tasks,
     annotate,
     backend_env,
@@ -28,7 +29,7 @@ from fault_kit import (
     query_tasks,
     webhook_has_auth,
 )
-from ls_server import BackendProcess, wait_for
+from tests.helpers.ls_server import BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -14,9 +14,8 @@ from ovaal_backend.backend.project.state import Phase
 from ovaal_backend.backend.validate import parse_project_uid
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import IGNORE_INDEX
-
-from .annotator import answer_keypoints
-from .fake_label_studio import (
+from tests.helpers.annotator import answer_keypoints
+from tests.helpers.fake_label_studio import (
     CLASSES,
     UID,
     XML,
@@ -27,7 +26,7 @@ from .fake_label_studio import (
     started,
     tiny_config,
 )
-from .synthetic import make_scene
+from tests.helpers.synthetic import make_scene
 
 
 @pytest.fixture

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import base64
 
-import fault_kit
 import pytest
-from ls_server import BackendProcess, loopback_session, wait_for
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.backend.prometheus import wants_prometheus
 from ovaal_backend.config import Config
-
-from .fake_label_studio import TINY, UID, XML, P, add_scenes, make_fake_project
+from tests.helpers import fault_kit
+from tests.helpers.fake_label_studio import TINY, UID, XML, P, add_scenes, make_fake_project
+from tests.helpers.ls_server import BackendProcess, loopback_session, wait_for
 
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")

@@ -12,12 +12,11 @@ from ovaal_backend.engine.job import MASK_TILE_ELEMENTS, START, RoundJob, predic
 from ovaal_backend.engine.learner import ActiveLearner
 from ovaal_backend.engine.rounds import RoundPlan
 from ovaal_backend.engine.train import load_checkpoint
+from tests.helpers.fake_label_studio import TINY
+from tests.helpers.synthetic import CLASSES, VOID, make_dataset
 
-from .synthetic import CLASSES, VOID, make_dataset
-
-TINY = dict(semi=True, encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1,
-            first_round_epochs=1, semi_epochs=1, num_threads=1, device="cpu", init_pixels=5, pixels_per_round=6,
-            rounds=2)
+TWO_ROUNDS = dict(TINY, semi=True, rounds=2)
+"""The tests' tiny settings over two rounds, with pseudo-labels."""
 
 
 def test_round_plan():
@@ -47,7 +46,7 @@ def clicks(label: np.ndarray, n: int, seed: int) -> np.ndarray:
 def job(tmp_path, pool, ended_round: int, version: int, points=None, **changes) -> RoundJob:
     paths, labels = pool
     points = points if points is not None else [np.zeros((0, 3), np.int64) for _ in paths]
-    return RoundJob(config=Config(**TINY), classes=CLASSES, ended_round=ended_round, keys=[10, 11, 12, 13],
+    return RoundJob(config=Config(**TWO_ROUNDS), classes=CLASSES, ended_round=ended_round, keys=[10, 11, 12, 13],
                     image_paths=paths, points=points, checkpoint=str(tmp_path / "model.pt"), version=version,
                     generation=0, masks_dir=str(tmp_path / "masks"), **changes)
 
@@ -98,7 +97,7 @@ def test_an_unreadable_image_is_reported_not_fatal(tmp_path, pool):
 def test_masks_built_in_strips_equal_the_whole_upsampled_map(classifier):
     """The strip-by-strip mask (what a 49 MP photo needs) holds exactly the classes of the whole upsampled map."""
     torch.manual_seed(0)
-    learner = ActiveLearner(Config(**{**TINY, "semi": False, "classifier": classifier}), 4)
+    learner = ActiveLearner(Config(**{**TWO_ROUNDS, "semi": False, "classifier": classifier}), 4)
     head = [m for m in learner.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(head.weight, std=2.0)  # an untrained head picks one class everywhere
     images = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)

@@ -23,33 +23,25 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import fault_kit
-import ls_server
 import numpy as np
 import pytest
-from ls_server import BackendProcess, loopback_session, wait_for
 from PIL import Image
 
 from ovaal_backend.backend.app import INTERNAL_ERROR, basic_auth_matches
 from ovaal_backend.backend.convert import LabelInterface
 from ovaal_backend.backend.wsgi import check_network_exposure
 from ovaal_backend.config import Config, ConfigError
+from tests.helpers import fault_kit, ls_server
+from tests.helpers.fake_label_studio import UID, XML, FakeLabelStudio, P
+from tests.helpers.ls_server import BackendProcess, loopback_session, wait_for
+from tests.helpers.synthetic import make_scene
 
-from .fake_label_studio import UID, XML, FakeLabelStudio, P, add_scenes, make_fake_project
-from .synthetic import make_scene
 from .test_server import make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUTES = [("GET", "/"), ("GET", "/health"), ("GET", "/metrics"), ("POST", "/setup"), ("POST", "/predict"),
           ("POST", "/webhook"), ("POST", "/train")]
 OPEN = {"/", "/health"}
-
-
-@pytest.fixture
-def fake() -> FakeLabelStudio:
-    fake = make_fake_project()[0]
-    fake.truth = add_scenes(fake, 2)
-    return fake
 
 
 def basic(user: str, password: str, encoding: str = "utf-8") -> dict[str, str]:
@@ -101,9 +93,9 @@ CREDENTIALS = {
 }
 
 
-def test_every_route_times_every_credential(tmp_path, fake):
+def test_every_route_times_every_credential(tmp_path, fake_scenes):
     """Auth configured with a non-ASCII password: never a 5xx; 401 (JSON) everywhere but / and /health."""
-    app, backend = make_app(tmp_path, fake, basic_auth_user="ls", basic_auth_pass="pässwörd✓")
+    app, backend = make_app(tmp_path, fake_scenes, basic_auth_user="ls", basic_auth_pass="pässwörd✓")
     client, model_dir = app.test_client(), tmp_path / "models"
     for name, headers in CREDENTIALS.items():
         for method, path in ROUTES:
@@ -121,9 +113,9 @@ def test_every_route_times_every_credential(tmp_path, fake):
     backend.shutdown(timeout=30)
 
 
-def test_non_ascii_password_logs_in_as_utf8_and_latin1(tmp_path, fake):
+def test_non_ascii_password_logs_in_as_utf8_and_latin1(tmp_path, fake_scenes):
     """Browsers and curl send UTF-8; Python's requests (Label Studio's ML client) sends latin-1."""
-    app, backend = make_app(tmp_path, fake, basic_auth_user="jörg", basic_auth_pass="pässwort")
+    app, backend = make_app(tmp_path, fake_scenes, basic_auth_user="jörg", basic_auth_pass="pässwort")
     client = app.test_client()
     for encoding in ("utf-8", "latin-1"):
         assert client.get("/metrics", headers=basic("jörg", "pässwort", encoding)).status_code == 200
@@ -145,8 +137,8 @@ def test_basic_auth_matches_never_raises():
 
 # --------------------------------------------------------------------------- ALLOWED_PROJECTS, body size, 500s
 
-def test_allowed_projects_refuse_other_ids_before_any_state(tmp_path, fake):
-    app, backend = make_app(tmp_path, fake, allowed_projects=f"{P}, 9")
+def test_allowed_projects_refuse_other_ids_before_any_state(tmp_path, fake_scenes):
+    app, backend = make_app(tmp_path, fake_scenes, allowed_projects=f"{P}, 9")
     client, model_dir = app.test_client(), tmp_path / "models"
     bodies = {"/setup": {"project": "5.1700000000", "schema": XML}, "/predict": {"project": 5, "tasks": []},
               "/webhook": {"action": "START_TRAINING", "project": {"id": 5}}, "/train": {"project": "5"}}
@@ -159,16 +151,16 @@ def test_allowed_projects_refuse_other_ids_before_any_state(tmp_path, fake):
         assert call(client, "POST", path).status_code in (200, 201)
     backend.shutdown(timeout=30)
     # A restart with a narrower list resumes only the allowed projects.
-    app2, backend2 = make_app(tmp_path, fake, allowed_projects="9")
+    app2, backend2 = make_app(tmp_path, fake_scenes, allowed_projects="9")
     assert backend2.projects() == {} and app2.test_client().post("/train", json={"project": UID}).status_code == 403
     with pytest.raises(ConfigError, match="ALLOWED_PROJECTS|allowed_projects"):
         Config(allowed_projects="1,abc")
 
 
-def test_max_projects_refuses_one_more_before_any_state(tmp_path, fake):
+def test_max_projects_refuses_one_more_before_any_state(tmp_path, fake_scenes):
     for extra in (8, 9):
-        fake.add_project(extra)
-    app, backend = make_app(tmp_path, fake, max_projects=2)
+        fake_scenes.add_project(extra)
+    app, backend = make_app(tmp_path, fake_scenes, max_projects=2)
     client, model_dir = app.test_client(), tmp_path / "models"
     assert client.post("/setup", json={"project": f"{P}.1", "schema": XML}).status_code == 200
     assert client.post("/setup", json={"project": "8.1", "schema": XML}).status_code == 200
@@ -182,8 +174,8 @@ def test_max_projects_refuses_one_more_before_any_state(tmp_path, fake):
         Config(max_projects=0)
 
 
-def test_request_body_limit_is_a_413_json(tmp_path, fake):
-    app, backend = make_app(tmp_path, fake, max_request_mb=0.01)  # 10 KiB
+def test_request_body_limit_is_a_413_json(tmp_path, fake_scenes):
+    app, backend = make_app(tmp_path, fake_scenes, max_request_mb=0.01)  # 10 KiB
     client = app.test_client()
     big = {"project": UID, "schema": XML + " " * 20_000}
     response = client.post("/setup", json=big)
@@ -195,8 +187,8 @@ def test_request_body_limit_is_a_413_json(tmp_path, fake):
     backend.shutdown(timeout=30)
 
 
-def test_a_500_names_only_a_request_id(tmp_path, fake, monkeypatch, caplog):
-    app, backend = make_app(tmp_path, fake)
+def test_a_500_names_only_a_request_id(tmp_path, fake_scenes, monkeypatch, caplog):
+    app, backend = make_app(tmp_path, fake_scenes)
     client = app.test_client()
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     secret = f"{tmp_path}/models/1/labels.sqlite3 is locked"
@@ -216,8 +208,8 @@ def test_a_500_names_only_a_request_id(tmp_path, fake, monkeypatch, caplog):
     backend.shutdown(timeout=30)
 
 
-def test_other_http_errors_are_json(tmp_path, fake):
-    app, backend = make_app(tmp_path, fake)
+def test_other_http_errors_are_json(tmp_path, fake_scenes):
+    app, backend = make_app(tmp_path, fake_scenes)
     client = app.test_client()
     for response in (client.get("/nope"), client.get("/setup"), client.put("/predict"),
                      client.post("/setup", data=b"\xff\xfe", content_type="application/json"),
@@ -226,17 +218,15 @@ def test_other_http_errors_are_json(tmp_path, fake):
     backend.shutdown(timeout=30)
 
 
-def test_predict_past_max_predict_calls_is_a_503_at_once(tmp_path, fake):
+def test_predict_past_max_predict_calls_is_a_503_at_once(tmp_path, fake_scenes):
     """A /predict past MAX_PREDICT_CALLS waits for nothing: 503, Retry-After, a JSON reason; webhooks go on."""
-    app, backend = make_app(tmp_path, fake, max_predict_calls=1)
+    app, backend = make_app(tmp_path, fake_scenes, max_predict_calls=1)
     client = app.test_client()
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     body = {"project": UID, "tasks": [{"id": 1, "data": {}}]}
     with backend.predict_slots.take() as taken:  # one /predict computing
         assert taken
-        started = time.monotonic()
-        response = client.post("/predict", json=body)
-        assert time.monotonic() - started < 1.0
+        response = client.post("/predict", json=body)  # this thread holds the slot: had it waited, no answer ever
         assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
         assert "MAX_PREDICT_CALLS=1" in response.json["error"]
         assert_clean_error(client.post("/predict", json={"project": UID, "tasks": "x"}), tmp_path / "models", 400)
@@ -247,9 +237,9 @@ def test_predict_past_max_predict_calls_is_a_503_at_once(tmp_path, fake):
     backend.shutdown(timeout=30)
 
 
-def test_a_full_disk_is_a_507_that_names_no_path(tmp_path, fake, monkeypatch):
+def test_a_full_disk_is_a_507_that_names_no_path(tmp_path, fake_scenes, monkeypatch):
     """The server's fault, not the request's: 507 with the fix in words, the path only in the log."""
-    app, backend = make_app(tmp_path, fake)
+    app, backend = make_app(tmp_path, fake_scenes)
     client = app.test_client()
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     driver = backend.driver(P)
@@ -276,10 +266,10 @@ def many_labels_config(count: int) -> str:
             f"{labels}</BrushLabels></View>")
 
 
-def test_label_config_limits_are_400s_naming_the_setting(tmp_path, fake):
+def test_label_config_limits_are_400s_naming_the_setting(tmp_path, fake_scenes):
     """MAX_CLASSES and MAX_LABEL_CONFIG_KB refuse a config at /setup and in PROJECT_UPDATED before anything is
     stored; a config with 40,000 labels is refused by its size before it is parsed."""
-    app, backend = make_app(tmp_path, fake, max_classes=8, max_label_config_kb=4)
+    app, backend = make_app(tmp_path, fake_scenes, max_classes=8, max_label_config_kb=4)
     client, model_dir = app.test_client(), tmp_path / "models"
     cases = {"MAX_CLASSES=8": many_labels_config(9), "MAX_LABEL_CONFIG_KB=4": XML + " " * 4096,
              "MAX_LABEL_CONFIG_KB": many_labels_config(40_000)}
@@ -320,8 +310,8 @@ BAD_PROJECTS = [0, -1, 2**31, 10**300, "2147483648", "1" * 300, True, 1.5, "١",
 
 
 @pytest.mark.parametrize("project", BAD_PROJECTS, ids=repr)
-def test_malformed_project_ids_are_400_without_state(tmp_path, fake, project):
-    app, backend = make_app(tmp_path, fake)
+def test_malformed_project_ids_are_400_without_state(tmp_path, fake_scenes, project):
+    app, backend = make_app(tmp_path, fake_scenes)
     client, model_dir = app.test_client(), tmp_path / "models"
     bodies = {"/setup": {"project": project, "schema": XML}, "/predict": {"project": project, "tasks": []},
               "/webhook": {"action": "START_TRAINING", "project": {"id": project}}, "/train": {"project": project}}
@@ -332,8 +322,8 @@ def test_malformed_project_ids_are_400_without_state(tmp_path, fake, project):
     assert folders(model_dir) == set() and backend.projects() == {}
 
 
-def test_predict_checks_task_ids_data_and_count(tmp_path, fake):
-    app, backend = make_app(tmp_path, fake, max_predict_tasks=3)
+def test_predict_checks_task_ids_data_and_count(tmp_path, fake_scenes):
+    app, backend = make_app(tmp_path, fake_scenes, max_predict_tasks=3)
     client, model_dir = app.test_client(), tmp_path / "models"
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     bad_tasks = [[{"id": "5"}], [{"id": True}], [{"id": 1.0}], [{"id": 2**63}], [{"id": 10**300}], [{"id": -1}],
@@ -348,8 +338,8 @@ def test_predict_checks_task_ids_data_and_count(tmp_path, fake):
     backend.shutdown(timeout=30)
 
 
-def test_setup_refused_for_a_bad_label_config_leaves_no_folder(tmp_path, fake):
-    app, backend = make_app(tmp_path, fake, start_workers=True)
+def test_setup_refused_for_a_bad_label_config_leaves_no_folder(tmp_path, fake_scenes):
+    app, backend = make_app(tmp_path, fake_scenes, start_workers=True)
     try:
         client, model_dir = app.test_client(), tmp_path / "models"
         for schema in ("<View", "<View><Image name='image' value='$image'/></View>", "<View>\ud800</View>", 5,
@@ -362,8 +352,8 @@ def test_setup_refused_for_a_bad_label_config_leaves_no_folder(tmp_path, fake):
         backend.shutdown(timeout=30)
 
 
-def test_webhook_shapes_are_checked_before_storing(tmp_path, fake):
-    app, backend = make_app(tmp_path, fake)
+def test_webhook_shapes_are_checked_before_storing(tmp_path, fake_scenes):
+    app, backend = make_app(tmp_path, fake_scenes)
     client, model_dir = app.test_client(), tmp_path / "models"
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     driver = backend.driver(P)
@@ -487,20 +477,20 @@ class Fuzzer:
         return path, json.dumps(body).encode(), "application/json"
 
 
-def add_second_project(fake: FakeLabelStudio, project_id: int) -> None:
-    fake.add_project(project_id)
+def add_second_project(fake_scenes: FakeLabelStudio, project_id: int) -> None:
+    fake_scenes.add_project(project_id)
     rng = np.random.default_rng(1)
     for i in range(2):
-        fake.add_image_task(project_id, make_scene(rng)[0], f"other_{i}")
+        fake_scenes.add_image_task(project_id, make_scene(rng)[0], f"other_{i}")
 
 
-def test_fuzzed_bodies_never_5xx_leak_paths_or_leave_state(tmp_path, fake):
+def test_fuzzed_bodies_never_5xx_leak_paths_or_leave_state(tmp_path, fake_scenes):
     # The fuzzer's well-formed /setup calls create projects under many ids: lift MAX_PROJECTS (tested on its own).
-    app, backend = make_app(tmp_path, fake, max_projects=10_000)
+    app, backend = make_app(tmp_path, fake_scenes, max_projects=10_000)
     client, model_dir = app.test_client(), tmp_path / "models"
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     assert backend.worker(P).run_pending()  # round 0 published: /predict also meets real query tasks
-    add_second_project(fake, 2)
+    add_second_project(fake_scenes, 2)
     fuzzer, failures, statuses = Fuzzer(seed=20240611), [], {}
     start, cases = time.monotonic(), 4000
     for case in range(cases):
@@ -533,7 +523,7 @@ def test_fuzzed_bodies_never_5xx_leak_paths_or_leave_state(tmp_path, fake):
     assert backend.worker(2).run_pending()
     project = client.get("/metrics").json["projects"]["2"]
     assert project["phase"] == "querying" and project["round"] == 0 and project["query_tasks"] == 2
-    assert len(fake.query_tasks(2, 0)) == 2
+    assert len(fake_scenes.query_tasks(2, 0)) == 2
     backend.shutdown(timeout=30)
 
 

@@ -18,8 +18,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from ls_server import BackendProcess, loopback_session
-from slowloris import offline_backend, raw_exchange, start_slow_clients, timed_call, webhook
+
+from tests.helpers.ls_server import BackendProcess, loopback_session
+from tests.helpers.slowloris import offline_backend, raw_exchange, start_slow_clients, timed_call, webhook
 
 N_HEADER, N_BODY = 16, 8
 LIMIT_S = 4.0

@@ -10,8 +10,8 @@
 - ``resync`` while tasks are deleted between its pages: no existing task is skipped, and only annotations Label
   Studio answers 404 for are deleted.
 
-The backend reaches Label Studio through the fault proxy of tests/fault_kit.py, which forwards every request as it
-is; its plan only watches, and deletes tasks in Label Studio at the chosen moments. Run with
+The backend reaches Label Studio through the fault proxy of tests/helpers/fault_kit.py, which forwards every request as
+it is; its plan only watches, and deletes tasks in Label Studio at the chosen moments. Run with
 ``OVAAL_LS_BIN=$PWD/.venv-ls/bin/label-studio .venv/bin/python -m pytest tests/test_source_faults.py -s``.
 """
 
@@ -22,8 +22,14 @@ import re
 from typing import Any
 
 import pytest
-from drip_server import DripServer
-from fault_kit import (
+
+from ovaal_backend.backend.client import PAGE_SIZE, LabelStudioClient
+from ovaal_backend.backend.project.context import ProjectContext
+from ovaal_backend.backend.project.events import EventApplier
+from ovaal_backend.backend.project.publish import Publisher
+from tests.helpers.drip_server import DripServer
+from tests.helpers.fake_label_studio import tiny_config
+from tests.helpers.fault_kit import (
     Proxy,
     all_tasks,
     annotate,
@@ -36,14 +42,7 @@ from fault_kit import (
     query_tasks,
     webhook_has_auth,
 )
-from ls_server import BackendError, BackendProcess, wait_for
-
-from ovaal_backend.backend.client import PAGE_SIZE, LabelStudioClient
-from ovaal_backend.backend.project.context import ProjectContext
-from ovaal_backend.backend.project.events import EventApplier
-from ovaal_backend.backend.project.publish import Publisher
-
-from .fake_label_studio import tiny_config
+from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 

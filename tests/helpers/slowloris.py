@@ -18,8 +18,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import requests
-from fault_kit import backend_env
-from ls_server import BackendProcess, free_port
+
+from tests.helpers.fault_kit import backend_env
+from tests.helpers.ls_server import BackendProcess, free_port
 
 SLOW_BODY_BYTES = 100_000
 """What a ``body`` client announces in Content-Length (it never gets there)."""
@@ -30,7 +31,7 @@ def offline_backend(folder: Path, argv: list[str] | None = None, **settings: str
     holds a set-up project, and that project's id. No Label Studio runs: the project was set up through the app and
     the in-memory Label Studio of tests/test_server.py, LABEL_STUDIO_URL points at a closed port, and the project's
     worker retries it in the background. ``settings`` override fault_kit's (basic auth, a tiny model)."""
-    from tests.fake_label_studio import P, make_fake_project
+    from tests.helpers.fake_label_studio import P, make_fake_project
     from tests.test_server import make_app, setup_project
 
     app, backend = make_app(folder, make_fake_project()[0])

@@ -29,11 +29,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_EMAIL = "ovaal-test@example.com"
 DEFAULT_PASSWORD = "ovaal-test-password"
 
@@ -311,12 +311,20 @@ class BackendProcess:
         return response.json()["projects"].get(str(project_id), {})
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: BackendProcess | None = None,
+class HasLogTail(Protocol):
+    """What ``wait_for`` quotes when it gives up: a ``BackendProcess`` or the queue workers (queue_kit.Workers)."""
+
+    def log_tail(self) -> str: ...
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: HasLogTail | None = None,
              interval: float = 0.5) -> Any:
     """Call ``check`` every ``interval`` s until it returns something truthy, and return that.
 
+    The one polling helper of the tests and benchmarks (a backend, Label Studio, queue workers alike).
+
     Raises:
-        TimeoutError: ``timeout`` s passed; the message carries the backend's log tail when ``backend`` is given.
+        TimeoutError: ``timeout`` s passed; the message carries the log tail of ``logs`` when given.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -324,6 +332,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, backend: Backe
         if value:
             return value
         if time.monotonic() > deadline:
-            tail = backend.log_tail() if backend is not None else ""
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n--- backend log ---\n{tail}")
+            tail = logs.log_tail() if logs is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n--- log ---\n{tail}")
         time.sleep(interval)

@@ -1,7 +1,7 @@
 """A loopback HTTP server that serves a body one byte per ``interval`` seconds: the slow-drip image host.
 
 Shared by tests/test_download_limit.py (the client alone) and tests/test_source_faults.py (a real backend and Label
-Studio); imported as the top-level module ``drip_server`` (tests/ is on sys.path). A real socket and a real thread:
+Studio); imported as ``tests.helpers.drip_server``. A real socket and a real thread:
 the client under test reads from the kernel exactly as it would from a slow host on the network.
 
 ``GET /drip`` sends a Content-Length header and then the body byte by byte; ``GET /drip-unsized`` sends no length
@@ -22,6 +22,8 @@ class DripServer:
         self.interval = interval
         self.stop_event = threading.Event()
         self.hits: list[str] = []  # paths requested, in order
+        self.sent = 0  # body bytes written by the dripping routes
+        self.hung_up = threading.Event()  # a client closed its connection before the body ended
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -71,7 +73,8 @@ class DripServer:
                             return
                         self.wfile.write(server.body[i:i + 1])
                         self.wfile.flush()
+                        server.sent += 1
                 except OSError:
-                    return  # the client hung up: what a cut-off download does
+                    server.hung_up.set()  # the client hung up: what a cut-off download does
 
         return Handler

@@ -1,8 +1,7 @@
 """The scripted annotator: answers a query task's points from the ground truth.
 
-One function for every caller: the fake Label Studio's unit tests (tests/fake_label_studio.py), the end-to-end test
-against a real Label Studio (tests/test_e2e_label_studio.py) and benchmarks/backend_bench.py (which imports it as
-the top-level module ``annotator``, so this file has no relative imports).
+One function for every caller: the fake Label Studio's unit tests (tests/helpers/fake_label_studio.py), the
+end-to-end test against a real Label Studio (tests/test_e2e_label_studio.py) and benchmarks/backend_bench.py.
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ from ovaal_backend.backend.link import LinkStatus
 from ovaal_backend.backend.project.driver import ProjectDriver
 from ovaal_backend.backend.worker import ProjectWorker
 from ovaal_backend.config import Config
-
-from .annotator import answer_keypoints
-from .synthetic import make_scene
+from tests.helpers.annotator import answer_keypoints
+from tests.helpers.synthetic import make_scene
 
 XML = """<View>
   <Image name="image" value="$image"/>
@@ -34,7 +33,7 @@ XML = """<View>
     <Label value="background"/><Label value="square"/><Label value="disc"/>
   </BrushLabels>
 </View>"""
-"""A 3-class config matching tests/synthetic.py (background, square, disc) with an ignore label."""
+"""A 3-class config matching tests/helpers/synthetic.py (background, square, disc) with an ignore label."""
 CLASSES = ["background", "square", "disc"]
 
 
@@ -241,10 +240,11 @@ UID = "1.1700000000"
 """What /setup's ``project`` looks like for it."""
 TINY = dict(encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1, first_round_epochs=1,
             semi_epochs=1, num_threads=1, device="cpu", init_pixels=5, pixels_per_round=6, rounds=1)
-"""Settings that make a whole loop take seconds on a CPU."""
+"""Settings that make a whole loop take seconds on a CPU: the one tiny configuration of the tests (engine tests too)."""
 
 
 def tiny_config(tmp_path, **overrides) -> Config:
+    """``TINY`` with its model folder under ``tmp_path``, and ``overrides`` on top."""
     return Config(**{**TINY, "model_dir": str(tmp_path / "models"), **overrides})
 
 
