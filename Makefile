@@ -49,8 +49,9 @@ lint: install
 test: install install-ls install-chromium lint
 	OVAAL_LS_BIN=$(abspath $(LS_VENV))/bin/label-studio $(PY) -m pytest
 
+# Everything but Label Studio and the slow tests (full simulations, queue workers, backend processes, browsers).
 test-fast: install
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not slow"
 
 clean:
 	rm -rf $(VENV) $(LS_VENV) .pytest_cache

@@ -6,8 +6,7 @@ import pytest
 from ovaal_backend.cli import main
 from ovaal_backend.config import Config
 from ovaal_backend.simulator.presets import METHOD_FIELDS
-
-from .synthetic import make_dataset
+from tests.helpers.synthetic import make_dataset
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 FAST = ["--preset", "cpu", "--image-size", "48x64", "--encoder-weights", "none", "--rounds", "2",
@@ -21,7 +20,11 @@ def folders(tmp_path_factory):
     return make_dataset(root / "train", 6, seed=1), make_dataset(root / "val", 3, seed=2)
 
 
-@pytest.mark.parametrize("method", ["ovaal", "ovaal+", "pixelpick", "random"])
+SLOW_METHODS = [pytest.param(method, marks=pytest.mark.slow) for method in ("ovaal+", "pixelpick", "random")]
+"""One whole simulation stays in ``make test-fast`` (ovaal); the other methods run in ``make test``."""
+
+
+@pytest.mark.parametrize("method", ["ovaal", *SLOW_METHODS])
 def test_simulate_writes_the_result_file(folders, tmp_path, method):
     train, val = folders
     out, plot = tmp_path / "result.json", tmp_path / "result.png"
@@ -45,6 +48,7 @@ def test_simulate_writes_the_result_file(folders, tmp_path, method):
         assert result["final_without_semi"] is None
 
 
+@pytest.mark.slow  # a whole simulation (or several)
 def test_exclude_void_never_queries_void(folders, tmp_path):
     train, val = folders
     out = tmp_path / "r.json"
@@ -55,6 +59,7 @@ def test_exclude_void_never_queries_void(folders, tmp_path):
     assert "excluded" in result["void_policy"]
 
 
+@pytest.mark.slow  # a whole simulation (or several)
 def test_table_ii_grid_combinations_are_accepted(folders, tmp_path):
     train, val = folders
     out = tmp_path / "r.json"
@@ -69,6 +74,7 @@ def test_table_ii_grid_combinations_are_accepted(folders, tmp_path):
     assert json.loads(out.read_text())["method"] == "multiclass+ova"
 
 
+@pytest.mark.slow  # a whole simulation (or several)
 def test_method_default_is_what_the_backend_runs_with_no_setting(folders, tmp_path):
     train, val = folders
     out = tmp_path / "r.json"
@@ -82,6 +88,7 @@ def test_method_default_is_what_the_backend_runs_with_no_setting(folders, tmp_pa
     assert not json.loads(out.read_text())["is_default"]
 
 
+@pytest.mark.slow  # a whole simulation (or several)
 def test_table_ii_cells_keep_their_classifier(folders, tmp_path):
     train, val = folders
     out = tmp_path / "r.json"
@@ -93,6 +100,7 @@ def test_table_ii_cells_keep_their_classifier(folders, tmp_path):
         assert (config["classifier"], config["selection"], config["class_balance"]) == (classifier, selection, 0.0)
 
 
+@pytest.mark.slow  # a whole simulation (or several)
 def test_converged_preset_trains_the_final_model_afresh_and_measures_pool_masks(folders, tmp_path):
     train, val = folders
     out = tmp_path / "r.json"
