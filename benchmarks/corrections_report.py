@@ -60,8 +60,8 @@ def report(runs: dict[Arm, dict[int, dict]]) -> str:
                      " | ".join(f"{final[n][s]:.2f}" for s in seeds) + f" | {mean_sd(list(final[n].values()))} | " +
                      ("-" if n == base else f"{mean_sd(diffs)}") + " | " +
                      ("-" if n == base else f"{sum(d > 0 for d in diffs)} of {len(diffs)}") + f" | {clicks:.1f} |")
-    lines += ["", "The final model's masks on the pool images themselves (what the backend pushes; the fully labelled ones "
-              "included), mIoU (%):", "", "| pool images fully labelled | mean ± sd | paired difference to clicks alone |",
+    lines += ["", "The final model's masks on the pool images (what the backend pushes; fully labelled ones included), "
+              "mIoU (%):", "", "| pool images fully labelled | mean ± sd | paired difference to clicks alone |",
               "|---|---|---|"]
     for n in counts:
         pool_miou = {s: runs[n][s]["pool"]["miou"] for s in seeds}
