@@ -12,6 +12,7 @@
 # Order: the default and PixelPick seed by seed on both splits, then the other cells, so a CPU run that is stopped still leaves the
 # pairs that matter; a finished file is skipped, so the grid resumes. JOBS runs at a time, THREADS torch threads each
 # (CPU: JOBS=1 THREADS=2; one H200: JOBS=14 THREADS=1, images and labels resident on the GPU).
+# LOGS=DIR keeps each run's log (its per-round lines) in DIR/<split>-<name>.log.
 # Then: python benchmarks/converged_report.py RESULTS_DIR --write-doc
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,4 +74,10 @@ jobs_list() {
 }
 
 mkdir -p "$OUT/val" "$OUT/cross"
-jobs_list | xargs -P "$JOBS" -I{} bash -c '{} >/dev/null 2>&1 || echo "failed: {}" >&2'
+# each run's log (its per-round lines) goes to LOGS/<name>.log when LOGS names a folder
+LOGS=${LOGS:-}
+[[ -n $LOGS ]] && mkdir -p "$LOGS"
+export LOGS
+jobs_list | xargs -P "$JOBS" -I{} bash -c 'cmd="{}"; out=${cmd##*--out }; out=${out%% *}
+  log=/dev/null; [[ -n $LOGS ]] && log="$LOGS/$(basename "$(dirname "$out")")-$(basename "$out" .json).log"
+  $cmd >"$log" 2>&1 || echo "failed: $cmd" >&2'
