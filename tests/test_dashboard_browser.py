@@ -124,6 +124,7 @@ def chart_attribute(dom: str, chart: str, name: str) -> str:
     return value.group(1)
 
 
+@pytest.mark.slow  # headless Chromium
 def test_dashboard_renders_the_figures_of_metrics(tmp_path, mid_round):
     binary = chromium_binary()
     if binary is None:
@@ -216,6 +217,7 @@ POLL_HARNESS = """<!doctype html>
 """The real dashboard.js on a page whose ``fetch`` answers slowly (no server: the script's own logic is tested)."""
 
 
+@pytest.mark.slow  # headless Chromium
 def test_dashboard_polls_one_request_at_a_time(tmp_path):
     """The page asks again only ``refresh_seconds`` after the last answer, also after a failed one: with answers
     slower than the refresh, a fixed interval kept several requests in flight per open page (issue 16)."""

@@ -59,7 +59,7 @@ def test_excluded_pixels_are_never_queried():
     assert len(q) == 4 and set(zip(q.rows.tolist(), q.cols.tolist())) == {(10, 10), (10, 11), (11, 10), (11, 11)}
 
 
-@pytest.mark.parametrize("classifier", ["ova-shared", "multiclass"])
+@pytest.mark.parametrize("classifier", ["ova-shared", pytest.param("multiclass", marks=pytest.mark.slow)])  # 25 epochs
 def test_training_on_points_learns_the_synthetic_scenes(classifier):
     images, labels, sizes = _pool(8)
     config = Config(classifier=classifier, selection="ova" if classifier != "multiclass" else "margin",

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from ovaal_backend.backend.project.driver import ProjectDriver
 from tests.helpers.fake_label_studio import XML, FakeLabelStudio, add_scenes, drain, tiny_config
 from tests.helpers.ls_server import REPO_ROOT, BackendProcess, backend_env, free_port, loopback_session
@@ -44,6 +46,7 @@ def writer_in_the_middle(target: Path) -> tuple[subprocess.Popen, Path]:
     return proc, temporary
 
 
+@pytest.mark.slow  # two backend processes, one after the other
 def test_one_server_per_model_dir_and_live_writers_keep_their_files(tmp_path):
     model_dir = tmp_path / "models"
     live, live_file = writer_in_the_middle(model_dir / "1" / "model.pt")
@@ -71,6 +74,7 @@ def test_one_server_per_model_dir_and_live_writers_keep_their_files(tmp_path):
     restarted.stop()
 
 
+@pytest.mark.slow  # a backend process
 def test_a_corrupt_project_is_set_aside_and_the_others_are_served(tmp_path):
     fake = FakeLabelStudio()
     config = tiny_config(tmp_path)

@@ -22,6 +22,8 @@ import pytest
 from tests.helpers.ls_server import BackendProcess, loopback_session
 from tests.helpers.slowloris import offline_backend, raw_exchange, start_slow_clients, timed_call, webhook
 
+pytestmark = pytest.mark.slow  # a backend process (gunicorn and its front) for the module
+
 N_HEADER, N_BODY = 16, 8
 LIMIT_S = 4.0
 """REQUEST_HEADER_SECONDS and REQUEST_BODY_SECONDS of the backend under test."""
