@@ -202,6 +202,7 @@ def folders(tmp_path_factory):
     return make_dataset(root / "train", 6, seed=1), make_dataset(root / "val", 3, seed=2)
 
 
+@pytest.mark.slow  # two whole simulations
 def test_simulator_dense_images_train_from_round_1_and_are_not_asked_after_it(folders, tmp_path):
     train, val = folders
     runs = {}
