@@ -3,6 +3,7 @@ camvid are registered in pyproject.toml; the helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -51,11 +52,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
-    """The session's Redis, emptied for this test."""
+    """An empty database of the session's Redis that no other test uses.
+
+    Not the one database emptied for each test: a thread of an earlier test can outlive it (its join or the backend's
+    shutdown timed out while it waited for a round job, as on a loaded machine); it finds its job gone, enqueues it
+    again on the queue every test uses, and the next test's worker runs that job (and its retries) before and
+    between its own. So one slow test made the queue tests after it time out, the failed-job test of
+    tests/test_queue.py among them (before job ids named their MODEL_DIR, the stale job even ran under the id of the
+    new test's job). In a database of its own a test sees nothing of another's.
+    """
     from redis import Redis
 
-    Redis.from_url(redis_server).flushall()
-    return redis_server
+    url = f"{redis_server.rsplit('/', 1)[0]}/{next(_REDIS_DATABASES)}"
+    Redis.from_url(url).flushdb()
+    return url
+
+
+_REDIS_DATABASES = itertools.count(1)
+"""The next test's database (0 is the session URL's, which the e2e tests' workers use on a queue of their own)."""
 
 
 @pytest.fixture

