@@ -16,7 +16,6 @@ Prints Markdown and writes it to docs/benchmarks.md (section INVERSION) unless -
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,23 +27,21 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from ovaal_backend.config import SEMI_RULES, Config  # noqa: E402
+from ovaal_backend.config import SEMI_RULES, EngineConfig  # noqa: E402
 from ovaal_backend.engine.data import SegmentationFolder, resize_images  # noqa: E402
 from ovaal_backend.engine.learner import ActiveLearner  # noqa: E402
 from ovaal_backend.engine.pseudo_labels import refine_pseudo_labels  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "camvid" / "val"
-SECRETS = ("label_studio_api_key", "basic_auth_user", "basic_auth_pass")  # masked as "***" in a saved config
 COUNTS = ("changed", "judged", "right", "judged_to_one", "right_to_one")
 Counts = dict[str, np.ndarray]  # each of COUNTS: one count per class
 
 
 def load_learner(path: str | Path, device: str = "cpu") -> ActiveLearner:
-    """The learner a ``simulate --save-checkpoint`` file holds (its own config; secrets and device left out)."""
+    """The learner a ``simulate --save-checkpoint`` file holds (its own engine settings, device left out)."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    names = {f.name for f in dataclasses.fields(Config)}
-    settings = {k: v for k, v in state["config"].items() if k in names and k not in SECRETS}
-    learner = ActiveLearner(Config(**{**settings, "device": device}), state["num_classes"])
+    settings = {k: v for k, v in state["config"].items() if k in EngineConfig.names()}
+    learner = ActiveLearner(EngineConfig(**{**settings, "device": device}), state["num_classes"])
     learner.load_state_dict(state)
     return learner
 

@@ -18,9 +18,31 @@ from .config import (
     SEMI_TEACHERS,
     Config,
     ConfigError,
+    EngineConfig,
     is_ova,
 )
 from .files import lock_model_dir
+
+SIMULATE_FLAGS = {"num_threads": "threads"}
+"""Engine fields whose ``simulate`` flag has another name than the field (``--threads``); every other flag of an
+engine field is the field's name with dashes (``pixels_per_round`` -> ``--pixels-per-round``)."""
+
+SIMULATE_NO_FLAG = {
+    "image_height": "--image-size HxW sets both", "image_width": "--image-size HxW sets both",
+    "train_profile": "the simulator runs a preset (a protocol), not a machine's profile",
+    **dict.fromkeys(("batch_size", "lr", "beta1", "beta2", "weight_decay", "scale_min", "scale_max", "color_jitter",
+                     "amp", "semi_alpha", "semi_top_l", "semi_ema_decay", "semi_balance"),
+                    "fixed by the preset: the compared methods share them"),
+    **dict.fromkeys(("model_dir", "label_studio_local_files_document_root", "predict_batch", "max_image_pixels"),
+                    "a round job's files in the backend; the simulator reads its own folders"),
+}
+"""The engine fields ``simulate`` has no flag for, each with the reason (``tests/test_registries.py`` checks that
+every other engine field has one)."""
+
+
+def simulate_flag_fields() -> list[str]:
+    """The engine fields a ``simulate`` flag sets."""
+    return sorted(EngineConfig.names() - SIMULATE_NO_FLAG.keys())
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
@@ -96,16 +118,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
     values: dict[str, Any] = {**PRESETS[args.preset], "semi": False}
     if args.method:
         values.update(METHODS[args.method])
-    flags = {"classifier": args.classifier, "selection": args.selection, "semi": args.semi, "rounds": args.rounds,
-             "pixels_per_round": args.pixels_per_round, "init_pixels": args.init_pixels, "epochs": args.epochs,
-             "first_round_epochs": args.first_round_epochs, "semi_epochs": args.semi_epochs,
-             "retrain": args.retrain, "exclude_void": args.exclude_void, "seed": args.seed,
-             "encoder_weights": args.encoder_weights, "encoder": args.encoder, "arch": args.arch,
-             "device": args.device, "num_threads": args.threads,
-             "diversity_top_fraction": args.diversity_top_fraction, "class_balance": args.class_balance,
-             "lr_schedule": args.lr_schedule, "keep_optimizer": args.keep_optimizer, "semi_rule": args.semi_rule,
-             "semi_teacher": args.semi_teacher, "encoder_lr_ratio": args.encoder_lr_ratio,
-             "final_from_scratch": args.final_from_scratch, "correction_points": args.correction_points}
+    flags = {name: getattr(args, SIMULATE_FLAGS.get(name, name)) for name in simulate_flag_fields()}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.image_size:
         values["image_height"], values["image_width"] = args.image_size
@@ -113,7 +126,7 @@ def simulation_config(args: argparse.Namespace) -> Config:
         values["class_balance"] = 0.0
     multiclass_selection = values.get("selection") in MULTICLASS_SCORERS
     classifier_chosen = args.classifier is not None or (args.method and "classifier" in METHODS[args.method])
-    if multiclass_selection and is_ova(values.get("classifier", Config.classifier)) and not classifier_chosen:
+    if multiclass_selection and is_ova(values.get("classifier", EngineConfig.classifier)) and not classifier_chosen:
         values["classifier"] = "multiclass"
     return Config(**values)
 

@@ -1,6 +1,9 @@
+import pickle
+
+import numpy as np
 import pytest
 
-from ovaal_backend.config import Config, ConfigError
+from ovaal_backend.config import PARTS, Config, ConfigError, EngineConfig, QueueConfig, ServerConfig, setting_fields
 
 
 def test_environment_overrides_defaults():
@@ -75,15 +78,15 @@ def test_a_queued_job_trains_with_the_profile_of_the_worker_machine():
     """With REDIS_URL the web process leaves TRAIN_PROFILE=auto unapplied; the worker resolves it by its own CUDA."""
     web = Config.from_env({"REDIS_URL": "redis://r:6379/0", "DEVICE": "cpu", "EPOCHS": "20"})
     worker = Config.from_env({"REDIS_URL": "redis://r:6379/0"})
-    on_cpu, on_gpu = web.for_worker(worker, has_cuda=False), web.for_worker(worker, has_cuda=True)
+    on_cpu, on_gpu = web.engine.for_worker(worker, has_cuda=False), web.engine.for_worker(worker, has_cuda=True)
     assert (on_cpu.train_profile, on_cpu.image_height, on_cpu.epochs) == ("cpu", 176, 20)  # EPOCHS set: kept
     assert (on_gpu.train_profile, on_gpu.image_height, on_gpu.epochs) == ("gpu", 360, 20)
     pinned = Config.from_env({"TRAIN_PROFILE": "gpu"})  # set on the backend: every worker trains with it
-    assert pinned.for_worker(Config.from_env({"TRAIN_PROFILE": "cpu"}), has_cuda=False).image_height == 360
+    assert pinned.engine.for_worker(Config.from_env({"TRAIN_PROFILE": "cpu"}), has_cuda=False).image_height == 360
     cpu_worker = Config.from_env({"TRAIN_PROFILE": "cpu"})  # else the worker's own setting decides
-    assert web.for_worker(cpu_worker, has_cuda=True).image_height == 176
+    assert web.engine.for_worker(cpu_worker, has_cuda=True).image_height == 176
     compose = Config.from_env({"TRAIN_PROFILE": "auto"})  # auto set on the backend still leaves it to the worker
-    assert compose.for_worker(worker, has_cuda=False).train_profile == "cpu"
+    assert compose.engine.for_worker(worker, has_cuda=False).train_profile == "cpu"
 
 
 def test_the_web_process_applies_no_profile_for_queued_jobs(tmp_path):
@@ -94,3 +97,38 @@ def test_the_web_process_applies_no_profile_for_queued_jobs(tmp_path):
     assert queued.extensions["ovaal"].config.train_profile == "auto"  # carried unapplied by the round jobs
     here = create_app(Config(model_dir=str(tmp_path / "h"), device="cpu"), recover=False)
     assert (here.extensions["ovaal"].config.train_profile, here.extensions["ovaal"].config.epochs) == ("cpu", 2)
+
+
+def test_every_setting_lives_in_one_part_and_reads_flat():
+    """Config is its engine, server and queue parts; each setting has one owner, and ``config.name`` reads it."""
+    owners = [name for cls in PARTS.values() for name in cls.names()]
+    assert len(owners) == len(set(owners)) == len(setting_fields())
+    config = Config.from_env({"EPOCHS": "7", "PORT": "9191", "JOB_RETRIES": "5"})
+    assert (config.engine.epochs, config.server.port, config.queue.job_retries) == (7, 9191, 5)
+    assert (config.epochs, config.port, config.job_retries) == (7, 9191, 5)
+    assert config.explicit == {"epochs", "port", "job_retries"} and config.engine.explicit == {"epochs"}
+    assert Config(EngineConfig(seed=3), ServerConfig(port=1), QueueConfig(job_retries=0)) == \
+        Config(seed=3, port=1, job_retries=0)
+    assert config.replace(seed=4).engine == config.engine.replace(seed=4)
+    assert pickle.loads(pickle.dumps(config)) == config
+    with pytest.raises(TypeError, match="no_such_setting"):
+        Config(no_such_setting=1)
+    with pytest.raises(AttributeError):
+        config.no_such_setting  # noqa: B018
+
+
+def test_the_engine_part_holds_no_secret():
+    """What a round job carries (its engine part) has no Label Studio key, basic-auth pair or Redis URL, so its
+    pickle (what rq writes into Redis) holds none of their values."""
+    from ovaal_backend.engine.job import START, RoundJob
+
+    assert not EngineConfig.names() & {"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "redis_url"}
+    secrets = ("tok-5b1e0f2d9c", "pw-a7c33e01", "redis-pw-9e4d")
+    config = Config(label_studio_api_key=secrets[0], basic_auth_user="admin", basic_auth_pass=secrets[1],
+                    redis_url=f"redis://:{secrets[2]}@redis:6379/0")
+    job = RoundJob(config=config, classes=["sky", "road"], ended_round=START, keys=[1], image_paths=["/m/1/i.png"],
+                   points=[np.zeros((0, 3), dtype=np.int64)], checkpoint="/m/1/model.pt", version=1, generation=0)
+    assert job.config == config.engine  # a whole Config given to a job is cut down to its engine part
+    travelling = pickle.dumps(job)
+    assert not [secret for secret in secrets if secret.encode() in travelling]
+    assert secrets[0].encode() in pickle.dumps(config)  # the check can see a secret where there is one

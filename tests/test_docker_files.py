@@ -7,7 +7,6 @@ entrypoint and the code's file modes under two uids (as root), Label Studio's ow
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import ipaddress
 import json
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ovaal_backend.backend.wsgi import check_network_exposure
-from ovaal_backend.config import TRAIN_PROFILES, Config, is_loopback_host
+from ovaal_backend.config import TRAIN_PROFILES, Config, is_loopback_host, setting_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -33,7 +32,7 @@ COMPOSE_GPU = DOCKER / "docker-compose.gpu.yml"
 COMPOSE_BACKEND = DOCKER / "docker-compose.backend.yml"
 COMPOSE_FILES = sorted(DOCKER.glob("*.yml"))
 DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]
-SETTINGS = [f for f in dataclasses.fields(Config) if f.metadata.get("setting", True)]  # not Config.explicit
+SETTINGS = list(setting_fields())  # every part's settings, not Config.explicit
 CONFIG_VARS = {f.name.upper() for f in SETTINGS}
 CODE_DEFAULTS = {f.name: f.default for f in SETTINGS}
 LS_PACKAGE = next(iter(ROOT.glob(".venv-ls/lib/python*/site-packages/label_studio")), None)

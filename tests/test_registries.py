@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from ovaal_backend.cli import build_parser
+from ovaal_backend.cli import SIMULATE_FLAGS, SIMULATE_NO_FLAG, build_parser, simulate_flag_fields, simulation_config
 from ovaal_backend.config import (
     CLASSIFIERS,
     LR_SCHEDULES,
@@ -26,6 +26,7 @@ from ovaal_backend.config import (
     SEMI_TEACHERS,
     Config,
     ConfigError,
+    EngineConfig,
 )
 from ovaal_backend.engine.classifiers import get_classifier_kind
 from ovaal_backend.engine.pseudo_labels import refine_pseudo_labels
@@ -195,3 +196,18 @@ class TestCommands(RegistryContract):
     def check(self, name: str, entry: Any) -> None:
         run = entry.get_default("run")
         assert callable(run) and run.__name__ == f"run_{name}", f"{name}: no function of its own"
+
+
+def test_every_engine_field_is_a_simulate_flag_or_a_listed_exception() -> None:
+    """``simulate``'s flags set the engine fields by name (cli.simulate_flag_fields): each field the simulator can vary
+    has a flag named like it, each exception names a field and says why, and a flag given reaches the config."""
+    assert SIMULATE_NO_FLAG.keys() <= EngineConfig.names() and all(SIMULATE_NO_FLAG.values())
+    parser = build_parser()
+    base = ["simulate", "--train", "t", "--eval", "e", "--out", "o"]
+    args = parser.parse_args(base)
+    for name in simulate_flag_fields():
+        dest = SIMULATE_FLAGS.get(name, name)
+        assert hasattr(args, dest), f"{name}: add --{dest.replace('_', '-')} or list it in SIMULATE_NO_FLAG"
+    assert simulation_config(parser.parse_args([*base, "--threads", "3", "--seed", "5", "--pixels-per-round", "7",
+                                                "--keep-optimizer"])).engine == \
+        EngineConfig(**{**PRESETS["cpu"], "num_threads": 3, "seed": 5, "pixels_per_round": 7, "keep_optimizer": True})

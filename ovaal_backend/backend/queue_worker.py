@@ -198,11 +198,10 @@ class RQJobs:
     def run(self, job: RoundJob, project: int | str = "") -> RoundResult:
         origin = JobOrigin.of(self.config.model_dir, project)
         rq_id = origin.queue_id(job.job_id)
-        payload = portable(job)
-        digest = job_digest(payload)
+        digest = job_digest(job)  # the job holds the engine settings only (no key, no password, no Redis URL)
         self._current[str(project)] = rq_id
         try:
-            return self._wait(self._submit(rq_id, payload, digest, origin), payload, digest, origin)
+            return self._wait(self._submit(rq_id, job, digest, origin), job, digest, origin)
         except RedisError as err:
             raise QueueJobError(f"round job {rq_id}: Redis at {redact_url(self.config.redis_url)} failed "
                                 f"({type(err).__name__}: {err}); the project retries it later") from err
@@ -348,12 +347,6 @@ def requeue_failed(config: Config, rq_id: str) -> str:
             from err
 
 
-def portable(job: RoundJob) -> RoundJob:
-    """The job as it travels through Redis: the same work without the backend's secrets."""
-    config = job.config.replace(label_studio_api_key="", basic_auth_user="", basic_auth_pass="", redis_url="")
-    return dataclasses.replace(job, config=config)
-
-
 def job_digest(job: RoundJob) -> str:
     """What a stored result must match to be reused: the pool, classes, files and model it was computed for."""
     text = json.dumps([job.keys, job.image_paths, job.classes, job.checkpoint, job.version, job.generation,
@@ -408,7 +401,7 @@ def run_queued_round(job: RoundJob, origin: JobOrigin) -> RoundResult:
     from ..engine.job import run_round
     from ..engine.runtime import configure_torch, resolve_device
 
-    here = Config.from_env()
+    here = Config.from_env().engine
     theirs = job.config
     moves = [(theirs.model_dir, here.model_dir)]
     if theirs.label_studio_local_files_document_root and here.label_studio_local_files_document_root:

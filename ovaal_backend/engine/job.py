@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import IGNORE_INDEX, Config
+from ..config import IGNORE_INDEX, EngineConfig, engine_part
 from ..files import write_atomically
 from .data import load_rgb, to_tensor_resized
 from .dense import DenseLabels, grid_points
@@ -39,9 +39,12 @@ class RoundJob:
     tell"; ``dense`` holds the full label maps some images have (by key): those train on every grid cell besides
     their clicks and are not queried again; ``checkpoint`` is read when ``fine_tune`` and written when the job
     trains; masks are written as ``masks_dir/<key>.npz`` when ``masks_dir`` is set.
+
+    ``config`` is the engine part only: a job is pickled into Redis and read by workers, so it must not carry the
+    Label Studio key, the basic-auth password or Redis' URL. A whole ``Config`` given here is cut down to its engine.
     """
 
-    config: Config
+    config: EngineConfig
     classes: list[str]
     ended_round: int
     keys: list[int]
@@ -53,6 +56,9 @@ class RoundJob:
     fine_tune: bool = True
     masks_dir: str | None = None
     dense: dict[int, DenseLabels] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", engine_part(self.config))
 
     @property
     def num_classes(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import RANDOM_SELECTION, Config
+from ..config import RANDOM_SELECTION, EngineConfig
 from .acquisition import select_per_class, select_random, select_top
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
@@ -77,7 +77,7 @@ class ActiveLearner:
         device: where to run; ``config.device`` by default.
     """
 
-    def __init__(self, config: Config, num_classes: int, device: torch.device | None = None) -> None:
+    def __init__(self, config: EngineConfig, num_classes: int, device: torch.device | None = None) -> None:
         self.config = config
         self.num_classes = num_classes
         self.device = device or resolve_device(config.device)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
+from ..config import EngineConfig
 from .classifiers import get_classifier_kind
 from .weights import load_encoder_weights
 
@@ -85,7 +85,7 @@ def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities.argmax(dim=1)
 
 
-def build_classifier(config: Config, num_classes: int) -> SegmentationClassifier:
+def build_classifier(config: EngineConfig, num_classes: int) -> SegmentationClassifier:
     """The classifier described by ``config``, encoder weights loaded (see ``weights.load_encoder_weights``)."""
     model = SegmentationClassifier(config.classifier, num_classes, config.arch, config.encoder)
     load_encoder_weights(model, config.encoder_weights)

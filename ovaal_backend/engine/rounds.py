@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config
+from ..config import EngineConfig
 
 START = -1
 """The round that ended when no round has: the work at the start (``RoundJob.ended_round``, the backend's
@@ -28,7 +28,7 @@ class RoundPlan:
     semi_epochs: int
 
     @classmethod
-    def from_config(cls, config: Config) -> RoundPlan:
+    def from_config(cls, config: EngineConfig) -> RoundPlan:
         return cls(config.init_pixels, config.pixels_per_round, config.rounds, config.semi, config.semi_epochs)
 
     @property

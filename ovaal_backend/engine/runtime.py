@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config
+from ..config import EngineConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def configure_torch(config: Config) -> None:
+def configure_torch(config: EngineConfig) -> None:
     """Apply ``num_threads`` (0 = torch's default) to this process."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import IGNORE_INDEX, Config
+from ..config import IGNORE_INDEX, EngineConfig
 from ..files import write_atomically
 from .data import Augmentation, Batch, make_batch, normalize, sample_at_points
 from .losses import ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
@@ -35,7 +35,7 @@ class TrainResult:
     last_loss: float
 
 
-def build_optimizer(model: SegmentationClassifier, config: Config) -> torch.optim.Optimizer:
+def build_optimizer(model: SegmentationClassifier, config: EngineConfig) -> torch.optim.Optimizer:
     """Adam with the paper's settings (lr 5e-4, betas 0.9 / 0.999, weight decay 2e-4 by default).
 
     The pretrained encoder learns at ``encoder_lr_ratio`` times the rate of the new decoder and heads (PixelPick's
@@ -49,7 +49,7 @@ def build_optimizer(model: SegmentationClassifier, config: Config) -> torch.opti
                             weight_decay=config.weight_decay)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, config: Config,
+def build_schedule(optimizer: torch.optim.Optimizer, config: EngineConfig,
                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning rate over one training run: ``LR`` times the factor of ``config.lr_schedule``
     (``schedules.LR_SCHEDULES``: ``cosine`` from ``LR`` to zero by the last step, or ``constant``)."""
@@ -58,7 +58,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: Config,
 
 
 def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torch.Tensor,
-               config: Config) -> torch.Tensor:
+               config: EngineConfig) -> torch.Tensor:
     """The active loss on the batch's clicks: per-class BCE (OVA) or cross-entropy (multi-class).
 
     ``ova-separate`` sums the classes' losses instead of averaging them, so each of its C networks gets the gradient of
@@ -73,7 +73,7 @@ def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torc
 
 
 def semi_loss(logits: torch.Tensor, teacher: SegmentationClassifier, batch: Batch, weak_inputs: torch.Tensor,
-              config: Config) -> torch.Tensor:
+              config: EngineConfig) -> torch.Tensor:
     """The OVAAL+ loss: pseudo-labels from the teacher on the weak view, learnt by the student on the strong view.
 
     Crop padding and clicked pixels train nothing here (padding is no image; clicks already have true labels).
@@ -100,7 +100,7 @@ def update_ema(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
 
 
 def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Sequence[np.ndarray],
-                original_sizes: Sequence[tuple[int, int]], config: Config, epochs: int, device: torch.device,
+                original_sizes: Sequence[tuple[int, int]], config: EngineConfig, epochs: int, device: torch.device,
                 normalization: tuple[Sequence[float], Sequence[float]], generator: torch.Generator,
                 semi: bool = False, progress: bool = True,
                 optimizer: torch.optim.Optimizer | None = None) -> TrainResult:
@@ -155,7 +155,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
 class _Run:
     """The moving parts of one training run: optimiser, schedule, mixed-precision scaler and OVAAL+ teacher."""
 
-    def __init__(self, model: SegmentationClassifier, config: Config, device: torch.device,
+    def __init__(self, model: SegmentationClassifier, config: EngineConfig, device: torch.device,
                  normalization: tuple[Sequence[float], Sequence[float]], optimizer: torch.optim.Optimizer,
                  total_steps: int, teacher: SegmentationClassifier | None) -> None:
         self.model, self.config, self.device, self.normalization = model, config, device, normalization

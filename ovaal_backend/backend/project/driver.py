@@ -357,7 +357,7 @@ class ProjectDriver:
             points.append(clicks.get(task_id, np.zeros((0, 3), dtype=np.int64)))
         version = state.version + 1
         dense = self.events.corrected.dense_labels(keys) if self.config.train_on_corrections else {}
-        return RoundJob(config=self.config, classes=list(state.classes), ended_round=state.training_round,
+        return RoundJob(config=self.config.engine, classes=list(state.classes), ended_round=state.training_round,
                         keys=keys, image_paths=paths, points=points, checkpoint=str(self.ctx.model.path),
                         version=version, generation=state.generation, fine_tune=not state.fresh_model,
                         masks_dir=str(self.root / "masks" / version_name(version)), dense=dense), unreachable

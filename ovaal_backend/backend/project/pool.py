@@ -73,7 +73,7 @@ class ProjectModel:
             checkpoint = self.read_checkpoint()
             if checkpoint is None or (checkpoint["generation"], checkpoint["version"]) != (generation, version):
                 return None
-            learner = ActiveLearner(self.config, num_classes)
+            learner = ActiveLearner(self.config.engine, num_classes)
             learner.load_state_dict(checkpoint["learner"])
             self._serving, self._serving_key = learner, (generation, version)
             return learner
