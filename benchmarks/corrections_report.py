@@ -12,7 +12,6 @@ import re
 import statistics
 from pathlib import Path
 
-
 Arm = tuple[int, int]
 """(fully labelled pool images, most training points per such image; 0 = one per training pixel)."""
 
@@ -49,7 +48,8 @@ def report(runs: dict[Arm, dict[int, dict]]) -> str:
     final = {n: {s: runs[n][s]["rounds"][-1]["miou"] for s in seeds} for n in counts}
     pool = runs[counts[0]][seeds[0]]["train_images"]
     base = (0, 0)
-    lines = [f"Seeds {', '.join(map(str, seeds))} (the same seed = the same round-0 pixels and the same first model).", "",
+    lines = [f"Seeds {', '.join(map(str, seeds))} (the same seed = the same round-0 pixels and the same first model).",
+             "",
              "| pool images fully labelled | " + " | ".join(f"seed {s}" for s in seeds) +
              " | mean ± sd | paired difference to clicks alone | seeds above | clicks per image at the end |",
              "|---|" + "---|" * (len(seeds) + 4)]

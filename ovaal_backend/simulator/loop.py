@@ -181,7 +181,8 @@ class Simulation:
         if not 0 <= dense_images <= len(labels):
             raise ValueError(f"--dense-images {dense_images}: the pool has {len(labels)} images")
         chosen = np.random.default_rng(config.seed).permutation(len(labels))[:dense_images]  # nested across N
-        self.dense = {int(i): _dense_points(labels[i], self.sizes[i], config, len(self.classes)) for i in sorted(chosen)}
+        self.dense = {int(i): _dense_points(labels[i], self.sizes[i], config, len(self.classes))
+                      for i in sorted(chosen)}
         self.dense_on = False
         self.acquired: list[list[np.ndarray]] = [[] for _ in labels]
         self.rounds: list[dict[str, Any]] = []

@@ -81,7 +81,8 @@ class CorrectedMasks:
         stored = self.ctx.corrections.newest(self.ctx.key, task_id)
         return None if stored is None else _current(stored, self.ctx.state)
 
-    def overlay(self, task_ids: Collection[int], maps: dict[int, np.ndarray], clicks: dict[int, np.ndarray]) -> set[int]:
+    def overlay(self, task_ids: Collection[int], maps: dict[int, np.ndarray],
+                clicks: dict[int, np.ndarray]) -> set[int]:
         """For ``export``: each corrected image of ``task_ids`` gets its corrected mask in ``maps`` instead of the
         model's prediction, and its clicks leave ``clicks`` (the correction is the truth, pixels it leaves without a
         class stay so). Returns the corrected task ids."""
@@ -115,7 +116,8 @@ class CorrectedMasks:
                  state: ProjectState) -> dict[str, Any] | None:
         """The figure of the mask of ours the annotator started from against the correction, with its version;
         None when the task held no mask of ours (corrected before the first model) or it has another size."""
-        pushed = _pushed_prediction(self.ctx.client.task_predictions(task_id), annotation, self.ctx.iface.mask_from_name)
+        predictions = self.ctx.client.task_predictions(task_id)
+        pushed = _pushed_prediction(predictions, annotation, self.ctx.iface.mask_from_name)
         if pushed is None:
             return None
         keys = {name: index for index, name in enumerate(state.classes)}
