@@ -250,7 +250,8 @@ def test_data_version_says_when_anyone_committed_and_a_snapshot_reads_one_state(
     store.add_event(P, "ANNOTATION_CREATED", {})
     assert store.data_version() != version
     version = store.data_version()
-    script = f"from ovaal_backend.backend.store import LabelStore; LabelStore({str(path)!r}).add_event({P!r}, 'X', {{}})"
+    script = ("from ovaal_backend.backend.store import LabelStore; "
+              f"LabelStore({str(path)!r}).add_event({P!r}, 'X', {{}})")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)  # as `resync` beside a backend
     assert store.data_version() != version
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import IGNORE_INDEX, Config
+from ..config import Config
 from ..engine.rounds import RoundPlan
 from .convert import percent_to_pixel
 from .round_store import RoundStore

@@ -16,8 +16,8 @@ import numpy as np
 from ...config import IGNORE_INDEX, Config
 from ..client import LabelStudioClient
 from ..convert import LabelInterface
-from ..images import ImageFetcher
 from ..correction_store import CorrectionStore
+from ..images import ImageFetcher
 from ..round_store import RoundStore
 from ..store import LabelStore
 from .label_config import parse_label_config

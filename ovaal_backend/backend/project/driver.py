@@ -34,11 +34,11 @@ from ...config import Config
 from ...engine.job import START, RoundJob
 from ...engine.learner import ActiveLearner
 from ...engine.rounds import RoundPlan
+from ..cached import CachedAnswer
 from ..client import ImageHostRefused, LabelStudioClient, LabelStudioError
 from ..convert import brush_results
-from ..jobs import InProcessJobs, JobFailedError, JobRunner
-from ..cached import CachedAnswer
 from ..facts import ProjectFacts
+from ..jobs import InProcessJobs, JobFailedError, JobRunner
 from ..progress import project_facts
 from .context import ProjectContext
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
