@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ovaal_backend.config import IGNORE_INDEX, Config
@@ -38,6 +39,7 @@ def test_encoder_learns_at_its_ratio_of_the_rate():
     assert {r for i, r in rates.items() if i not in encoder} == {config.lr}
 
 
+@pytest.mark.slow  # trains three models
 def test_final_from_scratch_trains_a_fresh_model_and_fine_tuning_keeps_it():
     images, labels, sizes = _pool(2)
     points = [np.array([[r, c, labels[i][r, c]] for r in range(4, 40, 6) for c in range(4, 60, 6)]) for i in range(2)]

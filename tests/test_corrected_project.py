@@ -51,6 +51,7 @@ def project(tmp_path, fake):
     return driver, truth
 
 
+@pytest.mark.slow  # the project fixture trains round 0
 def test_a_corrected_mask_is_measured_exported_and_trained(tmp_path, fake, project):
     driver, truth = project
     source = sorted(truth)[0]
@@ -81,6 +82,7 @@ def test_a_corrected_mask_is_measured_exported_and_trained(tmp_path, fake, proje
     assert asked == set(truth) - {source}  # a corrected image gets no more query tasks
 
 
+@pytest.mark.slow  # the project fixture trains round 0
 def test_updates_deletions_and_late_deliveries(fake, project):
     driver, truth = project
     source = sorted(truth)[1]
@@ -109,6 +111,7 @@ def test_updates_deletions_and_late_deliveries(fake, project):
     assert job.dense == {}
 
 
+@pytest.mark.slow  # the project fixture trains round 0
 def test_resync_picks_up_a_correction_whose_webhook_was_lost(fake, project):
     driver, truth = project
     source = sorted(truth)[2]

@@ -177,6 +177,7 @@ def pool(tmp_path):
     return paths, labels
 
 
+@pytest.mark.slow  # trains two rounds
 def test_round_job_trains_on_dense_labels_and_does_not_ask_their_images(tmp_path, pool):
     paths, labels = pool
     config = Config(encoder_weights="none", image_height=32, image_width=48, batch_size=4, epochs=1,
@@ -203,6 +204,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.mark.slow  # two whole simulations
+@pytest.mark.slow  # a whole simulation
 def test_simulator_dense_images_train_from_round_1_and_are_not_asked_after_it(folders, tmp_path):
     train, val = folders
     runs = {}

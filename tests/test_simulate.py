@@ -20,11 +20,8 @@ def folders(tmp_path_factory):
     return make_dataset(root / "train", 6, seed=1), make_dataset(root / "val", 3, seed=2)
 
 
-SLOW_METHODS = [pytest.param(method, marks=pytest.mark.slow) for method in ("ovaal+", "pixelpick", "random")]
-"""One whole simulation stays in ``make test-fast`` (ovaal); the other methods run in ``make test``."""
-
-
-@pytest.mark.parametrize("method", ["ovaal", *SLOW_METHODS])
+@pytest.mark.slow  # a whole simulation per method
+@pytest.mark.parametrize("method", ["ovaal", "ovaal+", "pixelpick", "random"])
 def test_simulate_writes_the_result_file(folders, tmp_path, method):
     train, val = folders
     out, plot = tmp_path / "result.json", tmp_path / "result.png"
@@ -139,6 +136,7 @@ def test_bad_input_gives_a_message_not_a_traceback(folders, tmp_path, capsys):
 
 
 @pytest.mark.camvid
+@pytest.mark.slow  # a simulation on CamVid
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="../shared/data/camvid is not present")
 def test_camvid_smoke(tmp_path):
     out = tmp_path / "camvid.json"
