@@ -204,7 +204,6 @@ def folders(tmp_path_factory):
 
 
 @pytest.mark.slow  # two whole simulations
-@pytest.mark.slow  # a whole simulation
 def test_simulator_dense_images_train_from_round_1_and_are_not_asked_after_it(folders, tmp_path):
     train, val = folders
     runs = {}
