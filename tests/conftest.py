@@ -88,3 +88,17 @@ def fake_scenes():
     fake = make_fake_project()[0]
     fake.truth = add_scenes(fake, 2)
     return fake
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """Four synthetic scenes on disk for a round job: their image paths and their ground-truth class maps."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.helpers.synthetic import make_dataset
+
+    root = make_dataset(tmp_path / "data", 4)
+    paths = sorted(str(p) for p in (root / "images").iterdir())
+    labels = [np.asarray(Image.open(p.replace("images", "labels"))) for p in paths]
+    return paths, labels

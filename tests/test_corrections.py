@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.correction_store import CorrectionStore, map_digest
@@ -167,14 +166,6 @@ def test_grid_shape_is_the_training_size_never_finer_than_the_image_and_capped()
     rows, cols = grid_shape((1440, 1920), 360, 480, max_points=5000)
     assert rows * cols <= 5000 and rows * cols > 4800 and cols / rows == pytest.approx(4 / 3, rel=0.05)
     assert grid_shape((360, 480), 360, 480, max_points=1) == (1, 1)
-
-
-@pytest.fixture
-def pool(tmp_path):
-    root = make_dataset(tmp_path / "data", 4)
-    paths = sorted(str(p) for p in (root / "images").iterdir())
-    labels = [np.asarray(Image.open(p.replace("images", "labels"))) for p in paths]
-    return paths, labels
 
 
 @pytest.mark.slow  # trains two rounds

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.job import MASK_TILE_ELEMENTS, START, RoundJob, predict_masks, read_mask, run_round
@@ -13,7 +12,7 @@ from ovaal_backend.engine.learner import ActiveLearner
 from ovaal_backend.engine.rounds import RoundPlan
 from ovaal_backend.engine.train import load_checkpoint
 from tests.helpers.fake_label_studio import TINY
-from tests.helpers.synthetic import CLASSES, VOID, make_dataset
+from tests.helpers.synthetic import CLASSES, VOID
 
 TWO_ROUNDS = dict(TINY, semi=True, rounds=2)
 """The tests' tiny settings over two rounds, with pseudo-labels."""
@@ -26,14 +25,6 @@ def test_round_plan():
     assert [plan.next_round(r) for r in (START, 0, 2, 3)] == [0, 1, 3, None]
     assert not plan.is_last(2) and plan.is_last(3) and plan.has_final_phase(3) and not plan.has_final_phase(2)
     assert not RoundPlan.from_config(Config(rounds=1, semi_epochs=0)).has_final_phase(1)
-
-
-@pytest.fixture
-def pool(tmp_path):
-    root = make_dataset(tmp_path / "data", 4)
-    paths = sorted(str(p) for p in (root / "images").iterdir())
-    labels = [np.asarray(Image.open(p.replace("images", "labels"))) for p in paths]
-    return paths, labels
 
 
 def clicks(label: np.ndarray, n: int, seed: int) -> np.ndarray:
