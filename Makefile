@@ -15,18 +15,18 @@ CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: install install-ls install-chromium run test test-fast lint clean
 
-$(STAMP): requirements.txt requirements-test.txt
+$(STAMP): requirements.txt requirements-test.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(LS_STAMP):
+$(LS_STAMP): constraints-ls.txt
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LS_VENV)/bin/python -m pip install --quiet label-studio==$(LS_VERSION)
+	$(LS_VENV)/bin/python -m pip install --quiet label-studio==$(LS_VERSION) -c constraints-ls.txt
 	touch $(LS_STAMP)
 
 install-ls: $(LS_STAMP)
