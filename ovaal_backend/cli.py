@@ -6,137 +6,20 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from .backend.export_formats import COCO_FILE, DEFAULT_FORMATS, FORMATS, LS_FILE, parse_formats
-from .config import (
-    CLASSIFIERS,
-    LR_SCHEDULES,
-    MULTICLASS_SCORERS,
-    SELECTIONS,
-    SEMI_RULES,
-    SEMI_TEACHERS,
-    Config,
-    ConfigError,
-    EngineConfig,
-    is_ova,
-)
+from .config import Config, ConfigError
 from .files import lock_model_dir
-
-SIMULATE_FLAGS = {"num_threads": "threads"}
-"""Engine fields whose ``simulate`` flag has another name than the field (``--threads``); every other flag of an
-engine field is the field's name with dashes (``pixels_per_round`` -> ``--pixels-per-round``)."""
-
-SIMULATE_NO_FLAG = {
-    "image_height": "--image-size HxW sets both", "image_width": "--image-size HxW sets both",
-    "train_profile": "the simulator runs a preset (a protocol), not a machine's profile",
-    **dict.fromkeys(("batch_size", "lr", "beta1", "beta2", "weight_decay", "scale_min", "scale_max", "color_jitter",
-                     "amp", "semi_alpha", "semi_top_l", "semi_ema_decay", "semi_balance"),
-                    "fixed by the preset: the compared methods share them"),
-    **dict.fromkeys(("model_dir", "label_studio_local_files_document_root", "predict_batch", "max_image_pixels"),
-                    "a round job's files in the backend; the simulator reads its own folders"),
-}
-"""The engine fields ``simulate`` has no flag for, each with the reason (``tests/test_registries.py`` checks that
-every other engine field has one)."""
-
-
-def simulate_flag_fields() -> list[str]:
-    """The engine fields a ``simulate`` flag sets."""
-    return sorted(EngineConfig.names() - SIMULATE_NO_FLAG.keys())
 
 
 def _simulate_parser(sub: argparse._SubParsersAction) -> None:
-    from .simulator.presets import METHODS, PRESETS
+    from .simulator.flags import add_simulate_arguments
 
     p = sub.add_parser("simulate", help="offline active-learning loop with an oracle annotator",
                        description="Run the active-learning loop on a labelled dataset, answering queries from its "
                                    "ground truth, and write per-round mIoU to a JSON file.")
     p.set_defaults(run=run_simulate)
-    p.add_argument("--train", required=True, help="folder with images/, labels/ and classes.json (the pool)")
-    p.add_argument("--eval", required=True, help="folder to evaluate on after every round")
-    p.add_argument("--out", required=True, help="RESULT.json to write")
-    p.add_argument("--plot", help="PNG of mIoU against labelled pixels")
-    p.add_argument("--method", choices=sorted(METHODS), help="shorthand for classifier + selection + semi")
-    p.add_argument("--classifier", choices=CLASSIFIERS)
-    p.add_argument("--selection", choices=SELECTIONS)
-    p.add_argument("--semi", action="store_true", default=None, help="OVAAL+ semi-supervised final phase")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--rounds", type=int, help="acquisition rounds after the random round 0")
-    p.add_argument("--pixels-per-round", type=int, help="per image; OVA splits it evenly over the classes")
-    p.add_argument("--init-pixels", type=int, help="random pixels per image in round 0")
-    p.add_argument("--epochs", type=int, help="epochs per round after the first")
-    p.add_argument("--first-round-epochs", type=int)
-    p.add_argument("--semi-epochs", type=int, help="epochs of the final phase (with --semi: the OVAAL+ loss)")
-    p.add_argument("--retrain", action="store_true", default=None, help="fresh model every round (else fine-tune)")
-    p.add_argument("--no-balance", action="store_true", help="the paper's plain loss (same as --class-balance 0)")
-    p.add_argument("--class-balance", type=float,
-                   help="0..1: how strongly each class's clicks are re-weighted to weigh the same (default: method's)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning rate within each training (cosine)")
-    p.add_argument("--keep-optimizer", action="store_true", default=None,
-                   help="keep Adam's state across rounds (else a fresh Adam per round)")
-    p.add_argument("--semi-rule", choices=SEMI_RULES, help="OVAAL+ refinement of the uncertain pixels")
-    p.add_argument("--semi-teacher", choices=SEMI_TEACHERS, help="OVAAL+ pseudo-labels: mean teacher or frozen")
-    p.add_argument("--semi-ablations", default="",
-                   help="comma-separated other OVAAL+ final phases run on the same rounds (paper)")
-    p.add_argument("--train-prefixes", default="",
-                   help="comma-separated image-name prefixes the pool keeps (CamVid sequences: 0001TP,0016E5)")
-    p.add_argument("--eval-prefixes", default="", help="comma-separated image-name prefixes evaluated on (0006R0)")
-    p.add_argument("--save-checkpoint", help="save the learner after the last active round (for diagnostics)")
-    p.add_argument("--diversity-top-fraction", type=float,
-                   help="draw each round's pixels at random from this most uncertain fraction (per class for OVA; "
-                        "0 = strict top pixels)")
-    p.add_argument("--exclude-void", action="store_true", default=None,
-                   help="PixelPick's convention: never query ground-truth void pixels")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--image-size", type=_image_size, help="training size HxW, e.g. 176x240 (default: the preset's)")
-    p.add_argument("--encoder-lr-ratio", type=float, help="encoder learning rate / LR (PixelPick: 0.1)")
-    p.add_argument("--final-from-scratch", action="store_true", default=None,
-                   help="train the final model afresh on every label (the converged preset does)")
-    p.add_argument("--logit-taus", default="",
-                   help="comma-separated logit-adjustment strengths also measured (e.g. 0.5,1; engine/adjust.py)")
-    p.add_argument("--convergence-check", action="store_true",
-                   help="train the final phase again with twice its epochs on the same labels (RESULT: convergence)")
-    p.add_argument("--encoder-weights", help="imagenet | lite0-offline | none | PATH")
-    p.add_argument("--encoder", help="any segmentation_models_pytorch encoder name")
-    p.add_argument("--arch", help="any segmentation_models_pytorch architecture (deeplabv3plus, unet, ...)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--max-train-images", type=int, default=0, help="use only the first N pool images (0 = all)")
-    p.add_argument("--max-eval-images", type=int, default=0, help="evaluate on the first N images (0 = all)")
-    p.add_argument("--correction-points", type=int,
-                   help="most training points of a fully labelled image (0 = one per training pixel)")
-    p.add_argument("--dense-images", type=int, default=0,
-                   help="N pool images (drawn by the seed) get their whole ground-truth mask as if an annotator had "
-                        "corrected the pushed mask: they train as dense labels from round 1 and are not queried again")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the preset's; 0 = torch's default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def simulation_config(args: argparse.Namespace) -> Config:
-    """Preset, then method shorthand, then explicit flags (flags win)."""
-    from .simulator.presets import METHODS, PRESETS
-
-    values: dict[str, Any] = {**PRESETS[args.preset], "semi": False}
-    if args.method:
-        values.update(METHODS[args.method])
-    flags = {name: getattr(args, SIMULATE_FLAGS.get(name, name)) for name in simulate_flag_fields()}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if args.image_size:
-        values["image_height"], values["image_width"] = args.image_size
-    if args.no_balance:
-        values["class_balance"] = 0.0
-    multiclass_selection = values.get("selection") in MULTICLASS_SCORERS
-    classifier_chosen = args.classifier is not None or (args.method and "classifier" in METHODS[args.method])
-    if multiclass_selection and is_ova(values.get("classifier", EngineConfig.classifier)) and not classifier_chosen:
-        values["classifier"] = "multiclass"
-    return Config(**values)
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    """``HxW`` -> (height, width); argparse turns the ValueError into a usage error naming the flag."""
-    height, sep, width = text.lower().partition("x")
-    if not sep or not height.isdigit() or not width.isdigit() or int(height) < 1 or int(width) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels, e.g. 176x240")
-    return int(height), int(width)
+    add_simulate_arguments(p)
 
 
 def _split(text: str) -> list[str]:
@@ -145,6 +28,7 @@ def _split(text: str) -> list[str]:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``simulate``: run the loop, write RESULT.json (and the plot), print a one-line summary."""
+    from .simulator.flags import simulation_config
     from .simulator.loop import plot_results, run_simulation, write_result
 
     config = simulation_config(args)
@@ -167,7 +51,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _backend_parsers(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("serve", help="run the Label Studio ML backend (gunicorn on PORT)",
                    description="Serve /health, /setup, /predict, /webhook and /metrics for Label Studio. Every "
-                               "setting comes from the environment (field names of config.py in upper case)."
+                               "setting comes from the environment (field names of config/ in upper case)."
                    ).set_defaults(run=run_serve)
     p = sub.add_parser("export", help="write a project's masks: PNG label maps, COCO JSON, Label Studio JSON",
                        description="The mask of every source image from the project's current model, annotators' "

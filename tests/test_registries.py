@@ -15,15 +15,17 @@ from typing import Any
 import pytest
 import torch
 
-from ovaal_backend.cli import SIMULATE_FLAGS, SIMULATE_NO_FLAG, build_parser, simulate_flag_fields, simulation_config
+from ovaal_backend.cli import build_parser
 from ovaal_backend.config import (
     CLASSIFIERS,
+    ENGINE_CHOICES,
     LR_SCHEDULES,
     MULTICLASS_SCORERS,
     RANDOM_SELECTION,
     SELECTIONS,
     SEMI_RULES,
     SEMI_TEACHERS,
+    TRAIN_PROFILES,
     Config,
     ConfigError,
     EngineConfig,
@@ -33,6 +35,13 @@ from ovaal_backend.engine.pseudo_labels import refine_pseudo_labels
 from ovaal_backend.engine.scorers import SCORERS, get_scorer
 from ovaal_backend.engine.train import build_schedule
 from ovaal_backend.engine.weights import WEIGHT_SOURCES, WeightsUnavailableError, load_encoder_weights
+from ovaal_backend.simulator.flags import (
+    FLAG_HELP,
+    FLAG_NAMES,
+    SIMULATE_NO_FLAG,
+    simulate_flag_fields,
+    simulation_config,
+)
 from ovaal_backend.simulator.presets import METHODS, PRESETS
 
 UNKNOWN = "no-such-name"
@@ -199,15 +208,27 @@ class TestCommands(RegistryContract):
 
 
 def test_every_engine_field_is_a_simulate_flag_or_a_listed_exception() -> None:
-    """``simulate``'s flags set the engine fields by name (cli.simulate_flag_fields): each field the simulator can vary
-    has a flag named like it, each exception names a field and says why, and a flag given reaches the config."""
+    """``simulate``'s flags are made from the engine fields (simulator/flags.py): each field the simulator can vary
+    has a flag of its name and type, each exception names a field and says why, and a flag given reaches the config."""
     assert SIMULATE_NO_FLAG.keys() <= EngineConfig.names() and all(SIMULATE_NO_FLAG.values())
+    assert FLAG_HELP.keys() | FLAG_NAMES.keys() <= set(simulate_flag_fields())
     parser = build_parser()
-    base = ["simulate", "--train", "t", "--eval", "e", "--out", "o"]
-    args = parser.parse_args(base)
+    simulate = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["simulate"]
+    flags = {action.dest: action for action in simulate._actions}
     for name in simulate_flag_fields():
-        dest = SIMULATE_FLAGS.get(name, name)
-        assert hasattr(args, dest), f"{name}: add --{dest.replace('_', '-')} or list it in SIMULATE_NO_FLAG"
+        assert f"--{FLAG_NAMES.get(name, name).replace('_', '-')}" in flags[name].option_strings
+        assert flags[name].choices in (None, ENGINE_CHOICES.get(name))
+    base = ["simulate", "--train", "t", "--eval", "e", "--out", "o"]
     assert simulation_config(parser.parse_args([*base, "--threads", "3", "--seed", "5", "--pixels-per-round", "7",
-                                                "--keep-optimizer"])).engine == \
+                                                "--keep-optimizer", "--no-retrain"])).engine == \
         EngineConfig(**{**PRESETS["cpu"], "num_threads": 3, "seed": 5, "pixels_per_round": 7, "keep_optimizer": True})
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--lr-schedule", UNKNOWN])  # a named choice takes only the names the field takes
+
+
+def test_the_simulators_cpu_presets_are_the_one_cpu_profile_with_the_protocols_epochs() -> None:
+    """The backend's TRAIN_PROFILE=cpu and the simulator's cpu protocols share one profile: the presets start from it
+    and change only its epochs (simulator/presets.py says why)."""
+    for name in ("cpu", "converged"):
+        changed = {key for key, value in TRAIN_PROFILES["cpu"].items() if PRESETS[name][key] != value}
+        assert changed <= {"epochs", "first_round_epochs", "semi_epochs"}, name
