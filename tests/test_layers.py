@@ -25,7 +25,7 @@ TORCH_FREE = (
     "ovaal_backend.backend.project.corrected",
 )
 """Modules a process may import without paying for torch: request checks (validate), the cleanup command, the typed
-state and label config, the settings, the round plan and the registries config.py takes its names from."""
+state and label config, the settings, the round plan and the registries the settings take their names from."""
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
