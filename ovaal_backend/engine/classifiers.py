@@ -1,7 +1,7 @@
 """Classifier kinds and their registry: the names of ``CLASSIFIER`` and what each one means.
 
 ``model.py`` builds a kind's networks from its entry; this module imports no torch (tensor methods only), so
-``config.py`` takes its valid names from ``CLASSIFIERS`` in processes that never load torch.
+``config/`` takes its valid names from ``CLASSIFIERS`` in processes that never load torch.
 """
 
 from __future__ import annotations

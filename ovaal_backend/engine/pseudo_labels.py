@@ -1,6 +1,6 @@
 """OVAAL+ pseudo-labels: the refinement rules and teachers of ``SEMI_RULE`` and ``SEMI_TEACHER``, by name.
 
-Tensor methods only, no torch import: ``config.py`` takes its valid names from ``SEMI_RULES`` and ``SEMI_TEACHERS`` in
+Tensor methods only, no torch import: ``config/`` takes its valid names from ``SEMI_RULES`` and ``SEMI_TEACHERS`` in
 processes that never load torch. ``train.py`` makes the teacher and the loss (``losses.ova_semi_loss``).
 """
 

@@ -1,6 +1,6 @@
 """Learning-rate schedules and their registry: the names of ``LR_SCHEDULE`` and the factor each applies to ``LR``.
 
-Plain arithmetic, no torch: ``config.py`` takes its valid names from ``LR_SCHEDULES`` in processes that never load
+Plain arithmetic, no torch: ``config/`` takes its valid names from ``LR_SCHEDULES`` in processes that never load
 torch, and ``train.build_schedule`` hands the factor to torch's ``LambdaLR``.
 """
 
