@@ -4,7 +4,7 @@ The state is what a 5,000-image project holds in round 3 of 4 after an outage: r
 image and round, the default budget), 1,000 of round 3's query tasks answered, and a backlog of 50,000 stored
 webhook events not yet applied (round-3 answers: each of 2,500 tasks created, then updated 19 times with changed
 labels, as annotators correcting themselves send them). It is written straight into ``MODEL_DIR/1/labels.sqlite3``
-through the backend's own store classes (``LabelStore``, ``RoundStore``); no Label Studio is needed, because applying
+through the backend's own store (``ProjectStore``); no Label Studio is needed, because applying
 answers to known query tasks calls nothing (``LABEL_STUDIO_URL`` points at a closed loopback port).
 
 The real backend then serves it (``python -m ovaal_backend serve``: gunicorn, one worker, its project worker thread
@@ -57,8 +57,7 @@ from doc_section import write_section  # noqa: E402
 from ovaal_backend.backend.convert import LabelInterface, keypoint_results  # noqa: E402
 from ovaal_backend.backend.project.events import trim_payload  # noqa: E402
 from ovaal_backend.backend.project.state import Phase, ProjectState  # noqa: E402
-from ovaal_backend.backend.round_store import RoundStore  # noqa: E402
-from ovaal_backend.backend.store import LabelStore  # noqa: E402
+from ovaal_backend.backend.store import ProjectStore  # noqa: E402
 from ovaal_backend.config import IGNORE_INDEX  # noqa: E402
 from tests.helpers.fault_kit import percentile  # noqa: E402
 from tests.helpers.ls_server import BackendProcess, free_port, loopback_session  # noqa: E402
@@ -86,15 +85,15 @@ def query_task_id(round_index: int, source: int) -> int:
 
 
 def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
-    """Write the project into ``model_dir`` through the store classes."""
+    """Write the project into ``model_dir`` through its ``ProjectStore``."""
     xml = (ROOT / "label_config" / "camvid.xml").read_text()
     iface = LabelInterface.parse(xml)
     names = [*iface.classes, iface.ignore_label]
     rng = np.random.default_rng(seed)
     path = model_dir / str(PROJECT) / "labels.sqlite3"
-    store, rounds = LabelStore(path), RoundStore(path)
+    store = ProjectStore(path, str(PROJECT))
     sources = list(range(1, images + 1))
-    rounds.set_sources(str(PROJECT), {s: {"image": f"/data/upload/1/{s:05d}.png"} for s in sources})
+    store.sources.replace({s: {"image": f"/data/upload/1/{s:05d}.png"} for s in sources})
     queries: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for round_index in range(ROUNDS):
         rows = []
@@ -105,16 +104,16 @@ def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
             result = keypoint_results(points, WIDTH, HEIGHT, iface, 0.6)
             queries[(round_index, source)] = result
             rows.append((source, 0.5, result))
-        rounds.plan_queries(str(PROJECT), round_index, round_index, rows)
-        rounds.set_imported(str(PROJECT), round_index, [(s, query_task_id(round_index, s)) for s in sources])
+        store.rounds.plan_queries(round_index, round_index, rows)
+        store.rounds.set_imported(round_index, [(s, query_task_id(round_index, s)) for s in sources])
     annotation_id = 0
     for round_index in range(ROUNDS):
         answered = sources if round_index < ROUNDS - 1 else sources[:ANSWERED_ROUND3]
         for source in answered:
             annotation_id += 1
             points = _answer_points(queries[(round_index, source)], rng, len(iface.classes))
-            store.put_annotation(str(PROJECT), annotation_id, query_task_id(round_index, source), source,
-                                 round_index, "annotator@example.com", points, cancelled=False)
+            store.clicks.put(annotation_id, query_task_id(round_index, source), source, round_index,
+                             "annotator@example.com", points, cancelled=False)
     backlog = sources[ANSWERED_ROUND3:ANSWERED_ROUND3 + BACKLOG_TASKS]
     for update in range(UPDATES):
         for source in backlog:
@@ -122,14 +121,14 @@ def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
             body = annotation_event(aid, query_task_id(ROUNDS - 1, source), queries[(ROUNDS - 1, source)], rng,
                                     names, f"2026-01-01T00:{update:02d}:00")
             action = "ANNOTATION_CREATED" if update == 0 else "ANNOTATION_UPDATED"
-            store.add_event(str(PROJECT), action, trim_payload(action, body))
+            store.events.add(action, trim_payload(action, body))
     state = ProjectState(uid=f"{PROJECT}.1700000000", label_config=xml, classes=list(iface.classes),
                          label_names=list(iface.classes), phase=Phase.QUERYING, round=ROUNDS - 1,
                          version=ROUNDS - 1, versions_in_label_studio=list(range(1, ROUNDS)))
-    store.set_state(str(PROJECT), state.to_dict())
+    store.state.save(state.to_dict())
     for version in range(1, ROUNDS):
-        rounds.add_training(str(PROJECT), version, {"round": version - 1, "seconds": 60.0, "loss": 0.5,
-                                                    "finished_at": time.time() - 3600 * (ROUNDS - version)})
+        store.trainings.add(version, {"round": version - 1, "seconds": 60.0, "loss": 0.5,
+                                      "finished_at": time.time() - 3600 * (ROUNDS - version)})
 
 
 def _answer_points(result: list[dict[str, Any]], rng: np.random.Generator, classes: int) -> list[tuple[int, int, int]]:

@@ -169,12 +169,12 @@ def run_quarantine(args: argparse.Namespace) -> int:
     if args.project not in known_projects(config):
         raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}")
     ctx = ProjectContext(config, args.project, client=None)  # reads the store only
-    events, images = ctx.store.quarantined_events(ctx.key), ctx.rounds.quarantine(ctx.key, "image")
+    events, images = ctx.store.events.quarantined(), ctx.store.quarantine.items("image")
     for event in events:
         print(f"event {event['id']} ({event['action']}): {event['error']}")
     for image in images:
         print(f"image of task {image['item']}: {image['reason']}")
-    released = ctx.store.release_events(ctx.key) if args.release else 0
+    released = ctx.store.events.release() if args.release else 0
     print(f"project {args.project}: {len(events)} quarantined events, {len(images)} unreadable images"
           + (f"; released {released} events" if args.release else ""))
     return 0
@@ -207,7 +207,7 @@ def run_requeue(args: argparse.Namespace) -> int:
         print(requeue_failed(config, failed["queue_id"]))
     else:
         print("no REDIS_URL: the backend runs it again in its own process")
-    ctx.store.add_event(ctx.key, REQUEUE_ACTION, {"job": failed["job"]})
+    ctx.store.events.add(REQUEUE_ACTION, {"job": failed["job"]})
     print(f"project {args.project}: released; a running backend resumes the round within seconds")
     return 0
 

@@ -4,7 +4,7 @@ What an annotator does, nothing more: log in through Label Studio's login form, 
 (``/projects/<id>/data?labeling=1``, what "Label All Tasks" opens), change the class of SOME pre-labelled query
 points with the class hotkeys, leave the others as they came, and submit. The backend (``python -m ovaal_backend
 serve``, connected like the end-to-end test) must then hold exactly those classes at exactly those pixels: read
-from its SQLite store (``LabelStore.labelled_points`` under MODEL_DIR), not from what Label Studio says it saved.
+from its SQLite store (``Clicks.labelled_points`` under MODEL_DIR), not from what Label Studio says it saved.
 
 Two query tasks, two ways of working:
 1. keyboard only: ``alt+.`` (Label Studio's "cycle through regions") selects the next point, a class hotkey sets
@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel
-from ovaal_backend.backend.store import LabelStore
+from ovaal_backend.backend.store import ProjectStore
 from tests.helpers.fake_label_studio import XML as SYNTHETIC_XML
 from tests.helpers.ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
 from tests.helpers.synthetic import make_dataset
@@ -227,10 +227,10 @@ def stored_answers(backend: BackendProcess, project_id: int) -> dict[int, set[tu
     path = Path(backend.env["MODEL_DIR"]) / str(project_id) / "labels.sqlite3"
     if not path.is_file():
         return {}
-    store = LabelStore(path)
-    names = store.get_state(str(project_id)).get("label_names", [])
+    store = ProjectStore(path, str(project_id))
+    names = store.state.load().get("label_names", [])
     return {source: {(int(r), int(c), names[int(k)] if k >= 0 else "ignore") for r, c, k in points}
-            for source, points in store.labelled_points(str(project_id)).items()}
+            for source, points in store.clicks.labelled_points().items()}
 
 
 @pytest.mark.e2e

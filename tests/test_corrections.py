@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from ovaal_backend.backend.convert import LabelInterface, brush_results
-from ovaal_backend.backend.correction_store import CorrectionStore, map_digest
 from ovaal_backend.backend.corrections import (
     brush_label_map,
     correction_figure,
@@ -19,7 +18,7 @@ from ovaal_backend.backend.corrections import (
     summarise,
     version_number,
 )
-from ovaal_backend.backend.store import LabelStore
+from ovaal_backend.backend.store import ProjectStore, map_digest
 from ovaal_backend.cli import main
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.dense import DenseLabels, grid_labels, grid_points, grid_shape
@@ -129,22 +128,21 @@ def test_summary_means_per_class_and_per_version():
 
 def test_store_keeps_the_newest_per_task_and_forgets_deleted_ones(tmp_path):
     path = tmp_path / "labels.sqlite3"
-    LabelStore(path)
-    store = CorrectionStore(path)
+    store = ProjectStore(path, "p").corrections
     first, second = np.zeros((4, 5), np.uint8), np.ones((4, 5), np.uint8)
-    assert store.wants("p", 1, map_digest(first), "2025-01-01T10:00:00Z")
-    assert store.put("p", 1, task_id=7, label_map=first, figure={"miou": 50.0}, updated_at="2025-01-01T10:00:00Z")
-    assert not store.wants("p", 1, map_digest(first), "2025-01-01T10:00:00Z")  # the same map again
-    assert not store.wants("p", 1, map_digest(second), "2025-01-01T09:00:00Z")  # an older edit
-    assert not store.put("p", 1, 7, second, None, "2025-01-01T09:00:00Z")
-    assert store.put("p", 2, 7, second, None, "2025-01-01T11:00:00Z")  # another annotator's, newer
-    np.testing.assert_array_equal(store.newest("p", 7), second)
-    assert [r["annotation"] for r in store.figures("p")] == [2] and store.tasks("p") == {7}
-    assert store.delete("p", [2]) == 1
-    np.testing.assert_array_equal(store.newest("p", 7), first)  # the other annotation counts again
-    assert store.figures("p")[0]["figure"] == {"miou": 50.0}
-    assert [(t, m.shape) for t, m in store.newest_maps("p")] == [(7, (4, 5))]
-    assert store.newest("other", 7) is None and store.delete("p", [99]) == 0
+    assert store.wants(1, map_digest(first), "2025-01-01T10:00:00Z")
+    assert store.put(1, task_id=7, label_map=first, figure={"miou": 50.0}, updated_at="2025-01-01T10:00:00Z")
+    assert not store.wants(1, map_digest(first), "2025-01-01T10:00:00Z")  # the same map again
+    assert not store.wants(1, map_digest(second), "2025-01-01T09:00:00Z")  # an older edit
+    assert not store.put(1, 7, second, None, "2025-01-01T09:00:00Z")
+    assert store.put(2, 7, second, None, "2025-01-01T11:00:00Z")  # another annotator's, newer
+    np.testing.assert_array_equal(store.newest(7), second)
+    assert [r["annotation"] for r in store.figures()] == [2] and store.tasks() == {7}
+    assert store.delete([2]) == 1
+    np.testing.assert_array_equal(store.newest(7), first)  # the other annotation counts again
+    assert store.figures()[0]["figure"] == {"miou": 50.0}
+    assert [(t, m.shape) for t, m in store.newest_maps()] == [(7, (4, 5))]
+    assert ProjectStore(path, "other").corrections.newest(7) is None and store.delete([99]) == 0
 
 
 # --- the engine: grids, the round job --------------------------------------------------------------------------

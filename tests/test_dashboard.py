@@ -17,17 +17,8 @@ from ovaal_backend.backend.app import Backend, create_app
 from ovaal_backend.backend.convert import pixel_to_percent
 from ovaal_backend.backend.dashboard import WorkerClock
 from ovaal_backend.backend.facts import ProjectFacts
-from ovaal_backend.backend.progress import (
-    answered_queries,
-    class_clicks,
-    phase_since,
-    prelabel_quality,
-    round_answers,
-    round_task_counts,
-    round_timeline,
-)
-from ovaal_backend.backend.round_store import RoundStore
-from ovaal_backend.backend.store import LabelStore
+from ovaal_backend.backend.progress import class_clicks, phase_since, prelabel_quality, round_timeline
+from ovaal_backend.backend.store import ProjectStore
 from ovaal_backend.config import IGNORE_INDEX
 from tests.helpers.annotator import answer_keypoints
 from tests.helpers.fake_label_studio import CLASSES, TINY, UID, XML, P, add_scenes, answer_round
@@ -105,68 +96,65 @@ NAMES, KEY = ["road", "car", "sky"], "1"
 
 
 @pytest.fixture
-def stores(tmp_path):
-    """A project's two stores on one file: six listed images, round 0's query tasks (ids 100 + image) imported,
-    four of them answered."""
-    path = tmp_path / "labels.sqlite3"
-    store, rounds = LabelStore(path), RoundStore(path)
-    rounds.set_sources(KEY, {s: {"image": f"{s}.png"} for s in range(1, 7)})
-    rounds.plan_queries(KEY, 0, 0, [(s, 0.5, [region(s, 1, "ignore"), region(s, 2, "car")]) for s in range(1, 7)])
-    rounds.set_imported(KEY, 0, [(s, 100 + s) for s in range(1, 7)])
+def store(tmp_path):
+    """A project's store: six listed images, round 0's query tasks (ids 100 + image) imported, four of them
+    answered."""
+    store = ProjectStore(tmp_path / "labels.sqlite3", KEY)
+    store.sources.replace({s: {"image": f"{s}.png"} for s in range(1, 7)})
+    store.rounds.plan_queries(0, 0, [(s, 0.5, [region(s, 1, "ignore"), region(s, 2, "car")]) for s in range(1, 7)])
+    store.rounds.set_imported(0, [(s, 100 + s) for s in range(1, 7)])
     for s in range(1, 5):
         answer(store, s, s, [(s, 1, 0), (s, 2, 1)])
-    return store, rounds
+    return store
 
 
-def answer(store: LabelStore, annotation_id: int, source: int, points, round_index: int = 0,
+def answer(store: ProjectStore, annotation_id: int, source: int, points, round_index: int = 0,
            cancelled: bool = False) -> None:
-    store.put_annotation(KEY, annotation_id, 100 * (round_index + 1) + source, source, round_index, "a@b.c", points,
-                         cancelled)
+    store.clicks.put(annotation_id, 100 * (round_index + 1) + source, source, round_index, "a@b.c", points, cancelled)
 
 
-def from_scratch(store: LabelStore, rounds: RoundStore, names=NAMES) -> dict:
+def from_scratch(store: ProjectStore, names=NAMES) -> dict:
     """The facts computed from every stored click, as the dashboard computed them before (the reference)."""
-    answers = store.labelled_points(KEY)
-    per_image = {str(s): 0 for s in rounds.sources(KEY)}
+    answers = store.clicks.labelled_points()
+    per_image = {str(s): 0 for s in store.sources.all()}
     per_image.update({str(s): len(t) for s, t in answers.items()})
-    counts = store.counts(KEY)
+    counts = store.clicks.counts()
     return {"labelled_per_image": per_image, "class_clicks": class_clicks(answers, names, NAMES, "ignore"),
-            "quality": prelabel_quality(answered_queries(rounds, KEY), answers, names, "ignore"),
+            "quality": prelabel_quality(store.rounds.answered_queries(), answers, names, "ignore"),
             "points": counts["points"], "ignored_points": counts["ignored_points"],
-            "answers_by_round": round_answers(store, KEY), "query_tasks_by_round": round_task_counts(rounds, KEY)}
+            "answers_by_round": store.clicks.by_round(), "query_tasks_by_round": store.rounds.tasks_per_round()}
 
 
 class ReadRecorder:
     """Records which images ``labelled_points`` is asked for and can hold the caller inside it (the real method
     runs; only its start is gated)."""
 
-    def __init__(self, store: LabelStore, hold: bool = False) -> None:
+    def __init__(self, store: ProjectStore, hold: bool = False) -> None:
         self.calls: list[set[int] | None] = []
         self.entered, self.go = threading.Event(), threading.Event()
         if not hold:
             self.go.set()
-        real = store.labelled_points
+        real = store.clicks.labelled_points
 
-        def recorded(project, sources=None):
+        def recorded(sources=None):
             self.calls.append(None if sources is None else set(sources))
             self.entered.set()
             assert self.go.wait(30)
-            return real(project, sources)
+            return real(sources)
 
-        store.labelled_points = recorded
+        store.clicks.labelled_points = recorded
 
 
-def test_project_facts_follow_every_change_reading_only_the_changed_images(stores):
-    store, rounds = stores
-    facts = ProjectFacts(store, rounds, KEY)
-    assert facts.get(NAMES, NAMES, "ignore") == from_scratch(store, rounds)
+def test_project_facts_follow_every_change_reading_only_the_changed_images(store):
+    facts = ProjectFacts(store)
+    assert facts.get(NAMES, NAMES, "ignore") == from_scratch(store)
     recorder = ReadRecorder(store)
 
     def check(*changed: int, names=NAMES) -> None:
         recorder.calls.clear()
         got = facts.get(names, NAMES, "ignore")
         assert recorder.calls == ([set(changed)] if changed else []), recorder.calls
-        assert got == from_scratch(store, rounds, names)
+        assert got == from_scratch(store, names)
 
     check()  # nothing changed: nothing read again
 
@@ -176,23 +164,22 @@ def test_project_facts_follow_every_change_reading_only_the_changed_images(store
     check(5)
     answer(store, 6, 6, [], cancelled=True)  # skipped: answered, no point, not in the quality
     check(6)
-    assert store.delete_annotations(KEY, [5]) == 1  # the newest annotation: its seq is free again ...
+    assert store.clicks.delete([5]) == 1  # the newest annotation: its seq is free again ...
     answer(store, 7, 3, [(3, 1, 1)], round_index=1)  # ... and taken by a new answer on another image
     check(3, 5)
-    rounds.forget_query_tasks(KEY, [104])
+    store.rounds.forget_query_tasks([104])
     check(4)
-    rounds.set_sources(KEY, {s: {"image": f"{s}.png"} for s in range(1, 8)})  # a new image, nothing stored on it
+    store.sources.replace({s: {"image": f"{s}.png"} for s in range(1, 8)})  # a new image, nothing stored on it
     check()
     check(*range(1, 7), names=[*NAMES, "bus"])  # a label config change: every image again
 
 
-def test_project_facts_one_computation_at_a_time(stores):
+def test_project_facts_one_computation_at_a_time(store):
     """A caller that does not wait (a backlog is being applied) gets the last result at once and starts one
     computation in the background (none within ``background_gap`` of the last one); callers meanwhile get the last
     result too and start none; a caller that waits gets the facts of the file as it is, after that computation."""
-    store, rounds = stores
-    patient = ProjectFacts(store, rounds, KEY, background_gap=3600)
-    facts = ProjectFacts(store, rounds, KEY, background_gap=0)
+    patient = ProjectFacts(store, background_gap=3600)
+    facts = ProjectFacts(store, background_gap=0)
     before = facts.get(NAMES, NAMES, "ignore")
     assert patient.get(NAMES, NAMES, "ignore") == before
     first_generation = facts.generation
@@ -219,12 +206,11 @@ def test_project_facts_one_computation_at_a_time(stores):
     fresh["labelled_per_image"].clear()  # a caller's copy: changing it changes nothing cached
     again = facts.get(NAMES, NAMES, "ignore", wait=False)
     assert recorder.calls == [{5}] and facts.generation == first_generation + 1  # one, in the background
-    assert again == from_scratch(store, rounds) != before
+    assert again == from_scratch(store) != before
 
 
-def test_project_facts_first_callers_wait_for_the_first_result(stores):
-    store, rounds = stores
-    facts = ProjectFacts(store, rounds, KEY)
+def test_project_facts_first_callers_wait_for_the_first_result(store):
+    facts = ProjectFacts(store)
     recorder = ReadRecorder(store, hold=True)
     got: list[dict] = []
     callers = [threading.Thread(target=lambda: got.append(facts.get(NAMES, NAMES, "ignore"))) for _ in range(3)]
@@ -235,7 +221,7 @@ def test_project_facts_first_callers_wait_for_the_first_result(stores):
     for thread in callers:
         thread.join(30)
     assert recorder.calls == [set(range(1, 7))]  # one computation, of every image
-    assert got == [from_scratch(store, rounds)] * 3
+    assert got == [from_scratch(store)] * 3
 
 
 # --------------------------------------------------------------------------- the facts and the routes
@@ -273,7 +259,7 @@ def test_metrics_gains_the_dashboard_facts(served):
     assert project["device"] == "cpu" and project["ignore_label"] == "ignore"
     assert project["budget"] == {"per_image": 5 + 2 * 6, "asked_per_image": 5 + 6, "init_pixels": 5,
                                  "pixels_per_round": 6}
-    points = driver.store.labelled_points(driver.key)
+    points = driver.store.clicks.labelled_points()
     assert project["labelled_per_image"] == {str(s): len(points.get(s, [])) for s in truth}
     assert sum(project["class_clicks"].values()) == project["points"]
     assert set(CLASSES) <= set(project["class_clicks"])  # (JSON sorts keys: the page orders them by "classes")
@@ -308,12 +294,12 @@ def test_metrics_are_kept_until_the_project_file_changes(served):
     assert client.get("/metrics", headers=auth).json["projects"][str(P)] == first
     assert client.get("/dashboard/data", headers=auth).json["projects"][str(P)]["phase"] == first["phase"]
     assert computed == []  # nothing changed: nothing read again
-    script = (f"from ovaal_backend.backend.store import LabelStore; "
-              f"LabelStore({str(driver.store.path)!r}).add_event({driver.key!r}, 'START_TRAINING', {{}})")
+    script = (f"from ovaal_backend.backend.store import ProjectStore; "
+              f"ProjectStore({str(driver.store.path)!r}, {driver.key!r}).events.add('START_TRAINING', {{}})")
     subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, timeout=120)
     assert client.get("/metrics", headers=auth).json["projects"][str(P)]["pending_events"] == 1
     assert computed == [1]
-    driver.store.add_event(driver.key, "START_TRAINING", {})
+    driver.store.events.add("START_TRAINING", {})
     assert client.get("/metrics", headers=auth).json["projects"][str(P)]["pending_events"] == 2
     assert computed == [1, 1]
 

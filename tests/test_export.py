@@ -26,7 +26,7 @@ def test_export_before_and_after_training(tmp_path, fake):
     out = tmp_path / "before"
     written = export_project(tiny_config(tmp_path), P, out, fake)
     assert len(written) == 3
-    clicks = driver.store.labelled_points(driver.key)
+    clicks = driver.store.clicks.labelled_points()
     assert clicks == {}
     for path in written:
         assert (np.asarray(Image.open(path)) == NO_CLASS).all()  # no model, no clicks
@@ -38,7 +38,7 @@ def test_export_before_and_after_training(tmp_path, fake):
     meta = json.loads((out / "classes.json").read_text())
     assert meta["classes"] == ["background", "square", "disc"] and meta["ignore_index"] == NO_CLASS
     assert meta["model_version"] == "ovaal-1" and meta["colors"][1] == [0xDC, 0x1E, 0x1E]
-    clicks = driver.store.labelled_points(driver.key)
+    clicks = driver.store.clicks.labelled_points()
     for path in written:
         task_id = meta["files"][path.name]
         label_map = np.asarray(Image.open(path))

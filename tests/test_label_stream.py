@@ -40,7 +40,7 @@ def test_unanswered_query_tasks_of_an_ended_round_are_removed(tmp_path, fake, tr
     assert driver.state().round == 1
     assert [t["id"] for t in fake.query_tasks(P, 0)] == [answered]  # the other two are gone, the answer stays
     assert len(fake.query_tasks(P, 1)) == 3
-    assert driver.store.counts(driver.key)["annotations"] == 1
+    assert driver.store.clicks.counts()["annotations"] == 1
 
 
 def test_cleanup_removes_everything_the_backend_wrote(tmp_path, fake, truth):
@@ -74,4 +74,4 @@ def test_label_studio_unreachable_delays_the_setup_event_instead_of_dropping_it(
     fake.fail_next["get_project"] = LabelStudioError("GET /api/projects/1 failed: connection refused")
     driver.setup("1.1700000000", fake.projects[P]["label_config"].replace('name="query"', 'name="other"'))
     driver.process_events()
-    assert len(driver.store.pending_events(driver.key)) == 1 and not driver.metrics()["quarantined"]["events"]
+    assert len(driver.store.events.pending()) == 1 and not driver.metrics()["quarantined"]["events"]

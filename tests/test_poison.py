@@ -32,11 +32,11 @@ def test_a_malformed_event_is_quarantined_and_the_round_goes_on(tmp_path, fake, 
     assert driver.state().round == 1 and driver.phase == Phase.QUERYING
     (event,) = driver.metrics()["quarantined"]["events"]
     assert event["action"] == "ANNOTATION_CREATED" and "12345" in event["error"]
-    assert driver.store.pending_events(driver.key) == []
+    assert driver.store.events.pending() == []
     monkeypatch.setenv("MODEL_DIR", str(driver.config.model_dir))
     assert main(["quarantine", "--project", str(P), "--release"]) == 0
     assert "released 1 events" in capsys.readouterr().out
-    assert len(driver.store.pending_events(driver.key)) == 1  # back in the queue; still malformed, so set aside again
+    assert len(driver.store.events.pending()) == 1  # back in the queue; still malformed, so set aside again
     drain(driver)
     assert len(driver.metrics()["quarantined"]["events"]) == 1
 
@@ -55,14 +55,14 @@ def test_a_transient_failure_is_retried_in_order_and_nothing_is_marked_done(tmp_
 
     monkeypatch.setattr(driver.events, "store_annotation", flaky)
     assert driver.process_events() == 0  # the first event failed: the queue stops there, in order
-    pending = driver.store.pending_events(driver.key)
-    assert [p[3]["annotation"]["id"] for p in pending] == [p["annotation"]["id"] for p in payloads]
-    assert driver.store.pending_events(driver.key, now=time.time()) == []  # none before the first one's backoff
-    assert driver.store.counts(driver.key)["annotations"] == 0
+    pending = driver.store.events.pending()
+    assert [p[2]["annotation"]["id"] for p in pending] == [p["annotation"]["id"] for p in payloads]
+    assert driver.store.events.pending(now=time.time()) == []  # none before the first one's backoff
+    assert driver.store.clicks.counts()["annotations"] == 0
     later = time.time() + 10
     monkeypatch.setattr(time, "time", lambda: later)
     assert driver.process_events() == 2
-    assert driver.store.counts(driver.key)["annotations"] == 2 and driver.metrics()["quarantined"]["events"] == []
+    assert driver.store.clicks.counts()["annotations"] == 2 and driver.metrics()["quarantined"]["events"] == []
 
 
 def test_an_unreadable_image_is_quarantined_and_the_loop_advances(tmp_path, fake, truth):

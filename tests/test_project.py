@@ -101,7 +101,7 @@ def test_full_loop_round0_round1_final(tmp_path, fake, truth):
     assert driver.metrics()["trainings"][-1]["final"] and driver.metrics()["trainings"][-1]["semi"]
     assert all(len(fake.predictions_of(s, "ovaal-2")) == 1 for s in truth)
     assert fake.projects[P]["model_version"] == "ovaal-2"
-    counts = driver.store.counts(driver.key)
+    counts = driver.store.clicks.counts()
     assert counts["annotations"] == 6 and counts["points"] == 3 * (5 + 6)
 
 
@@ -133,9 +133,9 @@ def test_same_delivery_twice_changes_nothing(tmp_path, fake, truth):
     (payload,) = answer_round(fake, driver, truth, 0, only=1)
     driver.add_event(payload["action"], payload)
     drain(driver)
-    assert driver.store.counts(driver.key)["annotations"] == 1
+    assert driver.store.clicks.counts()["annotations"] == 1
     assert driver.state().new_annotations == 1
-    points = driver.store.labelled_points(driver.key)
+    points = driver.store.clicks.labelled_points()
     assert sum(len(p) for p in points.values()) == 5
 
 
@@ -144,7 +144,7 @@ def test_skipped_tasks_count_as_answered_and_store_nothing(tmp_path, fake, truth
     answer_round(fake, driver, truth, 0, cancelled=True)
     drain(driver)
     # The round ended, but with no click there is nothing to train: round 1 is random again, same version.
-    assert driver.store.counts(driver.key) == {"annotations": 3, "cancelled": 3, "points": 0, "ignored_points": 0}
+    assert driver.store.clicks.counts() == {"annotations": 3, "cancelled": 3, "points": 0, "ignored_points": 0}
     assert driver.phase == Phase.QUERYING and driver.state().round == 1 and driver.model_version == "ovaal-0"
     assert len(fake.query_tasks(P, 1)) == 3
 
@@ -157,10 +157,10 @@ def test_update_and_delete(tmp_path, fake, truth):
     updated["annotation"] = dict(payload["annotation"], result=payload["annotation"]["result"][:2])
     driver.add_event("ANNOTATION_UPDATED", updated)
     drain(driver)
-    assert driver.store.counts(driver.key)["points"] == 2
+    assert driver.store.clicks.counts()["points"] == 2
     driver.add_event("ANNOTATIONS_DELETED", {"annotations": [{"id": payload["annotation"]["id"]}]})
     drain(driver)
-    assert driver.store.counts(driver.key)["annotations"] == 0
+    assert driver.store.clicks.counts()["annotations"] == 0
     assert driver.phase == Phase.QUERYING and driver.state().round == 0
 
 
@@ -198,7 +198,7 @@ def test_keypoints_on_source_tasks_count_brush_is_ignored(tmp_path, fake, truth)
     payload = fake.annotate(source, [keypoint, brush])
     driver.add_event(payload["action"], payload)
     drain(driver)
-    points = driver.store.labelled_points(driver.key)
+    points = driver.store.clicks.labelled_points()
     assert points[source].tolist() == [[24, 32, CLASSES.index("disc")]]
 
 
@@ -267,10 +267,10 @@ def test_restart_replays_pending_events_and_resumes(tmp_path, fake, truth):
     answer_round(fake, driver, truth, 0)  # stored as events, never processed: the process "dies" here
     assert known_projects(driver.config) == [P]
     again = ProjectDriver(tiny_config(tmp_path), P, fake)
-    assert len(again.store.pending_events(again.key)) == 3
+    assert len(again.store.events.pending()) == 3
     drain(again)
     assert again.model_version == "ovaal-1" and again.state().round == 1
-    assert again.store.pending_events(again.key) == []
+    assert again.store.events.pending() == []
 
 
 def test_restart_during_publish_resumes_without_duplicates(tmp_path, fake, truth):
@@ -292,7 +292,7 @@ def test_lost_import_answer_adopts_the_created_tasks(tmp_path, fake, truth):
     assert not ProjectWorker(driver).run_pending()
     drain(driver)
     assert len(fake.query_tasks(P, 0)) == 3
-    assert set(driver.ctx.rounds.query_tasks(driver.key, 0)) == {t["id"] for t in fake.query_tasks(P, 0)}
+    assert set(driver.store.rounds.query_tasks(0)) == {t["id"] for t in fake.query_tasks(P, 0)}
     assert driver.predict([fake.query_tasks(P, 0)[0]])[0]["result"]
 
 
@@ -316,7 +316,7 @@ def test_weights_saved_before_a_crash_are_used(tmp_path, fake, truth):
     trainings = len(driver.metrics()["trainings"])
     # Pretend the process died after saving the checkpoint of version 1 but before recording it.
     saved = dict(driver.state().to_dict(), version=0, phase="training", training_round=0, final=False, round=0)
-    driver.store.set_state(driver.key, saved)
+    driver.store.state.save(saved)
     again = ProjectDriver(tiny_config(tmp_path), P, fake)
     again.step()
     assert again.model_version == "ovaal-1" and len(again.metrics()["trainings"]) == trainings
@@ -342,11 +342,11 @@ def test_resync_recovers_lost_webhooks(tmp_path, fake, truth):
     fake.tasks[first["task"]["id"]]["annotations"].clear()
     assert driver.resync() == (2, 1)
     drain(driver)
-    stored = driver.store.annotation_ids(driver.key)
+    stored = driver.store.clicks.annotation_ids()
     assert stored == {second["annotation"]["id"], fake.tasks[task["id"]]["annotations"][0]["id"]}
     assert driver.resync() == (2, 0)  # a second resync changes nothing
     drain(driver)
-    assert driver.store.annotation_ids(driver.key) == stored
+    assert driver.store.clicks.annotation_ids() == stored
 
 
 # --------------------------------------------------------------------------- label config changes

@@ -205,7 +205,7 @@ def test_round_advances_on_a_worker(tmp_path, redis_url, workers):
     drain(driver)
     assert driver.model_version == "ovaal-1" and driver.state().round == 1
     assert len(fake.query_tasks(1, 1)) == 3 and stored_points(driver) == answered
-    assert [t["round"] for t in driver.ctx.rounds.trainings(driver.key)] == [0]
+    assert [t["round"] for t in driver.store.trainings.all()] == [0]
     assert [project for _, project in jobs.calls] == ["1", "1"]
     finished = FinishedJobRegistry(queue=jobs.queue)
     assert sorted(finished.get_job_ids()) == sorted([start_id, train_id])
@@ -259,7 +259,7 @@ def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
     assert not thread.is_alive() and not errors, (errors, workers.log_tail())
     assert Job.fetch(train_id, connection=redis).worker_name == "rescuer"
     assert driver.model_version == "ovaal-1" and driver.state().round == 1 and driver.phase == "querying"
-    assert [t["round"] for t in driver.ctx.rounds.trainings(driver.key)] == [0]
+    assert [t["round"] for t in driver.store.trainings.all()] == [0]
     assert stored_points(driver) == answered
     sources = [t["data"]["ovaal_source_task"] for t in fake.query_tasks(1, 1)]
     assert sorted(sources) == sorted(truth)  # one query task per source image, no duplicates

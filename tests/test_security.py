@@ -248,7 +248,7 @@ def test_a_full_disk_is_a_507_that_names_no_path(tmp_path, fake_scenes, monkeypa
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", secret)
 
-    monkeypatch.setattr(driver.store, "add_event", full)
+    monkeypatch.setattr(driver.store.events, "add", full)
     response = client.post("/webhook", json=route_bodies()["/webhook"])
     assert response.status_code == 507 and set(response.json) == {"error", "request_id"}
     assert "disk full" in response.json["error"] and "resync" in response.json["error"]
@@ -280,13 +280,13 @@ def test_label_config_limits_are_400s_naming_the_setting(tmp_path, fake_scenes):
     assert folders(model_dir) == set()
     assert client.post("/setup", json={"project": UID, "schema": many_labels_config(8)}).status_code == 200
     driver = backend.driver(P)
-    before = len(driver.store.pending_events(driver.key))
+    before = len(driver.store.events.pending())
     for setting, schema in cases.items():
         response = client.post("/webhook", json={"action": "PROJECT_UPDATED",
                                                  "project": {"id": P, "label_config": schema}})
         assert_clean_error(response, model_dir, 400)
         assert setting in response.json["error"]
-    assert len(driver.store.pending_events(driver.key)) == before
+    assert len(driver.store.events.pending()) == before
     backend.shutdown(timeout=30)
 
 
@@ -357,7 +357,7 @@ def test_webhook_shapes_are_checked_before_storing(tmp_path, fake_scenes):
     client, model_dir = app.test_client(), tmp_path / "models"
     assert client.post("/setup", json={"project": UID, "schema": XML}).status_code == 200
     driver = backend.driver(P)
-    before = len(driver.store.pending_events(driver.key))
+    before = len(driver.store.events.pending())
     project = {"id": P}
     bad = [{"action": "ANNOTATION_CREATED", "project": project},
            {"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": "1", "task": 1}},
@@ -374,7 +374,7 @@ def test_webhook_shapes_are_checked_before_storing(tmp_path, fake_scenes):
     # A bare project id works for every action (the stored payload gets a project object).
     response = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": P})
     assert response.status_code == 201
-    assert len(driver.store.pending_events(driver.key)) == before + 1
+    assert len(driver.store.events.pending()) == before + 1
     backend.shutdown(timeout=30)
 
 

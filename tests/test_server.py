@@ -50,7 +50,7 @@ def test_setup_returns_model_version_and_registers_the_project(client, app_and_b
     backend = app_and_backend[1]
     driver = backend.driver(P)
     assert driver is not None and driver.state().uid == UID
-    assert [a for _, _, a, _ in driver.store.pending_events(driver.key)] == ["OVAAL_SETUP"]
+    assert [a for _, a, _ in driver.store.events.pending()] == ["OVAAL_SETUP"]
 
 
 @pytest.mark.parametrize("body,status,needle", [
@@ -116,15 +116,15 @@ def test_webhook_persists_before_answering_and_ignores_unused_actions(client, ap
     response = client.post("/webhook", json=payload)
     assert response.status_code == 201 and response.json["status"] == "queued"
     driver = backend.driver(P)
-    pending = driver.store.pending_events(driver.key)
-    assert [(e[0], e[2]) for e in pending] == [(response.json["event"], "ANNOTATION_CREATED")]
-    assert pending[0][3]["annotation"]["id"] == payload["annotation"]["id"]
+    pending = driver.store.events.pending()
+    assert [(e[0], e[1]) for e in pending] == [(response.json["event"], "ANNOTATION_CREATED")]
+    assert pending[0][2]["annotation"]["id"] == payload["annotation"]["id"]
     response = client.post("/webhook", json={"action": "PROJECT_CREATED", "project": {"id": P}})
     assert response.status_code == 200 and response.json["status"] == "ignored"
     assert client.post("/webhook", json={"project": {"id": P}}).status_code == 400
-    assert len(driver.store.pending_events(driver.key)) == 1
+    assert len(driver.store.events.pending()) == 1
     backend.worker(P).run_pending()
-    assert driver.store.counts(driver.key)["annotations"] == 1
+    assert driver.store.clicks.counts()["annotations"] == 1
 
 
 def test_webhook_answers_fast_while_the_worker_trains(tmp_path, fake_scenes, monkeypatch):
@@ -149,10 +149,10 @@ def test_webhook_answers_fast_while_the_worker_trains(tmp_path, fake_scenes, mon
         for task in fake_scenes.query_tasks(P, 0):
             assert client.post("/webhook", json=fake_scenes.annotate(task["id"], [])).status_code == 201
         assert not finished.is_set()  # both answered while the training step still ran: none waited for it
-        assert len(driver.store.pending_events(driver.key)) == 2  # kept, not dropped, while busy
+        assert len(driver.store.events.pending()) == 2  # kept, not dropped, while busy
         release.set()
         assert backend.worker(P).wait_idle(30)
-        assert driver.store.counts(driver.key)["annotations"] == 2
+        assert driver.store.clicks.counts()["annotations"] == 2
     finally:
         release.set()
         backend.shutdown(timeout=30)
@@ -163,7 +163,7 @@ def test_train_route_queues_start_training(client, app_and_backend):
     response = client.post("/train", json={"project": UID})
     assert response.status_code == 201
     driver = app_and_backend[1].driver(P)
-    assert [a for _, _, a, _ in driver.store.pending_events(driver.key)][-1] == "START_TRAINING"
+    assert [a for _, a, _ in driver.store.events.pending()][-1] == "START_TRAINING"
 
 
 def test_metrics(client, app_and_backend):
@@ -206,6 +206,6 @@ def test_restart_recovers_projects_and_replays_events(tmp_path, fake_scenes):
         assert response.status_code == 200 and response.json["results"][0]["result"]
         assert backend2.worker(P).wait_idle(60)
         driver = backend2.driver(P)
-        assert driver.store.counts(driver.key)["cancelled"] == 1 and driver.store.pending_events(driver.key) == []
+        assert driver.store.clicks.counts()["cancelled"] == 1 and driver.store.events.pending() == []
     finally:
         backend2.shutdown(timeout=30)

@@ -212,14 +212,14 @@ def test_resync_pages_past_deletions_and_deletes_only_what_label_studio_lost(lab
     with Proxy(label_studio.url) as proxy:
         ctx = ProjectContext(tiny_config(tmp_path), pid, LabelStudioClient(proxy.url, label_studio.token))
         for task_id, annotation_id in answered.items():
-            ctx.store.put_annotation(ctx.key, annotation_id, task_id=task_id, source_task_id=task_id, round_index=0,
-                                     annotator="1", points=[], cancelled=True)
+            ctx.store.clicks.put(annotation_id, task_id=task_id, source_task_id=task_id, round_index=0,
+                                 annotator="1", points=[], cancelled=True)
 
         proxy.plan = DeleteOnSecondPage(label_studio, ids[1:21])  # a plain listing
         assert [int(t["id"]) for t in ctx.client.iter_tasks(pid)] == ids, "a task was skipped or listed twice"
 
         proxy.plan = DeleteOnSecondPage(label_studio, [*ids[21:41], gone])  # resync; `gone` is on page 2
         assert EventApplier(ctx).resync() == (1, 1)
-    events = {action: payload for _, _, action, payload in ctx.store.pending_events(ctx.key)}
+    events = {action: payload for _, action, payload in ctx.store.events.pending()}
     assert events["ANNOTATIONS_DELETED"] == {"annotations": [{"id": answered[gone]}]}
     assert events["ANNOTATION_UPDATED"]["annotation"]["id"] == answered[later]

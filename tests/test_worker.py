@@ -7,12 +7,16 @@ import threading
 from ovaal_backend.backend.worker import ProjectWorker
 
 
+class FakeEvents(list):
+    """The events of a ``ProjectStore`` as far as the worker asks: how many are pending."""
+
+    def pending_count(self) -> int:
+        return len(self)
+
+
 class FakeStore:
     def __init__(self) -> None:
-        self.events: list[int] = []
-
-    def pending_count(self, key: str) -> int:
-        return len(self.events)
+        self.events = FakeEvents()
 
 
 class FakeDriver:
@@ -55,7 +59,7 @@ class FakeDriver:
 
 def test_run_pending_applies_events_between_steps():
     driver = FakeDriver(steps=3)
-    driver.store.events = [1, 2]
+    driver.store.events.extend([1, 2])
     assert ProjectWorker(driver).run_pending()
     assert driver.steps_left == 0 and driver.applied == 2
 
@@ -75,7 +79,7 @@ def test_thread_wakes_retries_and_stops():
     try:
         assert worker.wait_idle(10)
         assert driver.steps_left == 0 and driver.overlaps == 0
-        driver.store.events = [7]
+        driver.store.events.append(7)
         driver.steps_left = 1
         worker.wake()
         assert worker.wait_idle(10)

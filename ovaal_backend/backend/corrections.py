@@ -4,7 +4,7 @@ The backend pushes a dense Winner-Takes-All mask to every source task; an annota
 is) or corrects it (paints over it, erases, adds regions) leaves an annotation whose BrushLabels regions are the
 image's ground truth. This module turns such regions into a label map, measures the mask the backend had pushed
 against it (per-class IoU and the share of pixels left as pushed), and summarises those figures for ``/metrics``.
-It knows Label Studio's result shapes but no HTTP and no storage (``correction_store.py`` keeps the maps).
+It knows Label Studio's result shapes but no HTTP and no storage (``store/corrections.py`` keeps the maps).
 
 Label maps here hold one integer per pixel: a key given by the caller (a class index, or a position in the project's
 ``label_names``) or ``none_value(dtype)`` where no region (or the ignore label) covers the pixel.

@@ -54,7 +54,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
                                 "the model connected to this project?")
     ctx = ProjectContext(config, project_id, client)
     state = ctx.state
-    sources = ctx.rounds.sources(ctx.key)
+    sources = ctx.store.sources.all()
     if not state.is_set_up or not sources:
         raise FileNotFoundError(f"{ctx.root}: the backend has not seen this project's images yet")
     if len(state.classes) >= NO_CLASS:

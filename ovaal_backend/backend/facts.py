@@ -8,7 +8,6 @@ and kept) are ``progress.py``'s.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,11 +26,8 @@ from .progress import (
     label_counts,
     prelabel_points,
     quality_table,
-    round_answers,
-    round_task_counts,
 )
-from .round_store import RoundStore
-from .store import LabelStore, id_chunks
+from .store import ProjectStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +59,7 @@ class PreLabels:
 class ProjectFacts:
     """The facts of one project's stored clicks, kept up to date image by image; one caller computes at a time.
 
-    A call first reads a few totals in SQL (``_SIGNATURES``: of the annotations, the query tasks, the imported
+    A call first reads a few totals in SQL (``signature``s of the annotations, the query tasks, the imported
     queries, the listed sources); when they are unchanged, the last result stands. Otherwise it reads what changed
     per image, in the same read transaction as the totals (so both describe one state of the file): for answers,
     only the annotations stored after the last call (a ``seq`` above the last one seen) unless the totals say more
@@ -80,22 +76,19 @@ class ProjectFacts:
     time: open dashboards never pile them up.
 
     Args:
-        store: The project's clicks.
-        rounds: Its query tasks and sources (the same SQLite file).
-        key: The project key.
+        store: The project's store (its clicks, query tasks and sources).
         background_gap: Seconds from the end of a computation before a caller that does not wait starts another.
     """
 
-    def __init__(self, store: LabelStore, rounds: RoundStore, key: str,
-                 background_gap: float = BACKGROUND_GAP_SECONDS) -> None:
-        self.store, self.rounds, self.key, self.background_gap = store, rounds, key, background_gap
+    def __init__(self, store: ProjectStore, background_gap: float = BACKGROUND_GAP_SECONDS) -> None:
+        self.store, self.key, self.background_gap = store, store.key, background_gap
         self._busy = threading.Lock()  # held by the one computation running
         self._result: dict[str, Any] | None = None
         self.generation = 0  # new results computed in the background: an answer made of an older one is old
         self._finished = float("-inf")  # when the last computation ended (time.monotonic)
         self._names: tuple[tuple[str, ...], tuple[str, ...], str] | None = None
-        self._totals: list[tuple[Any, ...]] = []  # per kind of _SIGNATURES, then the listed sources'
-        self._signatures: list[dict[int, tuple[Any, ...]]] = [{} for _ in _SIGNATURES]  # per kind, per image
+        self._totals: list[tuple[Any, ...]] = []  # per kind (``_KINDS``), then the listed sources'
+        self._signatures: list[dict[int, tuple[Any, ...]]] = [{} for _ in range(_KINDS)]  # per kind, per image
         self._answer_sums = (0, 0, 0)  # _sums of the annotation signatures
         self._images: dict[int, ImageFacts] = {}
         self._prelabels: dict[int, dict[int, PreLabels | None]] = {}  # image -> answered task -> its pre-labels
@@ -109,7 +102,7 @@ class ProjectFacts:
     def get(self, label_names: Sequence[str], classes: Sequence[str], ignore_label: str | None,
             wait: bool = True) -> dict[str, Any]:
         """``labelled_per_image``, ``class_clicks``, ``quality``, ``points``, ``ignored_points`` (as
-        ``LabelStore.counts`` counts them), ``answers_by_round`` (``round_answers``) and ``query_tasks_by_round``;
+        ``Clicks.counts`` counts them), ``answers_by_round`` (``Clicks.by_round``) and ``query_tasks_by_round``;
         a copy the caller may change. ``wait``: the facts of the file as it is now; else the last result at once
         (see the class docstring)."""
         args = (list(label_names), list(classes), ignore_label or DEFAULT_IGNORE)
@@ -148,27 +141,24 @@ class ProjectFacts:
     def _compute(self, label_names: list[str], classes: list[str], ignore: str) -> dict[str, Any]:
         names = (tuple(label_names), tuple(classes), ignore)
         if names != self._names:
-            self._names, self._totals, self._signatures = names, [], [{} for _ in _SIGNATURES]
+            self._names, self._totals, self._signatures = names, [], [{} for _ in range(_KINDS)]
             self._images, self._labels, self._quality, self._points = {}, Counter(), Counter(), 0
             self._per_image = {}
-        with self.store._read() as db:
-            totals = [tuple(db.execute(query, (self.key,)).fetchone())
-                      for query in [*(total for total, _ in _SIGNATURES), _LISTED_TOTAL]]
-            if totals == self._totals and self._result is not None:
-                return self._result
-            changed, requeried = self._changed_images(db, totals)
-            answered = self._answered_tasks(db, changed)
-            listed = None
-            if not self._totals or totals[-1] != self._totals[-1]:
-                listed = [int(r[0]) for r in db.execute("SELECT task_id FROM sources WHERE project = ? ORDER BY "
-                                                        "task_id", (self.key,))]
+        store = self.store  # every read below is in the computation's snapshot (``_refresh_held``)
+        totals = [store.clicks.signature(), store.rounds.task_signature(), store.rounds.import_signature(),
+                  store.sources.signature()]
+        if totals == self._totals and self._result is not None:
+            return self._result
+        changed, requeried = self._changed_images(totals)
+        answered = store.clicks.answered_tasks(changed)
+        listed = store.sources.ids() if not self._totals or totals[-1] != self._totals[-1] else None
         for source in requeried:
             self._prelabels.pop(source, None)
         self._update(changed, answered, label_names, ignore)
         if not self._totals or totals[0] != self._totals[0]:
-            self._stored["answers_by_round"] = round_answers(self.store, self.key)
+            self._stored["answers_by_round"] = store.clicks.by_round()
         if not self._totals or totals[1] != self._totals[1]:
-            self._stored["query_tasks_by_round"] = round_task_counts(self.rounds, self.key)
+            self._stored["query_tasks_by_round"] = store.rounds.tasks_per_round()
         if listed is not None:
             self._listed = set(listed)
             self._per_image = {str(s): 0 for s in listed}
@@ -180,19 +170,21 @@ class ProjectFacts:
                 "points": self._points, "ignored_points": int(self._labels.get(IGNORE_INDEX, 0)),
                 **self._stored}
 
-    def _changed_images(self, db: Any, totals: list[tuple[Any, ...]]) -> tuple[set[int], set[int]]:
+    def _changed_images(self, totals: list[tuple[Any, ...]]) -> tuple[set[int], set[int]]:
         """The images whose facts may have changed since the last call, and among them those whose query tasks
         changed (their kept pre-labels are stale); the signatures brought up to date."""
         changed: set[int] = set()
         requeried: set[int] = set()
-        for kind, (_, per_image) in enumerate(_SIGNATURES):
+        per_image = (self.store.clicks.image_signatures, self.store.rounds.task_signatures,
+                     self.store.rounds.import_signatures)
+        for kind in range(_KINDS):
             if self._totals and totals[kind] == self._totals[kind]:
                 continue
-            recent = self._recent_answers(db, totals[0]) if kind == 0 and self._totals else None
+            recent = self._recent_answers(totals[0]) if kind == 0 and self._totals else None
             if recent is not None:
                 changed |= recent
                 continue
-            fresh = {int(source): tuple(values) for source, *values in db.execute(per_image, (self.key,))}
+            fresh = per_image[kind]()
             old = self._signatures[kind]
             moved = {s for s in fresh.keys() | old.keys() if fresh.get(s) != old.get(s)}
             changed |= moved
@@ -203,20 +195,15 @@ class ProjectFacts:
                 self._answer_sums = _sums(fresh.values())
         return changed, requeried
 
-    def _recent_answers(self, db: Any, total: tuple[Any, ...]) -> set[int] | None:
+    def _recent_answers(self, total: tuple[Any, ...]) -> set[int] | None:
         """The images with annotations stored after the last call (a ``seq`` above the last one seen), their
         annotation signatures brought up to date; None when the project's total says more changed (a deletion):
         then every image's signature is read. Reading only the recent rows keeps a call cheap while answers come in.
         """
         since = self._totals[0][3] or 0
         signatures = self._signatures[0]
-        images = sorted(int(r[0]) for r in db.execute(
-            "SELECT DISTINCT source_task_id FROM annotations WHERE seq > ? AND project = ?", (since, self.key)))
-        fresh: dict[int, tuple[Any, ...]] = {}
-        for chunk in id_chunks(images):
-            fresh.update((int(source), tuple(values)) for source, *values in db.execute(
-                f"{_ANSWER_SIGNATURE} AND source_task_id IN ({', '.join('?' * len(chunk))}) GROUP BY "
-                "source_task_id", (self.key, *chunk)))
+        images = self.store.clicks.images_since(since)
+        fresh = self.store.clicks.image_signatures(images)
         sums = self._answer_sums
         sums = tuple(a - b for a, b in zip(sums, _sums(signatures[s] for s in images if s in signatures), strict=True))
         sums = tuple(a + b for a, b in zip(sums, _sums(fresh.values()), strict=True))
@@ -231,22 +218,12 @@ class ProjectFacts:
         self._answer_sums = sums
         return changed
 
-    def _answered_tasks(self, db: Any, images: set[int]) -> dict[int, set[int]]:
-        """``image -> query task ids`` with a submitted (not skipped) annotation, of the ``images``."""
-        out: dict[int, set[int]] = {}
-        for chunk in id_chunks(sorted(images)):
-            for source, task in db.execute(
-                    "SELECT source_task_id, task_id FROM annotations WHERE project = ? AND cancelled = 0 AND "
-                    f"source_task_id IN ({', '.join('?' * len(chunk))})", (self.key, *chunk)):
-                out.setdefault(int(source), set()).add(int(task))
-        return out
-
     def _update(self, changed: set[int], answered: dict[int, set[int]], label_names: list[str],
                 ignore: str) -> None:
         """Recompute the facts of the ``changed`` images and move the totals by the difference."""
         if not changed:
             return
-        points = self.store.labelled_points(self.key, changed)
+        points = self.store.clicks.labelled_points(changed)
         self._read_prelabels({s: tasks for s, tasks in answered.items() if s in changed})
         for source in changed:
             old = self._images.pop(source, None)
@@ -283,14 +260,7 @@ class ProjectFacts:
         """Parse the pre-labels of answered query tasks not kept yet (a task that is no imported query task keeps
         None: it counts nothing until its image's query tasks change)."""
         missing = sorted(t for s, tasks in answered.items() for t in tasks if t not in self._prelabels.get(s, {}))
-        found: dict[int, tuple[int, int, str]] = {}
-        with self.rounds._read() as db:  # (the computation's snapshot)
-            for chunk in id_chunks(missing):
-                for task, source, round_index, result in db.execute(
-                        "SELECT q.task_id, q.source_task_id, q.round_index, r.result FROM query_tasks q JOIN "
-                        "round_queries r ON r.project = q.project AND r.task_id = q.task_id WHERE q.project = ? AND "
-                        f"q.task_id IN ({', '.join('?' * len(chunk))})", (self.key, *chunk)):
-                    found[int(task)] = (int(source), int(round_index), result)
+        found = self.store.rounds.imported_results(missing)
         for source, tasks in answered.items():
             kept = self._prelabels.setdefault(source, {})
             for task in tasks - kept.keys():
@@ -298,25 +268,14 @@ class ProjectFacts:
                 if row is None or row[0] != source:
                     kept[task] = None
                     continue
-                pixels, labels = prelabel_points(json.loads(row[2]))
+                pixels, labels = prelabel_points(row[2])
                 keys = np.asarray(pixels, dtype=np.int64).reshape(-1, 2)
                 kept[task] = PreLabels(row[1], pixel_key(keys[:, 0], keys[:, 1]), tuple(labels))
 
 
-_ANSWER_SIGNATURE = ("SELECT source_task_id, COUNT(*), SUM(seq), SUM(annotation_id), MAX(seq) FROM annotations "
-                     "WHERE project = ?")
-_SIGNATURES = (
-    ("SELECT COUNT(*), SUM(seq), SUM(annotation_id), MAX(seq) FROM annotations WHERE project = ?",
-     _ANSWER_SIGNATURE + " GROUP BY source_task_id"),
-    ("SELECT COUNT(*), SUM(task_id) FROM query_tasks WHERE project = ?",
-     "SELECT source_task_id, COUNT(*), SUM(task_id) FROM query_tasks WHERE project = ? GROUP BY source_task_id"),
-    ("SELECT COUNT(task_id), SUM(task_id) FROM round_queries WHERE project = ?",
-     "SELECT source_task_id, COUNT(task_id), SUM(task_id) FROM round_queries WHERE project = ? "
-     "GROUP BY source_task_id"))
-"""What the facts depend on, per kind ``(project total, per source image)``: annotations (a re-stored one gets a
-new ``seq``; a deleted one lowers the count and the sums, and a new one may reuse the deleted newest ``seq`` but
-never its id), query tasks, imported queries (their task ids)."""
-_LISTED_TOTAL = "SELECT COUNT(*), SUM(task_id) FROM sources WHERE project = ?"
+_KINDS = 3
+"""Kinds of per-image signature the facts depend on: annotations (``Clicks.image_signatures``), query tasks
+(``Rounds.task_signatures``), imported queries (``Rounds.import_signatures``)."""
 
 
 def _image_facts(table: np.ndarray | None, tasks: list[PreLabels], label_names: Sequence[str],

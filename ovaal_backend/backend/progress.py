@@ -1,17 +1,17 @@
 """A project's progress as plain facts for ``/metrics`` and the dashboard: budget, clicks, pre-label quality, timeline.
 
-Everything here is read from the project's SQLite file (nothing is stored for it), so it survives restarts and
-needs no ground truth. The one computation with a meaning of its own is ``prelabel_quality``: per round and per
-class, how often the annotator kept the class a query point was pre-labelled with (the model's guess; round 0's
-random points carry the ignore label, since there is no model yet). ``project_facts`` gathers the rest.
+Everything here is computed from what the project's store gives (``ProjectStore``'s repositories hold the queries;
+nothing is stored for it), so it survives restarts and needs no ground truth. The one computation with a meaning of
+its own is ``prelabel_quality``: per round and per class, how often the annotator kept the class a query point was
+pre-labelled with (the model's guess; round 0's random points carry the ignore label, since there is no model yet).
+``project_facts`` gathers the rest.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,6 @@ import numpy as np
 from ..config import Config
 from ..engine.rounds import RoundPlan
 from .convert import percent_to_pixel
-from .round_store import RoundStore
-from .store import LabelStore, id_chunks
 
 DEFAULT_IGNORE = "ignore"
 """Name shown for IGNORE_INDEX answers when the label config is not known."""
@@ -39,7 +37,7 @@ def prelabel_quality(queries: Iterable[tuple[int, int, Sequence[dict[str, Any]]]
         queries: ``(round, source task id, keypoint regions)`` per answered query task; each region as imported
             (``value.x``/``value.y`` in percent, ``value.keypointlabels`` = the pre-label, ``original_width`` and
             ``original_height``). A region without exactly one label or without a size is left out.
-        answers: ``source task id -> (N, 3)`` stored ``(row, col, label)`` (``LabelStore.labelled_points``).
+        answers: ``source task id -> (N, 3)`` stored ``(row, col, label)`` (``Clicks.labelled_points``).
         label_names: Stored label index -> class name (the project state's ``label_names``).
         ignore_label: The ignore label's name (the pre-label of round 0's random points).
 
@@ -77,7 +75,7 @@ def prelabel_points(regions: Sequence[dict[str, Any]]) -> tuple[list[tuple[int, 
 
 
 def _answer_lookup(table: np.ndarray | None) -> dict[tuple[int, int], int]:
-    """``(row, col) -> stored label`` of one image's answers (``LabelStore.labelled_points``; None = none)."""
+    """``(row, col) -> stored label`` of one image's answers (``Clicks.labelled_points``; None = none)."""
     if table is None:
         return {}
     return {(r, c): lab for r, c, lab in np.asarray(table).reshape(-1, 3).tolist()}
@@ -108,26 +106,6 @@ def quality_table(cells: Mapping[tuple[int, str, str], int]) -> dict[str, dict[s
     return {str(r): out[r] for r in sorted(out)}
 
 
-def answered_queries(rounds: RoundStore, key: str,
-                     sources: Collection[int] | None = None) -> list[tuple[int, int, list[dict[str, Any]]]]:
-    """``(round, source task id, keypoint regions)`` of every query task (on the ``sources`` images only, when
-    given) with a submitted (not skipped) annotation, its regions as it was imported (what
-    ``RoundStore.query_prediction`` gives), by round and task."""
-    query = ("SELECT q.round_index, q.source_task_id, r.result FROM query_tasks q {} JOIN round_queries r "
-             "ON r.project = q.project AND r.task_id = q.task_id WHERE q.project = ? AND EXISTS (SELECT 1 FROM "
-             "annotations a WHERE a.project = q.project AND a.task_id = q.task_id AND a.cancelled = 0)")
-    order = " ORDER BY q.round_index, q.task_id"
-    with rounds._read() as db:
-        if sources is None:
-            rows = db.execute(query.format("") + order, (key,)).fetchall()
-        else:
-            rows = []
-            for chunk in id_chunks(sorted({int(s) for s in sources})):  # by image: its index, not every task's
-                rows += db.execute(query.format("INDEXED BY query_tasks_source") + f" AND q.source_task_id IN "
-                                   f"({', '.join('?' * len(chunk))})" + order, (key, *chunk)).fetchall()
-    return [(int(r), int(source), json.loads(result)) for r, source, result in rows]
-
-
 def label_counts(answers: Mapping[int, np.ndarray]) -> Counter[int]:
     """Stored clicks per stored label value (IGNORE_INDEX included), over every image of ``answers``."""
     counts: Counter[int] = Counter()
@@ -156,22 +134,6 @@ def clicks_by_name(counts: Mapping[int, int], label_names: Sequence[str], classe
         if by_name.get(name) or name in out:
             out[name] = by_name.get(name, 0)
     return out
-
-
-def round_answers(store: LabelStore, key: str) -> dict[int, dict[str, Any]]:
-    """Per round: stored annotations (skipped ones included), and when the first and the last was stored."""
-    with store._read() as db:
-        rows = db.execute("SELECT round_index, COUNT(*), MIN(updated_at), MAX(updated_at) FROM annotations "
-                          "WHERE project = ? GROUP BY round_index", (key,)).fetchall()
-    return {int(r): {"annotations": int(n), "first": first, "last": last} for r, n, first, last in rows}
-
-
-def round_task_counts(rounds: RoundStore, key: str) -> dict[int, int]:
-    """Query tasks per round."""
-    with rounds._read() as db:
-        rows = db.execute("SELECT round_index, COUNT(*) FROM query_tasks WHERE project = ? GROUP BY round_index",
-                          (key,)).fetchall()
-    return {int(r): int(n) for r, n in rows}
 
 
 def round_timeline(current_round: int, trainings: Sequence[dict[str, Any]], answers: Mapping[int, dict[str, Any]],

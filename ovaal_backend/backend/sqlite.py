@@ -1,4 +1,5 @@
-"""One SQLite file shared by the backend's stores: WAL, one connection per call, serialised write transactions."""
+"""One SQLite file and the base of the repositories on it: WAL, one connection per call, serialised write
+transactions (one lock per file), and ``StoredEnum`` for statuses stored as their names."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import errno
 import os
 import sqlite3
 import threading
-from collections.abc import Hashable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -39,11 +42,23 @@ def is_storage_fault(err: BaseException) -> bool:
     return False
 
 
-class SqliteFile:
-    """Base of the stores: creates the file and its schema (``SCHEMA``), and opens read and write connections.
+class StoredEnum(str, Enum):
+    """A ``str`` Enum stored and shown as its value (as rq's ``JobStatus``): a row or a JSON state written with the
+    plain name reads the same, and ``str()``/f-strings give the name, not ``Class.MEMBER``."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Repository:
+    """Base of a repository: the tables it holds (``SCHEMA``) and its queries on one project's file.
+
+    Rows still carry the ``project`` column of the files' first layout (one file per backend); a repository writes
+    and filters by its file's key, so a file written before one file per project reads the same.
 
     Args:
-        path: The SQLite file; its folder is created if missing, the schema on first open.
+        file: The project's SQLite file (its lock serialises the writes of every repository on it).
+        key: The project key written in the ``project`` column.
     """
 
     SCHEMA = ""
@@ -52,7 +67,28 @@ class SqliteFile:
     LATE_SCHEMA = ""
     """Statements run after ``ADDED_COLUMNS`` (indexes over added columns, which an older file lacks before)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, file: SqliteFile, key: str) -> None:
+        self._file, self.key = file, key
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A connection for this repository's queries (``SqliteFile._read``: the file's connections are for its
+        repositories only, so every query on the file lives in one of them)."""
+        return self._file._read()
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction under the file's one lock (``SqliteFile._write``)."""
+        return self._file._write()
+
+
+class SqliteFile:
+    """Creates the file and the schema of its ``repositories``, and opens read and write connections.
+
+    Args:
+        path: The SQLite file; its folder is created if missing, the schema on first open.
+        repositories: The repository classes whose tables the file holds.
+    """
+
+    def __init__(self, path: str | Path, repositories: Sequence[type[Repository]]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -60,14 +96,15 @@ class SqliteFile:
         self._watch: tuple[tuple[int, int], sqlite3.Connection] | None = None  # (the file's identity, its connection)
         with self._lock, closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(f"BEGIN IMMEDIATE; {self.SCHEMA} COMMIT;")
-            for table, columns in self.ADDED_COLUMNS.items():
+            db.executescript(f"BEGIN IMMEDIATE; {''.join(r.SCHEMA for r in repositories)} COMMIT;")
+            for table, columns in (item for r in repositories for item in r.ADDED_COLUMNS.items()):
                 have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 for name, declaration in columns:
                     if name not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-            if self.LATE_SCHEMA:
-                db.executescript(f"BEGIN IMMEDIATE; {self.LATE_SCHEMA} COMMIT;")
+            late = "".join(r.LATE_SCHEMA for r in repositories)
+            if late:
+                db.executescript(f"BEGIN IMMEDIATE; {late} COMMIT;")
 
     def _connect(self) -> sqlite3.Connection:
         """A fresh connection in autocommit mode, so transactions are exactly the ones ``_write`` opens.
@@ -105,8 +142,9 @@ class SqliteFile:
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """Within the block, every read of this file by this thread (through any store on it) uses one connection
-        and one read transaction: the reads see one state of the file, and the thread pays for one connection.
+        """Within the block, every read of this file by this thread (through any of its repositories) uses one
+        connection and one read transaction: the reads see one state of the file, and the thread pays for one
+        connection.
 
         Why: ``/metrics`` makes some 20 reads, and each connection opened and closed, and each statement, hands the
         GIL over and waits to get it back while a project's worker applies events; from one state, the figures also
@@ -152,3 +190,23 @@ class SqliteFile:
                 raise
             db.execute("COMMIT")
 
+
+
+def id_chunks(values: list[int], size: int = 500) -> list[list[int]]:
+    """``values`` in pieces small enough for one ``IN (...)`` (SQLite limits the parameters of a statement)."""
+    return [values[i:i + size] for i in range(0, len(values), size)]
+
+
+def placeholders(values: Sequence[object]) -> str:
+    """``?, ?, ?``: one parameter per value, for an ``IN (...)``."""
+    return ", ".join("?" * len(values))
+
+
+def is_older(new: str | None, stored: str | None) -> bool:
+    """True when both timestamps are known and ``new`` is before ``stored`` (ISO 8601, as Label Studio sends them)."""
+    if not new or not stored:
+        return False
+    try:
+        return datetime.fromisoformat(new) < datetime.fromisoformat(stored)
+    except (TypeError, ValueError):
+        return False

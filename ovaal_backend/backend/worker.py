@@ -101,7 +101,7 @@ class ProjectWorker:
 
     def _is_idle(self) -> bool:
         return (not self._wake.is_set() and self.busy_with is None
-                and not self.driver.store.pending_count(self.driver.key) and not self.driver.needs_step())
+                and not self.driver.store.events.pending_count() and not self.driver.needs_step())
 
     def _run(self) -> None:
         log.info("project %s: worker started (phase %s, %s)", self.driver.key, self.driver.phase,

@@ -16,10 +16,8 @@ import numpy as np
 from ...config import IGNORE_INDEX, Config
 from ..client import LabelStudioClient
 from ..convert import LabelInterface
-from ..correction_store import CorrectionStore
 from ..images import ImageFetcher
-from ..round_store import RoundStore
-from ..store import LabelStore
+from ..store import ProjectStore
 from .label_config import parse_label_config
 from .pool import ProjectModel
 from .state import BOOKKEEPING, QUERY_MARKER, Event, ProjectState, on, version_name
@@ -55,14 +53,12 @@ class ProjectContext:
         self.key = str(self.project_id)
         self.root = project_dir(config, project_id)
         self.client = client
-        self.store = LabelStore(self.root / STATE_FILE)
-        self.rounds = RoundStore(self.root / STATE_FILE)
-        self.corrections = CorrectionStore(self.root / STATE_FILE)
+        self.store = ProjectStore(self.root / STATE_FILE, self.key)
         fetcher = ImageFetcher(client, self.root / "images", config.label_studio_local_files_document_root,
                                config.max_image_pixels)
         self.model = ProjectModel(config, self.root, fetcher)
         self._lock = threading.RLock()
-        saved = self.store.get_state(self.key)
+        saved = self.store.state.load()
         self._state = ProjectState.from_dict(saved) if saved else ProjectState()
         self._iface: LabelInterface | None = None
 
@@ -83,7 +79,7 @@ class ProjectContext:
                 if new.label_config != self._state.label_config:
                     self._iface = None
                 self._state = new
-                self.store.set_state(self.key, new.to_dict())
+                self.store.state.save(new.to_dict())
             return new.copy()
 
     def update(self, **changes: Any) -> None:
@@ -95,7 +91,7 @@ class ProjectContext:
                     raise AttributeError(f"ProjectState.{name} is not a bookkeeping field: it changes only through "
                                          "an event (ProjectContext.apply)")
                 setattr(self._state, name, value)
-            self.store.set_state(self.key, self._state.to_dict())
+            self.store.state.save(self._state.to_dict())
 
     @property
     def lock(self) -> threading.RLock:
@@ -130,13 +126,13 @@ class ProjectContext:
         key = self.iface.image_key
         sources = {int(t["id"]): t.get("data") or {} for t in self.client.iter_tasks(self.project_id)
                    if not (t.get("data") or {}).get(QUERY_MARKER) and (t.get("data") or {}).get(key)}
-        self.rounds.set_sources(self.key, sources)
+        self.store.sources.replace(sources)
         return sources
 
     def points_by_source(self) -> dict[int, np.ndarray]:
         """Stored clicks per source image with labels as CURRENT class indices (removed classes -> ignore)."""
         state = self.state
-        return remap_points(self.store.labelled_points(self.key), state.label_names, state.classes)
+        return remap_points(self.store.clicks.labelled_points(), state.label_names, state.classes)
 
 
 def remap_points(points: dict[int, np.ndarray], label_names: list[str], classes: list[str]) -> dict[int, np.ndarray]:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ...engine.dense import DenseLabels, grid_labels, grid_shape
-from ..correction_store import map_digest
 from ..corrections import (
     brush_label_map,
     correction_figure,
@@ -26,6 +25,7 @@ from ..corrections import (
     summarise,
     version_number,
 )
+from ..store import map_digest
 from .state import ProjectState
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class CorrectedMasks:
-    """Stores, measures and hands out one project's corrected masks (``ctx.corrections`` holds them)."""
+    """Stores, measures and hands out one project's corrected masks (``ctx.store.corrections`` holds them)."""
 
     def __init__(self, ctx: ProjectContext) -> None:
         self.ctx = ctx
@@ -51,21 +51,21 @@ class CorrectedMasks:
         ctx, key = self.ctx, self.ctx.key
         annotation_id = int(annotation["id"])
         updated_at = annotation.get("updated_at") if isinstance(annotation.get("updated_at"), str) else None
-        if ctx.iface.mask_from_name is None or not ctx.store.is_current(key, annotation_id, updated_at):
+        if ctx.iface.mask_from_name is None or not ctx.store.clicks.is_current(annotation_id, updated_at):
             return  # no mask control, or a deleted annotation / an older edit than the one stored
         state = ctx.state
         keys = {name: state.label_names.index(name) for name in ctx.iface.classes}
         label_map = None if cancelled else brush_label_map(annotation.get("result") or [], ctx.iface.mask_from_name,
                                                            keys, label_dtype(len(state.label_names)))
         if label_map is None:
-            if ctx.corrections.delete(key, [annotation_id]):
+            if ctx.store.corrections.delete([annotation_id]):
                 log.info("project %s: annotation %d on task %d holds no brush mask any more: its correction is "
                          "forgotten", key, annotation_id, task_id)
             return
-        if not ctx.corrections.wants(key, annotation_id, map_digest(label_map), updated_at):
+        if not ctx.store.corrections.wants(annotation_id, map_digest(label_map), updated_at):
             return
         figure = self._measure(annotation, task_id, _current(label_map, state), state)
-        if ctx.corrections.put(key, annotation_id, task_id, label_map, figure, updated_at):
+        if ctx.store.corrections.put(annotation_id, task_id, label_map, figure, updated_at):
             log.info("project %s: corrected mask of task %d stored (annotation %d, %dx%d)%s", key, task_id,
                      annotation_id, label_map.shape[1], label_map.shape[0],
                      "" if figure is None else f"; {figure['version']} had mIoU {_text(figure['miou'])} against it, "
@@ -73,12 +73,12 @@ class CorrectedMasks:
 
     def forget(self, annotation_ids: Collection[int]) -> int:
         """Annotations deleted in Label Studio: their corrections go (an older one of the same task counts again)."""
-        return self.ctx.corrections.delete(self.ctx.key, annotation_ids)
+        return self.ctx.store.corrections.delete(annotation_ids)
 
     def label_map(self, task_id: int) -> np.ndarray | None:
         """The task's newest corrected mask with CURRENT class indices (``none_value`` of its type where no class:
         255 below 255 classes), or None."""
-        stored = self.ctx.corrections.newest(self.ctx.key, task_id)
+        stored = self.ctx.store.corrections.newest(task_id)
         return None if stored is None else _current(stored, self.ctx.state)
 
     def overlay(self, task_ids: Collection[int], maps: dict[int, np.ndarray],
@@ -86,7 +86,7 @@ class CorrectedMasks:
         """For ``export``: each corrected image of ``task_ids`` gets its corrected mask in ``maps`` instead of the
         model's prediction, and its clicks leave ``clicks`` (the correction is the truth, pixels it leaves without a
         class stay so). Returns the corrected task ids."""
-        corrected = self.ctx.corrections.tasks(self.ctx.key) & set(task_ids)
+        corrected = self.ctx.store.corrections.tasks() & set(task_ids)
         for task_id in corrected:
             label_map = self.label_map(task_id)
             if label_map is not None:
@@ -101,7 +101,7 @@ class CorrectedMasks:
         training size, at most CORRECTION_POINTS cells)."""
         state, config, wanted = self.ctx.state, self.ctx.config, set(keys)
         out = {}
-        for task_id, stored in self.ctx.corrections.newest_maps(self.ctx.key):
+        for task_id, stored in self.ctx.store.corrections.newest_maps():
             if task_id in wanted:
                 current = _current(stored, state)
                 shape = grid_shape(current.shape, config.image_height, config.image_width, config.correction_points)
@@ -110,7 +110,7 @@ class CorrectedMasks:
 
     def summary(self) -> dict[str, Any]:
         """The corrections' figures for ``/metrics`` (``corrections.summarise``)."""
-        return summarise(self.ctx.corrections.figures(self.ctx.key), self.ctx.state.classes)
+        return summarise(self.ctx.store.corrections.figures(), self.ctx.state.classes)
 
     def _measure(self, annotation: dict[str, Any], task_id: int, corrected: np.ndarray,
                  state: ProjectState) -> dict[str, Any] | None:

@@ -90,7 +90,7 @@ class ProjectDriver:
         self.publisher = Publisher(self.ctx, self.upkeep)
         self.jobs = jobs or InProcessJobs()
         self.config, self.key, self.root, self.store = config, self.ctx.key, self.ctx.root, self.ctx.store
-        self.facts = ProjectFacts(self.store, self.ctx.rounds, self.key)  # what /metrics shows of the clicks
+        self.facts = ProjectFacts(self.store)  # what /metrics shows of the clicks
         # /metrics' answer, kept until the SQLite file changes or newer facts of the clicks are computed
         self._metrics = CachedAnswer(lambda: (self.store.data_version(), self.facts.generation))
 
@@ -141,13 +141,13 @@ class ProjectDriver:
             new_schema = schema != state.label_config and schema != self.events.queued_schema
             if state.phase is Phase.NEW or new_schema:
                 self.events.queued_schema = schema
-                self.store.add_event(self.key, SETUP_ACTION, {"schema": schema})
+                self.store.events.add(SETUP_ACTION, {"schema": schema})
             return self.model_version
 
     def add_event(self, action: str, payload: dict[str, Any]) -> int | None:
         """Persist a webhook event before Label Studio gets its answer; None for actions we do not use."""
         trimmed = trim_payload(action, payload)
-        return None if trimmed is None else self.store.add_event(self.key, action, trimmed)
+        return None if trimmed is None else self.store.events.add(action, trimmed)
 
     def predict(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One prediction per task, in order: keypoints for query tasks, a dense mask for source tasks.
@@ -194,10 +194,10 @@ class ProjectDriver:
             return self._metrics_of(self.ctx.state)
 
     def _metrics_of(self, state: ProjectState) -> dict[str, Any]:
-        queries, answered = self.ctx.rounds.round_progress(self.key, state.round)
-        trainings = self.ctx.rounds.trainings(self.key)
+        queries, answered = self.store.rounds.round_progress(state.round)
+        trainings = self.store.trainings.all()
         ignore = self.ctx.iface.ignore_label if state.is_set_up else None
-        pending = self.store.pending_count(self.key)
+        pending = self.store.events.pending_count()
         # While the worker applies a backlog the facts change with every event: the last ones, at once.
         stored = self.facts.get(state.label_names, state.classes, ignore, wait=not pending)
         return {
@@ -205,7 +205,7 @@ class ProjectDriver:
             "model_version": self.model_version, "generation": state.generation, "classes": state.classes,
             "query_tasks": queries, "answered_query_tasks": answered,
             "new_annotations": state.new_annotations,
-            "pending_events": pending, **self.store.annotation_counts(self.key),
+            "pending_events": pending, **self.store.clicks.annotation_counts(),
             "points": stored["points"], "ignored_points": stored["ignored_points"],
             "trainings": [dict(t, version=version_name(t["version"])) for t in trainings],
             "quarantined": self.quarantined(), "failed_job": state.held_job(),
@@ -215,8 +215,8 @@ class ProjectDriver:
 
     def quarantined(self) -> dict[str, list[dict[str, Any]]]:
         """What is set aside, with its reasons: malformed events, and images that cannot be read."""
-        return {"events": self.store.quarantined_events(self.key),
-                "images": self.ctx.rounds.quarantine(self.key, "image")}
+        return {"events": self.store.events.quarantined(),
+                "images": self.store.quarantine.items("image")}
 
     def resync(self) -> tuple[int, int]:
         """Queue Label Studio's annotations (and deletions of stored ones it lacks) as events; see EventApplier."""
@@ -243,20 +243,20 @@ class ProjectDriver:
         the queue in order and retries with backoff, so nothing is marked done that was not applied.
         """
         handled = 0
-        while batch := self.store.pending_events(self.key, now=time.time(), limit=EVENT_BATCH):
-            for event_id, _, action, payload in batch:
+        while batch := self.store.events.pending(now=time.time(), limit=EVENT_BATCH):
+            for event_id, action, payload in batch:
                 try:
                     self.events.apply(action, payload)
                 except TRANSIENT as err:
-                    attempts = self.store.retry_event_later(event_id, _reason(err))
+                    attempts = self.store.events.retry_later(event_id, _reason(err))
                     log.warning("project %s: event %d (%s) failed (attempt %d), retried later: %s", self.key,
                                 event_id, action, attempts, _reason(err))
                     return handled
                 except Exception as err:
-                    self.store.quarantine_event(event_id, _reason(err))
+                    self.store.events.quarantine(event_id, _reason(err))
                     log.error("project %s: event %d (%s) quarantined: %s", self.key, event_id, action, _reason(err))
                 else:
-                    self.store.mark_event_done(event_id)
+                    self.store.events.mark_done(event_id)
                 handled += 1
         return handled
 
@@ -293,7 +293,7 @@ class ProjectDriver:
         state = self.ctx.state
         if state.round_end_requested:
             return state.round_end_requested
-        total, answered = self.ctx.rounds.round_progress(self.key, state.round)
+        total, answered = self.store.rounds.round_progress(state.round)
         if total and answered == total:
             return f"every query task of round {state.round} is answered"
         every = self.config.train_after_annotations
@@ -321,7 +321,7 @@ class ProjectDriver:
             return
         bad_images = {**unreachable, **{key: self._image_problem(key, reason) for key, reason in
                                         result.unreadable.items()}}
-        self.ctx.rounds.set_quarantine(self.key, "image", bad_images)
+        self.store.quarantine.replace("image", bad_images)
         self.publisher.record(result)
         if result.training is not None:
             log.info("project %s: %s saved (round %d%s, %d points on %d images, %.1f s)", self.key,

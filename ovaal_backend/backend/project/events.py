@@ -71,7 +71,7 @@ class EventApplier:
             self._annotations(action, payload)
         elif action == "ANNOTATIONS_DELETED":
             ids = [int(a["id"]) for a in payload.get("annotations") or []]
-            removed = self.ctx.store.delete_annotations(self.ctx.key, ids)
+            removed = self.ctx.store.clicks.delete(ids)
             self.corrected.forget(ids)
             log.info("project %s: %d annotation(s) deleted in Label Studio, %d were stored", self.ctx.key, len(ids),
                      removed)
@@ -138,7 +138,7 @@ class EventApplier:
         cancelled = bool(annotation.get("was_cancelled"))
         points = [] if cancelled else annotation_points(annotation.get("result") or [], self.ctx.iface)
         stored = [(row, col, self._label_key(label)) for row, col, label in points]
-        changed = self.ctx.store.put_annotation(self.ctx.key, annotation_id, task_id=task_id, source_task_id=source,
+        changed = self.ctx.store.clicks.put(annotation_id, task_id=task_id, source_task_id=source,
                                                 round_index=round_index, annotator=_annotator(annotation),
                                                 points=stored, cancelled=cancelled,
                                                 updated_at=_text(annotation.get("updated_at")))
@@ -152,13 +152,13 @@ class EventApplier:
     def _locate(self, annotation_id: int, task_id: int, task: dict[str, Any] | None) -> tuple[int, int, bool]:
         """``(round, source task id, is a query task)`` of an annotated task; query tasks are also known by their
         markers (a task imported before a crash recorded it)."""
-        known = self.ctx.rounds.query_task_round(self.ctx.key, task_id)
+        known = self.ctx.store.rounds.query_task_round(task_id)
         if known is not None:
             return known[0], known[1], True
         data = (task or {}).get("data") or {}
         if data.get(QUERY_MARKER):
             round_index, source = int(data[ROUND_KEY]), int(data[SOURCE_KEY])
-            self.ctx.rounds.add_query_tasks(self.ctx.key, round_index, [(task_id, source)])
+            self.ctx.store.rounds.add_query_tasks(round_index, [(task_id, source)])
             return round_index, source, True
         if task is not None:
             return SOURCE_ROUND, task_id, False
@@ -206,7 +206,7 @@ class EventApplier:
                 self._queue_update(annotation, task)
                 queued += 1
         gone = []
-        for annotation_id in sorted(self.ctx.store.annotation_ids(self.ctx.key) - seen):
+        for annotation_id in sorted(self.ctx.store.clicks.annotation_ids() - seen):
             annotation = self.ctx.client.get_annotation(annotation_id)
             if annotation is None:
                 gone.append(annotation_id)
@@ -217,14 +217,14 @@ class EventApplier:
                 self._queue_update(annotation, task)
                 queued += 1
         if gone:
-            self.ctx.store.add_event(self.ctx.key, "ANNOTATIONS_DELETED", {"annotations": [{"id": i} for i in gone]})
+            self.ctx.store.events.add("ANNOTATIONS_DELETED", {"annotations": [{"id": i} for i in gone]})
         log.info("project %s: resync queued %d annotations and %d deletions", self.ctx.key, queued, len(gone))
         return queued, len(gone)
 
     def _queue_update(self, annotation: dict[str, Any], task: dict[str, Any]) -> None:
         """Queue an annotation Label Studio holds as an ANNOTATION_UPDATED event, as its webhook would send it."""
         brief = {"id": task["id"], "data": task.get("data") or {}}
-        self.ctx.store.add_event(self.ctx.key, "ANNOTATION_UPDATED",
+        self.ctx.store.events.add("ANNOTATION_UPDATED",
                                  {"annotation": dict(annotation, task=task["id"]), "task": brief})
 
 

@@ -22,7 +22,7 @@ from ...engine.job import RoundResult, read_mask
 from ...engine.learner import Queries
 from ..client import LabelStudioError
 from ..convert import brush_results, keypoint_results
-from ..round_store import MaskStatus, QueryStatus
+from ..store import MaskStatus, QueryStatus
 from .context import ProjectContext
 from .state import QUERY_MARKER, ROUND_KEY, SOURCE_KEY, version_name
 from .upkeep import Upkeep
@@ -48,14 +48,14 @@ class Publisher:
 
     def record(self, result: RoundResult) -> None:
         """Keep a round job's result as rows: the next round's query tasks, the new version's masks, its training."""
-        key, iface = self.ctx.key, self.ctx.iface
+        iface = self.ctx.iface
         if result.next_round is not None:
             rows = [(src, q.certainty, self.query_result(q, result.sizes[src])) for src, q in result.queries.items()]
-            self.ctx.rounds.plan_queries(key, result.next_round, result.version, rows)
+            self.ctx.store.rounds.plan_queries(result.next_round, result.version, rows)
         if result.masks and iface.mask_from_name is not None:
-            self.ctx.rounds.plan_masks(key, result.version, result.masks.items())
+            self.ctx.store.masks.plan(result.version, result.masks.items())
         if result.training is not None:
-            self.ctx.rounds.add_training(key, result.version, result.training)
+            self.ctx.store.trainings.add(result.version, result.training)
 
     def query_result(self, q: Queries, size: tuple[int, int]) -> list[dict[str, Any]]:
         """The keypoints of one query task, pre-labelled with the model's guess.
@@ -73,15 +73,15 @@ class Publisher:
         """Import the round's planned query tasks in batches; returns how many of the round's tasks exist now."""
         self._adopt(round_index, version)
         sources = self.ctx.list_sources()  # listed again: a source deleted while the round trained gets no query
-        while batch := self.ctx.rounds.queries(self.ctx.key, round_index, QueryStatus.PLANNED, IMPORT_BATCH):
+        while batch := self.ctx.store.rounds.queries(round_index, QueryStatus.PLANNED, IMPORT_BATCH):
             gone = [src for src, _, _ in batch if src not in sources]
-            self.ctx.rounds.set_query_status(self.ctx.key, round_index, gone, QueryStatus.GONE)
+            self.ctx.store.rounds.set_query_status(round_index, gone, QueryStatus.GONE)
             batch = [row for row in batch if row[0] in sources]
             if not batch:
                 continue
             tasks = [self._task(src, sources[src], score, result, round_index, version)
                      for src, score, result in batch]
-            self.ctx.rounds.set_query_status(self.ctx.key, round_index, [src for src, _, _ in batch],
+            self.ctx.store.rounds.set_query_status(round_index, [src for src, _, _ in batch],
                                              QueryStatus.IMPORTING)
             try:
                 ids = self.ctx.client.import_tasks(self.ctx.project_id, tasks)
@@ -89,10 +89,10 @@ class Publisher:
                 # Label Studio may still be working on it (slower than our timeout): give it as long again
                 self._late_until = time.monotonic() + 2 * self.ctx.config.label_studio_timeout
                 raise
-            self.ctx.rounds.set_imported(self.ctx.key, round_index, zip([s for s, _, _ in batch], ids, strict=True))
+            self.ctx.store.rounds.set_imported(round_index, zip([s for s, _, _ in batch], ids, strict=True))
             self.upkeep.mark_version(version)
             log.info("project %s: round %d: imported %d query tasks", self.ctx.key, round_index, len(ids))
-        return self.ctx.rounds.count_queries(self.ctx.key, round_index, QueryStatus.IMPORTED)
+        return self.ctx.store.rounds.count_queries(round_index, QueryStatus.IMPORTED)
 
     def _task(self, source_id: int, data: dict[str, Any], score: float, result: list[dict[str, Any]],
               round_index: int, version: int) -> dict[str, Any]:
@@ -109,7 +109,7 @@ class Publisher:
         would make duplicates. After a restart the wait is not known, and the rows go back at once.
         """
         pending = {src: (score, result) for src, score, result in
-                   self.ctx.rounds.queries(self.ctx.key, round_index, QueryStatus.IMPORTING)}
+                   self.ctx.store.rounds.queries(round_index, QueryStatus.IMPORTING)}
         if not pending:
             return
         found: dict[int, int] = {}
@@ -124,23 +124,23 @@ class Publisher:
                 score, result = pending[source]
                 self.ctx.client.import_predictions(self.ctx.project_id, [
                     {"task": task_id, "result": result, "score": score, "model_version": name}])
-        self.ctx.rounds.set_imported(self.ctx.key, round_index, found.items())
+        self.ctx.store.rounds.set_imported(round_index, found.items())
         missing = set(pending) - set(found)
         if missing and time.monotonic() < self._late_until:
             raise LabelStudioError(f"round {round_index}: {len(missing)} query tasks of an import whose answer was "
                                    f"lost are not in Label Studio yet; waiting up to "
                                    f"{self._late_until - time.monotonic():.0f} s before importing them again")
-        self.ctx.rounds.set_query_status(self.ctx.key, round_index, missing, QueryStatus.PLANNED)
+        self.ctx.store.rounds.set_query_status(round_index, missing, QueryStatus.PLANNED)
         log.info("project %s: round %d: adopted %d query tasks found in Label Studio, %d to import again",
                  self.ctx.key, round_index, len(found), len(pending) - len(found))
 
     def retire_round(self, round_index: int) -> int:
         """Delete the round's unanswered query tasks from Label Studio once it has ended, so the label stream stops
         serving points chosen by an older model (the next round asks every image again). Returns how many."""
-        stale = self.ctx.rounds.unanswered_query_tasks(self.ctx.key, round_index)
+        stale = self.ctx.store.rounds.unanswered_query_tasks(round_index)
         for task_id in stale:
             self.ctx.client.delete_task(task_id)
-            self.ctx.rounds.forget_query_tasks(self.ctx.key, [task_id])
+            self.ctx.store.rounds.forget_query_tasks([task_id])
         if stale:
             log.info("project %s: round %d ended; removed its %d unanswered query tasks", self.ctx.key, round_index,
                      len(stale))
@@ -148,7 +148,7 @@ class Publisher:
 
     def query_prediction(self, task_id: int) -> tuple[list[dict[str, Any]], float] | None:
         """The keypoints and score a query task was imported with (None for a task the backend did not import)."""
-        return self.ctx.rounds.query_prediction(self.ctx.key, task_id)
+        return self.ctx.store.rounds.query_prediction(task_id)
 
     # --- dense masks -------------------------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class Publisher:
         if state.version == 0 or state.fresh_model:
             return {}
         out = {}
-        for task_id, path in self.ctx.rounds.mask_paths(self.ctx.key, state.version, task_ids).items():
+        for task_id, path in self.ctx.store.masks.paths(state.version, task_ids).items():
             if not os.path.isfile(path):
                 continue
             try:
@@ -191,22 +191,22 @@ class Publisher:
         self._forget_gone_masks(version, set(self.ctx.list_sources()))
         self._reconcile_masks(version)
         name, pushed = version_name(version), 0
-        while batch := self.ctx.rounds.masks(self.ctx.key, version, MaskStatus.TODO, PUSH_BATCH):
+        while batch := self.ctx.store.masks.by_status(version, MaskStatus.TODO, PUSH_BATCH):
             predictions = []
             for source, path in batch:
                 class_map, confidence = read_mask(path)
                 result = brush_results(class_map, self.ctx.iface, scores=confidence)
                 predictions.append({"task": source, "result": result, "score": MASK_SCORE, "model_version": name})
             sources = [source for source, _ in batch]
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, sources, MaskStatus.SENDING)
+            self.ctx.store.masks.set_status(version, sources, MaskStatus.SENDING)
             refused = self.send_predictions(predictions)
             gone = [task for task, exists in refused.items() if not exists]
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, MaskStatus.GONE)
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, set(refused) - set(gone), MaskStatus.REFUSED)
+            self.ctx.store.masks.set_status(version, gone, MaskStatus.GONE)
+            self.ctx.store.masks.set_status(version, set(refused) - set(gone), MaskStatus.REFUSED)
             done = [source for source in sources if source not in refused]
             if done:
                 self.upkeep.mark_version(version)
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, done, MaskStatus.PUSHED)
+            self.ctx.store.masks.set_status(version, done, MaskStatus.PUSHED)
             pushed += len(done)
         if pushed:
             log.info("project %s: dense masks of %s pushed to %d source tasks", self.ctx.key, name, pushed)
@@ -245,8 +245,8 @@ class Publisher:
     def _forget_gone_masks(self, version: int, sources: set[int]) -> None:
         """Mark the version's unsent masks of tasks that are no longer sources ``gone``."""
         for status in (MaskStatus.TODO, MaskStatus.SENDING):
-            gone = [s for s, _ in self.ctx.rounds.masks(self.ctx.key, version, status) if s not in sources]
-            self.ctx.rounds.set_mask_status(self.ctx.key, version, gone, MaskStatus.GONE)
+            gone = [s for s, _ in self.ctx.store.masks.by_status(version, status) if s not in sources]
+            self.ctx.store.masks.set_status(version, gone, MaskStatus.GONE)
             if gone:
                 log.warning("project %s: %d source task(s) were deleted in Label Studio since %s trained; their "
                             "masks are dropped", self.ctx.key, len(gone), version_name(version))
@@ -254,8 +254,8 @@ class Publisher:
     def _reconcile_masks(self, version: int) -> None:
         """Masks of a batch whose answer was lost: pushed if Label Studio has a prediction of the version."""
         name = version_name(version)
-        sending = self.ctx.rounds.masks(self.ctx.key, version, MaskStatus.SENDING)
+        sending = self.ctx.store.masks.by_status(version, MaskStatus.SENDING)
         arrived = [s for s, _ in sending
                    if any(p.get("model_version") == name for p in self.ctx.client.task_predictions(s))]
-        self.ctx.rounds.set_mask_status(self.ctx.key, version, arrived, MaskStatus.PUSHED)
-        self.ctx.rounds.set_mask_status(self.ctx.key, version, {s for s, _ in sending} - set(arrived), MaskStatus.TODO)
+        self.ctx.store.masks.set_status(version, arrived, MaskStatus.PUSHED)
+        self.ctx.store.masks.set_status(version, {s for s, _ in sending} - set(arrived), MaskStatus.TODO)

@@ -3,7 +3,7 @@ change it, ``on(state, event) -> state`` (every transition, in one place), and t
 Label Studio tasks.
 
 The state holds only small, fixed-size facts; what grows with the project (query tasks, masks, trainings) is rows
-in ``RoundStore``. ``on`` is pure (no I/O, no clock, no engine import): the driver and the event applier decide
+in its ``ProjectStore``. ``on`` is pure (no I/O, no clock, no engine import): the driver and the event applier decide
 what happened, ``ProjectContext.apply`` runs the transition under the project's lock and saves it.
 """
 
@@ -12,16 +12,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any
 
 from ...engine.rounds import START, round_job_id
+from ..sqlite import StoredEnum
 
 log = logging.getLogger(__name__)
 
 
-class Phase(str, Enum):
-    """Where a project is in its loop (a ``str`` Enum, as rq's ``JobStatus``: stored and shown as its value)."""
+class Phase(StoredEnum):
+    """Where a project is in its loop (stored and shown as its value)."""
 
     NEW = "new"
     """No round published yet: waiting for source tasks and a trigger (/setup, TASKS_CREATED or START_TRAINING)."""
@@ -33,9 +33,6 @@ class Phase(str, Enum):
     """The job's result is stored: import the next round's query tasks, push dense masks, switch the version."""
     DONE = "done"
     """The budget is spent: final model and masks are in Label Studio; no more queries."""
-
-    def __str__(self) -> str:
-        return self.value
 
 
 QUERY_MARKER = "ovaal_query"

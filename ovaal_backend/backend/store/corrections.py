@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .sqlite import SqliteFile
-from .store import is_older
+from ..sqlite import Repository, is_older
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS corrections (
@@ -50,21 +49,21 @@ def map_digest(label_map: np.ndarray) -> str:
     return hashlib.sha256(head + np.ascontiguousarray(label_map).tobytes()).hexdigest()[:32]
 
 
-class CorrectionStore(SqliteFile):
-    """Corrected masks of every project in one SQLite file, keyed by project key and annotation id."""
+class Corrections(Repository):
+    """The project's corrected masks, keyed by annotation id."""
 
     SCHEMA = _SCHEMA
 
-    def wants(self, project: str, annotation_id: int, digest: str, updated_at: str | None) -> bool:
+    def wants(self, annotation_id: int, digest: str, updated_at: str | None) -> bool:
         """Whether an annotation's map is news: False when the same map is stored for it, or the stored one is
         newer (Label Studio's ``updated_at``: a late webhook of an older edit changes nothing). Lets the caller skip
         measuring a re-delivered correction."""
         with self._read() as db:
             row = db.execute("SELECT digest, ls_updated_at FROM corrections WHERE project = ? AND annotation_id = ?",
-                             (project, int(annotation_id))).fetchone()
+                             (self.key, int(annotation_id))).fetchone()
         return row is None or (row[0] != digest and not is_older(updated_at, row[1]))
 
-    def put(self, project: str, annotation_id: int, task_id: int, label_map: np.ndarray,
+    def put(self, annotation_id: int, task_id: int, label_map: np.ndarray,
             figure: dict[str, Any] | None, updated_at: str | None = None) -> bool:
         """Store an annotation's corrected mask (replacing its earlier one); it becomes its task's newest.
 
@@ -72,7 +71,7 @@ class CorrectionStore(SqliteFile):
             False when a newer edit of the annotation is already stored (nothing changes), else True.
         """
         blob = _pack(label_map)
-        key = (project, int(annotation_id))
+        key = (self.key, int(annotation_id))
         with self._write() as db:
             row = db.execute("SELECT ls_updated_at FROM corrections WHERE project = ? AND annotation_id = ?",
                              key).fetchone()
@@ -85,42 +84,42 @@ class CorrectionStore(SqliteFile):
                         updated_at))
         return True
 
-    def delete(self, project: str, annotation_ids: Iterable[int]) -> int:
+    def delete(self, annotation_ids: Iterable[int]) -> int:
         """Forget the corrections of these annotations (deleted in Label Studio, or updated to hold no brush
         region); returns how many rows went."""
         with self._write() as db:
             before = db.total_changes
             db.executemany("DELETE FROM corrections WHERE project = ? AND annotation_id = ?",
-                           [(project, int(i)) for i in annotation_ids])
+                           [(self.key, int(i)) for i in annotation_ids])
             return db.total_changes - before
 
-    def tasks(self, project: str) -> set[int]:
+    def tasks(self) -> set[int]:
         """The source tasks that have a corrected mask."""
         with self._read() as db:
             return {int(r[0]) for r in db.execute("SELECT DISTINCT task_id FROM corrections WHERE project = ?",
-                                                  (project,))}
+                                                  (self.key,))}
 
-    def newest(self, project: str, task_id: int) -> np.ndarray | None:
+    def newest(self, task_id: int) -> np.ndarray | None:
         """The newest corrected mask of one task (as stored: ``label_names`` keys), or None."""
         with self._read() as db:
             row = db.execute("SELECT label_map FROM corrections WHERE project = ? AND task_id = ? "
-                             "ORDER BY seq DESC LIMIT 1", (project, int(task_id))).fetchone()
+                             "ORDER BY seq DESC LIMIT 1", (self.key, int(task_id))).fetchone()
         return None if row is None else _unpack(row[0])
 
-    def newest_maps(self, project: str) -> Iterator[tuple[int, np.ndarray]]:
+    def newest_maps(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(task id, map)`` of each corrected task's newest mask, one at a time (a project's maps are never all
         decompressed at once)."""
         with self._read() as db:
             for task_id, blob in db.execute(f"SELECT task_id, label_map FROM corrections c WHERE project = ? AND "
-                                            f"{_NEWEST} ORDER BY task_id", (project,)):
+                                            f"{_NEWEST} ORDER BY task_id", (self.key,)):
                 yield int(task_id), _unpack(blob)
 
-    def figures(self, project: str) -> list[dict[str, Any]]:
+    def figures(self) -> list[dict[str, Any]]:
         """``{"task", "annotation", "stored_at", "figure"}`` of each corrected task's newest mask, oldest first
         (without the maps: ``/metrics`` asks often)."""
         with self._read() as db:
             rows = db.execute(f"SELECT task_id, annotation_id, stored_at, figure FROM corrections c WHERE project = ? "
-                              f"AND {_NEWEST} ORDER BY seq", (project,)).fetchall()
+                              f"AND {_NEWEST} ORDER BY seq", (self.key,)).fetchall()
         return [{"task": int(t), "annotation": int(a), "stored_at": float(at),
                  "figure": None if figure is None else json.loads(figure)} for t, a, at, figure in rows]
 
