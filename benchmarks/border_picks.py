@@ -26,6 +26,7 @@ from doc_section import write_section  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
 from ovaal_backend.engine.data import SegmentationFolder, resize_images  # noqa: E402
 from ovaal_backend.engine.learner import ActiveLearner, labelled_mask  # noqa: E402
+from ovaal_backend.engine.rounds import RoundPlan  # noqa: E402
 from ovaal_backend.simulator.loop import Oracle  # noqa: E402
 from ovaal_backend.simulator.presets import METHODS, PRESETS  # noqa: E402
 
@@ -55,7 +56,8 @@ def measure(args: argparse.Namespace) -> str:
     everything = torch.ones(count, height, width, dtype=torch.bool)
     queries = learner.select(None, everything, config.init_pixels, random=True)
     points = [oracle.answer(i, q) for i, q in enumerate(queries)]
-    learner.train(images, points, sizes)
+    (round0,) = RoundPlan.from_config(config).trainings(0, learner.trained)  # the cpu preset's round-0 training
+    learner.train(images, points, sizes, round0)
     candidates = torch.from_numpy(np.stack([~labelled_mask(p, height, width) for p in points]))
     probabilities = [learner.predict_probabilities(images[s:s + 8], (height, width)) for s in range(0, count, 8)]
     ring = float(np.mean(border_distance(*np.mgrid[0:height, 0:width], height, width) <= 4))

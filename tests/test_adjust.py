@@ -5,6 +5,7 @@ import torch
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.adjust import adjusted_class_map, click_log_prior
 from ovaal_backend.engine.learner import ActiveLearner
+from ovaal_backend.engine.rounds import RoundPlan
 from ovaal_backend.engine.train import build_optimizer
 from tests.helpers.fake_label_studio import TINY
 
@@ -45,7 +46,9 @@ def test_final_from_scratch_trains_a_fresh_model_and_fine_tuning_keeps_it():
     points = [np.array([[r, c, labels[i][r, c]] for r in range(4, 40, 6) for c in range(4, 60, 6)]) for i in range(2)]
     for from_scratch in (True, False):
         learner = ActiveLearner(Config(final_from_scratch=from_scratch, **TINY), 3)
-        learner.train(images, points, sizes, progress=False)
+        plan = RoundPlan.from_config(learner.config)
+        active, final = plan.trainings(plan.rounds, learner.trained)
+        learner.train(images, points, sizes, active, progress=False)
         before = learner.model
-        learner.train(images, points, sizes, final=True, progress=False)
+        learner.train(images, points, sizes, final, progress=False)
         assert (learner.model is not before) == from_scratch

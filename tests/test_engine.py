@@ -5,6 +5,7 @@ import torch
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.data import resize_images
 from ovaal_backend.engine.learner import RANDOM_QUERY, ActiveLearner, labelled_mask
+from ovaal_backend.engine.rounds import RoundPlan, Training
 from ovaal_backend.engine.train import load_checkpoint, save_checkpoint
 from tests.helpers.fake_label_studio import TINY
 from tests.helpers.synthetic import make_scene
@@ -71,8 +72,9 @@ def test_training_on_points_learns_the_synthetic_scenes(classifier):
     for lab in labels:
         rows, cols = rng.integers(0, 48, 60), rng.integers(0, 64, 60)
         points.append(np.stack([rows, cols, lab[rows, cols]], 1))
-    result = learner.train(images, points, sizes, progress=False)
-    assert result.iterations == 25 * 2
+    (first,) = RoundPlan.from_config(config).trainings(0, learner.trained)
+    result = learner.train(images, points, sizes, first, progress=False)
+    assert first.epochs == 25 and result.iterations == 25 * 2
     pred = learner.predict_class_map(images, sizes[0]).cpu().numpy()
     trained = learner.query(images, points, sizes, 6)
     assert all(q.certainty > 0.5 for q in trained), "a model that learned the scenes is mostly certain"
@@ -85,17 +87,18 @@ def test_semi_phase_needs_ova_and_runs():
     images, labels, sizes = _pool(2)
     points = [np.array([[5, 5, lab[5, 5]], [20, 30, lab[20, 30]]]) for lab in labels]
     learner = ActiveLearner(Config(**TINY), 3)
-    assert learner.train(images, points, sizes, semi=True, progress=False).iterations == 1
+    semi = RoundPlan.from_config(learner.config).final_phase(True)
+    assert learner.train(images, points, sizes, semi, progress=False).iterations == 1
     multi = ActiveLearner(Config(classifier="multiclass", selection="margin", semi=False, **TINY), 3)
     with pytest.raises(ValueError, match="OVA classifier"):
-        multi.train(images, points, sizes, semi=True, progress=False)
+        multi.train(images, points, sizes, semi, progress=False)
 
 
 def test_state_round_trips_through_an_atomic_checkpoint(tmp_path):
     images, labels, sizes = _pool(2)
     learner = ActiveLearner(Config(**TINY), 3)
     points = [np.array([[5, 5, lab[5, 5]], [20, 30, lab[20, 30]]]) for lab in labels]
-    learner.train(images, points, sizes, progress=False)
+    learner.train(images, points, sizes, Training(epochs=1), progress=False)
     save_checkpoint(tmp_path / "model.pt", learner.state_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"], "no temporary file left behind"
     restored = ActiveLearner(Config(**TINY), 3)

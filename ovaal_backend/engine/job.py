@@ -25,8 +25,9 @@ from ..files import write_atomically
 from .data import load_rgb, to_tensor_resized
 from .dense import DenseLabels, grid_points
 from .learner import ActiveLearner, Queries
-from .rounds import START, RoundPlan, round_job_id
-from .train import load_checkpoint, save_checkpoint
+from .rounds import START, RoundPlan, Training, round_job_id
+from .step import Pool, round_step
+from .train import TrainResult, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -88,35 +89,30 @@ class RoundResult:
 
 
 def run_round(job: RoundJob) -> RoundResult:
-    """Train on every click and dense label map (unless nothing is trainable or this is the start), then select
-    (images with a dense map are not asked again) and predict."""
+    """The round's step (``step.round_step``): train on every click and dense label map (unless nothing is
+    trainable, this is the start, or an earlier run saved this version), save the checkpoint, select (images with a
+    dense map are not asked again); then predict the masks of a trained version."""
     plan = RoundPlan.from_config(job.config)
-    keys, images, sizes, points, unreadable = _load_pool(job)
+    keys, pool, unreadable = _load_pool(job)
     result = RoundResult(version=job.version - 1, next_round=plan.next_round(job.ended_round),
                          classes=list(job.classes), unreadable=unreadable)
-    result.sizes = dict(zip(keys, sizes))
+    result.sizes = dict(zip(keys, pool.sizes))
     if not keys:
         return result
-    dense = _dense_points(job, keys, sizes)
     learner = ActiveLearner(job.config, job.num_classes)
-    trained = job.ended_round != START and _train_or_resume(job, plan, learner, images, points, dense, keys, sizes,
-                                                            result)
-    if not trained and job.ended_round != START and not _load_version(job, learner, job.version - 1):
-        learner = None  # nothing trainable yet and no earlier weights: random queries, no masks
-    if result.next_round is not None:
-        random = learner is None or plan.is_random(result.next_round)
-        ask = [i for i, key in enumerate(keys) if key not in dense]
-        picked = (learner or ActiveLearner(job.config, job.num_classes)).query(
-            images if len(ask) == len(keys) else images[ask], [points[i] for i in ask], [sizes[i] for i in ask],
-            plan.pixels(result.next_round), random=random)
-        result.queries = {keys[i]: q for i, q in zip(ask, picked, strict=True)}
-    if trained and job.masks_dir:
-        result.masks = _write_masks(learner, keys, images, sizes, Path(job.masks_dir), job.config.predict_batch)
+    train = job.ended_round != START and _restore(job, learner, pool, result)
+    step = round_step(learner, plan, job.ended_round, pool, train=train,
+                      on_trained=_Saver(job, plan, learner, pool, result))
+    result.queries = {keys[i]: q for i, q in step.queries.items()}
+    if result.version == job.version and job.masks_dir:
+        result.masks = _write_masks(learner, keys, pool.images, pool.sizes, Path(job.masks_dir),
+                                    job.config.predict_batch)
     return result
 
 
-def _load_pool(job: RoundJob):
-    """The readable pool images resized to the training size; unreadable ones are reported, not fatal."""
+def _load_pool(job: RoundJob) -> tuple[list[int], Pool, dict[int, str]]:
+    """The readable pool images resized to the training size, with their clicks and dense maps; unreadable ones
+    are reported, not fatal."""
     keys, tensors, sizes, points, unreadable = [], [], [], [], {}
     for key, path, table in zip(job.keys, job.image_paths, job.points, strict=True):
         try:
@@ -129,7 +125,7 @@ def _load_pool(job: RoundJob):
         sizes.append((int(array.shape[0]), int(array.shape[1])))
         points.append(_inside(table, sizes[-1]))
     images = torch.stack(tensors) if tensors else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
-    return keys, images, sizes, points, unreadable
+    return keys, Pool(images, sizes, points, _dense_points(job, keys, sizes)), unreadable
 
 
 def _inside(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -140,10 +136,10 @@ def _inside(table: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _dense_points(job: RoundJob, keys: list[int], sizes: list[tuple[int, int]]) -> dict[int, np.ndarray]:
-    """The training points of each loaded image's dense label map (key -> (n, 3)); a map drawn at another size
-    than the image has now (the file changed since) is left out, with a warning."""
+    """The training points of each loaded image's dense label map (pool index -> (n, 3)); a map drawn at another
+    size than the image has now (the file changed since) is left out, with a warning."""
     out = {}
-    for key, size in zip(keys, sizes, strict=True):
+    for index, (key, size) in enumerate(zip(keys, sizes, strict=True)):
         labels = job.dense.get(key)
         if labels is None:
             continue
@@ -151,51 +147,57 @@ def _dense_points(job: RoundJob, keys: list[int], sizes: list[tuple[int, int]]) 
             log.warning("job %s: image %s is %dx%d but its dense labels were drawn at %dx%d: they train nothing",
                         job.job_id, key, size[1], size[0], labels.size[1], labels.size[0])
             continue
-        out[key] = grid_points(labels.grid, size, job.num_classes)
+        out[index] = grid_points(labels.grid, size, job.num_classes)
     return out
 
 
-def _train_or_resume(job: RoundJob, plan: RoundPlan, learner: ActiveLearner, images: torch.Tensor,
-                     clicks: list[np.ndarray], dense: dict[int, np.ndarray], keys: list[int],
-                     sizes: list[tuple[int, int]], result: RoundResult) -> bool:
-    """Train and save ``job.version`` on the clicks plus the dense maps' points, or load it when an earlier run of
-    this job saved it; False when nothing can be trained yet."""
+def _restore(job: RoundJob, learner: ActiveLearner, pool: Pool, result: RoundResult) -> bool:
+    """Load the weights this job starts from; True when it must train.
+
+    An earlier run of this job that saved ``job.version`` (a crash after the save) is reused, not trained again.
+    With nothing trainable the job trains nothing and selects with the version it continues, if there is one.
+    Otherwise it trains, continuing the generation's last weights when ``fine_tune``.
+    """
     saved = _read(job.checkpoint)
-    if saved is not None and (saved["generation"], saved["version"]) == (job.generation, job.version):
+    ours = saved is not None and saved["generation"] == job.generation
+    if ours and saved["version"] == job.version:
         learner.load_state_dict(saved["learner"])
         result.version, result.training = job.version, saved.get("training")
         log.info("job %s: its weights were saved by an earlier run; using them", job.job_id)
-        return True
-    trainable = sum(int((p[:, 2] != IGNORE_INDEX).sum()) for p in clicks)
-    dense_points = sum(len(d) for d in dense.values())
-    if not trainable and not dense_points:
         return False
-    points = [np.concatenate([p, dense[key]]) if key in dense else p for key, p in zip(keys, clicks, strict=True)]
-    if job.fine_tune and saved is not None and saved["generation"] == job.generation:
+    if not pool.trainable():
+        if ours and job.version - 1 >= 1 and saved["version"] == job.version - 1:
+            learner.load_state_dict(saved["learner"])
+        return False
+    if job.fine_tune and ours:
         learner.load_state_dict(saved["learner"])
-    started = time.perf_counter()
-    outcome = learner.train(images, points, sizes, progress=False)
-    semi = plan.has_final_phase(job.ended_round) and plan.semi
-    if plan.has_final_phase(job.ended_round):
-        outcome = learner.train(images, points, sizes, semi=semi, final=True, progress=False)
-    result.training = {"round": job.ended_round, "generation": job.generation, "final": plan.is_last(job.ended_round),
-                       "semi": semi, "points": trainable, "images": sum(1 for p in points if len(p)),
-                       "dense_images": sum(1 for d in dense.values() if len(d)), "dense_points": dense_points,
-                       "loss": outcome.last_loss, "seconds": round(time.perf_counter() - started, 2),
-                       "finished_at": time.time()}
-    save_checkpoint(job.checkpoint, {"learner": learner.state_dict(), "version": job.version,
-                                     "generation": job.generation, "classes": list(job.classes),
-                                     "training": result.training})
-    result.version = job.version
     return True
 
 
-def _load_version(job: RoundJob, learner: ActiveLearner, version: int) -> bool:
-    saved = _read(job.checkpoint)
-    if version < 1 or saved is None or (saved["generation"], saved["version"]) != (job.generation, version):
-        return False
-    learner.load_state_dict(saved["learner"])
-    return True
+class _Saver:
+    """The round job's ``on_trained``: after the round's last training, its facts and the checkpoint of
+    ``job.version`` (saved before the selection draws from the learner's generator, which the checkpoint holds)."""
+
+    def __init__(self, job: RoundJob, plan: RoundPlan, learner: ActiveLearner, pool: Pool,
+                 result: RoundResult) -> None:
+        self.job, self.plan, self.learner, self.pool, self.result = job, plan, learner, pool, result
+        self.started = time.perf_counter()
+
+    def __call__(self, training: Training, outcome: TrainResult) -> None:
+        if not training.last:
+            return
+        job, pool, dense = self.job, self.pool, self.pool.dense
+        self.result.training = {
+            "round": job.ended_round, "generation": job.generation, "final": self.plan.is_last(job.ended_round),
+            "semi": training.semi, "points": sum(int((p[:, 2] != IGNORE_INDEX).sum()) for p in pool.clicks),
+            "images": sum(1 for p in pool.training_points() if len(p)),
+            "dense_images": sum(1 for d in dense.values() if len(d)),
+            "dense_points": sum(len(d) for d in dense.values()), "loss": outcome.last_loss,
+            "seconds": round(time.perf_counter() - self.started, 2), "finished_at": time.time()}
+        save_checkpoint(job.checkpoint, {"learner": self.learner.state_dict(), "version": job.version,
+                                         "generation": job.generation, "classes": list(job.classes),
+                                         "training": self.result.training})
+        self.result.version = job.version
 
 
 def _read(path: str) -> dict[str, Any] | None:

@@ -1,9 +1,8 @@
 """The active-learning engine: the loop's state and steps, shared by the offline simulator and the backend.
 
-It knows images, probabilities, pixels and labels; nothing of HTTP or Label Studio. One round is:
-``train`` on every labelled point so far -> ``query`` the next pixels of every pool image -> (someone answers) ->
-repeat.
-Round 0 queries random pixels (cold start). When the budget is spent, ``train(semi=True)`` is the OVAAL+ phase.
+It knows images, probabilities, pixels and labels; nothing of HTTP or Label Studio. It runs what it is told: which
+trainings follow a round (epochs, OVAAL+, a fresh model) is ``RoundPlan``'s decision, and the round's sequence (train,
+then ``query`` the next pixels) is ``step.round_step``'s, which both drivers call.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ from ..config import RANDOM_SELECTION, EngineConfig
 from .acquisition import select_per_class, select_random, select_top
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
+from .rounds import Training
 from .runtime import resolve_device
-from .scorers import get_scorer, score_binary_entropy
+from .scorers import get_scorer, normalised_entropy
 from .train import TrainResult, build_optimizer, train_model
 from .weights import get_normalization
 
@@ -92,38 +92,34 @@ class ActiveLearner:
         """Start again from the pretrained encoder (PixelPick retrains from scratch every round)."""
         self.model = build_classifier(self.config, self.num_classes).to(self.device).eval()
 
+    @property
+    def trained(self) -> bool:
+        """Whether this model has been trained (the plan's first training runs ``first_round_epochs``)."""
+        return self.trained_rounds > 0
+
     def train(self, images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
-              semi: bool = False, epochs: int | None = None, progress: bool = True,
-              final: bool = False) -> TrainResult:
-        """Train on every labelled point so far; the number of epochs follows the config unless given.
+              training: Training, progress: bool = True) -> TrainResult:
+        """Run one training the plan decided (``RoundPlan.trainings``) on every labelled point so far.
 
         Args:
             images: (N, 3, h, w) uint8 pool images at the training size.
             points: per image, (n_i, 3) (row, col, label) at the original size.
             original_sizes: per image, (height, width).
-            semi: the OVAAL+ phase (adds the semi-supervised loss; ``semi_epochs`` by default).
-            final: the phase after the last round (with or without ``semi``): it continues the last model (so
-                OVAAL's control and OVAAL+ get the same training even when every round retrains from scratch), or
-                trains a fresh one on every label with ``final_from_scratch`` (the converged protocol).
+            training: its epochs, whether it adds the OVAAL+ loss, and whether it starts from a fresh model.
         """
-        final = final or semi
-        if epochs is None:
-            if final:
-                epochs = self.config.semi_epochs
-            elif self.trained_rounds == 0 or self.config.retrain:
-                epochs = self.config.first_round_epochs
-            else:
-                epochs = self.config.epochs
-        if self.trained_rounds > 0 and (self.config.final_from_scratch if final else self.config.retrain):
+        if training.fresh:
             self.reset_model()
-        optimizer = self._optimizer() if self.config.keep_optimizer else None
-        result = train_model(self.model, images, points, original_sizes, self.config, epochs, self.device,
-                             self.normalization, self.generator, semi=semi, progress=progress, optimizer=optimizer)
+        result = train_model(self.model, images, points, original_sizes, self.config, training.epochs, self.device,
+                             self.normalization, self.generator, self._optimizer(), semi=training.semi,
+                             progress=progress)
         self.trained_rounds += 1
         return result
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """The optimiser kept across rounds (``keep_optimizer``), rebuilt when the model was rebuilt."""
+        """This training's optimiser: a fresh Adam, or with ``keep_optimizer`` the one kept across rounds (rebuilt
+        when the model was rebuilt). The learner is its one owner; a training run only steps it."""
+        if not self.config.keep_optimizer:
+            return build_optimizer(self.model, self.config)
         first = next(self.model.parameters())
         kept = self._kept_optimizer
         if kept is None or not any(p is first for group in kept.param_groups for p in group["params"]):
@@ -208,29 +204,23 @@ class ActiveLearner:
         return out
 
     def _image_uncertainty(self, probabilities: torch.Tensor) -> float:
-        """Mean over an image's pixels of the normalised uncertainty: the classes' mean binary entropy over log 2
-        (OVA), or the entropy over log C (multi-class). Shape: (C, H, W) -> float in [0, 1].
+        """Mean over an image's pixels of the normalised uncertainty (``scorers.normalised_entropy``), for OVA the
+        mean over classes. Shape: (C, H, W) -> float in [0, 1].
 
         OVA takes the mean over classes, not the most uncertain class: after a short training some head is near 0.5
         almost everywhere, and the maximum then made every image score the same (0.0000 on 20 CamVid images).
         """
-        if self.model.is_ova:
-            per_pixel = score_binary_entropy(probabilities).mean(0) / np.log(2)
-        else:
-            p = probabilities.clamp_min(1e-12)
-            per_pixel = -(p * p.log()).sum(0) / np.log(self.num_classes)
+        per_pixel = normalised_entropy(probabilities, self.model.is_ova, 0, lambda entropy: entropy.mean(0))
         return float(per_pixel.mean().clamp(0, 1))
 
     def _point_uncertainty(self, at: torch.Tensor, asked: torch.Tensor) -> torch.Tensor:
-        """Normalised uncertainty in [0, 1] of each queried point: the asking class's binary entropy (OVA) or the
-        entropy of the class distribution over log C (multi-class)."""
-        if self.model.is_ova:
-            entropy = score_binary_entropy(at.t())
-            column = asked.clamp(min=0)
-            own = entropy.gather(1, column[:, None])[:, 0]
-            return torch.where(asked >= 0, own, entropy.max(1).values) / np.log(2)
-        p = at.t().clamp_min(1e-12)
-        return -(p * p.log()).sum(1) / np.log(self.num_classes)
+        """Normalised uncertainty in [0, 1] of each queried point: for OVA the asking class's (the most uncertain
+        class's for a random pick). Shape: at (C, n), asked (n,) -> (n,)."""
+        def own_class(entropy: torch.Tensor) -> torch.Tensor:
+            own = entropy.gather(1, asked.clamp(min=0)[:, None])[:, 0]
+            return torch.where(asked >= 0, own, entropy.max(1).values)
+
+        return normalised_entropy(at.t(), self.model.is_ova, 1, own_class)
 
     def query(self, images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
               n: int, random: bool = False, excluded: Iterable[np.ndarray | None] | None = None) -> list[Queries]:

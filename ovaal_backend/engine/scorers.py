@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -30,6 +32,21 @@ def score_binary_entropy(probs: Tensor) -> Tensor:
 def score_entropy(probs: Tensor) -> Tensor:
     """Shannon entropy of a softmax over classes. Shape: (B, C, H, W) -> (B, H, W)."""
     return -probs.xlogy(probs).sum(dim=1)
+
+
+def normalised_entropy(probs: Tensor, ova: bool, class_dim: int,
+                       combine: Callable[[Tensor], Tensor] = lambda entropy: entropy) -> Tensor:
+    """Uncertainty in [0, 1] of class probabilities: ``combine`` (how an OVA caller joins its classes: the mean over
+    an image, the asking class at a queried pixel) of each class's binary entropy over log 2 (OVA), or the class
+    distribution's entropy over log C along ``class_dim`` (multi-class; probabilities clamped at 1e-12).
+
+    The one normalised entropy of the engine: the image's score that orders its tasks and each query's uncertainty.
+    The selection's scorers above rank pixels and need no scale.
+    """
+    if ova:
+        return combine(score_binary_entropy(probs)) / np.log(2)
+    p = probs.clamp_min(1e-12)
+    return -(p * p.log()).sum(class_dim) / np.log(probs.shape[class_dim])
 
 
 def score_margin(probs: Tensor) -> Tensor:

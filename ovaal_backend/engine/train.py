@@ -102,8 +102,7 @@ def update_ema(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
 def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Sequence[np.ndarray],
                 original_sizes: Sequence[tuple[int, int]], config: EngineConfig, epochs: int, device: torch.device,
                 normalization: tuple[Sequence[float], Sequence[float]], generator: torch.Generator,
-                semi: bool = False, progress: bool = True,
-                optimizer: torch.optim.Optimizer | None = None) -> TrainResult:
+                optimizer: torch.optim.Optimizer, semi: bool = False, progress: bool = True) -> TrainResult:
     """Train ``model`` in place on point labels for ``epochs`` passes over the labelled images.
 
     Args:
@@ -116,9 +115,10 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
         device: where to train; CUDA also turns on mixed precision when ``config.amp``.
         normalization: (mean, std) the encoder weights expect.
         generator: CPU generator for shuffling and augmentation.
+        optimizer: the optimiser to step (the learner's: fresh, or kept across rounds with ``keep_optimizer``); this
+            run gives it a schedule of its own (torch's schedulers start from each group's ``initial_lr``).
         semi: add the OVAAL+ loss; the teacher starts as a copy of the model as it was when this call began and
             follows the student as a mean teacher when ``config.semi_teacher`` is ``ema``.
-        optimizer: an optimiser to continue (its state kept across rounds); a fresh Adam when None.
     """
     started = time.perf_counter()
     labelled = [i for i, p in enumerate(points) if len(p) and (p[:, 2] != IGNORE_INDEX).any()]
@@ -129,8 +129,8 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
         raise ValueError("the OVAAL+ semi-supervised loss needs an OVA classifier (ova-shared or ova-separate)")
     batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
-    run = _Run(model, config, device, normalization, optimizer or build_optimizer(model, config),
-               epochs * steps_per_epoch, copy.deepcopy(model).eval() if semi else None)
+    run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch,
+               copy.deepcopy(model).eval() if semi else None)
     augment = Augmentation(config.scale_min, config.scale_max, True, config.color_jitter)
     model.to(device).train()
     iterations, last_loss = 0, float("nan")
@@ -146,8 +146,6 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}")
     bar.close()
-    for group in run.optimizer.param_groups:  # a kept optimiser starts the next round's schedule from the base rate
-        group["lr"] = group["initial_lr"]
     model.eval()
     return TrainResult(epochs, iterations, time.perf_counter() - started, last_loss)
 

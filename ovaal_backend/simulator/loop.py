@@ -7,6 +7,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,10 @@ from ..engine.data import SegmentationFolder, resize_images
 from ..engine.dense import grid_labels, grid_points, grid_shape
 from ..engine.learner import ActiveLearner, Queries
 from ..engine.metrics import confusion_matrix, iou_per_class, mean_iou, semantic_diversity, spatial_diversity
-from ..engine.rounds import RoundPlan
+from ..engine.rounds import START, RoundPlan, Training
 from ..engine.runtime import configure_torch
-from ..engine.train import save_checkpoint
+from ..engine.step import Pool, round_step
+from ..engine.train import TrainResult, save_checkpoint
 from .presets import METHODS
 
 log = logging.getLogger(__name__)
@@ -144,18 +147,26 @@ def run_simulation(config: Config, train_dir: str | Path, eval_dir: str | Path, 
                      dense_images)
     sim.on_round = on_round
     sim.taus = (0.0, *[float(t) for t in logit_taus if float(t) != 0.0])
-    sim.active_rounds()
-    if checkpoint:
-        save_checkpoint(checkpoint, sim.learner.state_dict())
-    double = sim.final_twin(False, {"semi_epochs": 2 * config.semi_epochs}) if convergence_check else None
-    finals = sim.final_phases(semi_ablations)
-    result = sim.result(finals, train_prefixes, eval_prefixes)
+    sim.extras = Extras(checkpoint, tuple(semi_ablations), convergence_check)
+    sim.run()
+    result = sim.result(train_prefixes, eval_prefixes)
     result["method"], result["is_default"] = method_name(config, method), "default" in method_names(config)
     result["pool"] = sim.measure_pool()
-    if double is not None:
+    if sim.double is not None:
         result["convergence"] = {"final_epochs": config.semi_epochs, "double_epochs": 2 * config.semi_epochs,
-                                 "final_miou": result["rounds"][-1]["miou"], "double": double}
+                                 "final_miou": result["rounds"][-1]["miou"], "double": sim.double}
     return result
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a simulation measures besides its rounds, all from the last round's active model (before its final
+    phase): ``checkpoint`` saves it; ``semi_ablations`` and ``convergence_check`` train paired final phases on
+    copies of it (``Simulation.final_twin``)."""
+
+    checkpoint: str | Path | None = None
+    semi_ablations: tuple[str, ...] = ()
+    convergence_check: bool = False
 
 
 class Simulation:
@@ -183,15 +194,19 @@ class Simulation:
         chosen = np.random.default_rng(config.seed).permutation(len(labels))[:dense_images]  # nested across N
         self.dense = {int(i): _dense_points(labels[i], self.sizes[i], config, len(self.classes))
                       for i in sorted(chosen)}
-        self.dense_on = False
         self.acquired: list[list[np.ndarray]] = [[] for _ in labels]
         self.rounds: list[dict[str, Any]] = []
         self.learner = ActiveLearner(config, len(self.classes))
         if self.learner.device.type == "cuda":  # resident on the GPU: batches are augmented there, never copied
             self.images = self.images.to(self.learner.device)
             self.eval = (self.eval[0].to(self.learner.device), *self.eval[1:])
+        self.pool = Pool(self.images, self.sizes, self.points, excluded=self.excluded)  # dense maps from round 1
         self.on_round: Callable[[dict[str, Any]], None] | None = None
         self.taus: tuple[float, ...] = (0.0,)
+        self.extras = Extras()
+        self.double: dict[str, Any] | None = None
+        self.without_semi: dict[str, Any] | None = None
+        self.variants: dict[str, dict[str, Any]] = {}
         self.started = time.perf_counter()
 
     def _described(self, model: ActiveLearner, images: torch.Tensor, labels: list[np.ndarray],
@@ -203,12 +218,6 @@ class Simulation:
         if len(self.taus) > 1:
             out["logit_adjusted"] = {str(tau): describe(confusion[tau], self.classes) for tau in self.taus[1:]}
         return out
-
-    def training_points(self) -> list[np.ndarray]:
-        """The clicks, plus every grid point of the dense images once their masks have arrived."""
-        if not self.dense_on:
-            return self.points
-        return [np.concatenate([p, self.dense[i]]) if i in self.dense else p for i, p in enumerate(self.points)]
 
     def measure_pool(self) -> dict[str, Any]:
         """The final model's dense masks on the pool images, against their ground truth (void ignored)."""
@@ -225,7 +234,7 @@ class Simulation:
             "labelled_pixels": answered, "labelled_pixels_per_image": answered / len(self.points),
             "labelled_fraction": answered / total_pixels,
             "void_answers": sum(int((p[:, 2] == IGNORE_INDEX).sum()) for p in self.points),
-            "dense_images": len(self.dense) if self.dense_on else 0,
+            "dense_images": len(self.pool.dense),
             **described,
             "train_seconds": train_seconds, "select_seconds": select_seconds,
             "elapsed_seconds": time.perf_counter() - self.started,
@@ -241,48 +250,52 @@ class Simulation:
         if self.on_round:
             self.on_round(entry)
 
-    def active_rounds(self) -> None:
-        """Round 0 (random) and the acquisition rounds, each answered by the oracle and followed by a training."""
+    def run(self) -> None:
+        """Round 0's random picks, then per round: the oracle answers, and one step (``engine.step.round_step``, as
+        the backend's round job) trains for the plan, measured after each training (``_trained``), and selects the
+        next round's pixels."""
+        step = round_step(self.learner, self.plan, START, self.pool)
         for round_index in range(self.plan.rounds + 1):
-            t0 = time.perf_counter()
-            asked = [i for i in range(len(self.points)) if not (self.dense_on and i in self.dense)]
-            queries = self.learner.query(
-                self.images if len(asked) == len(self.points) else self.images[asked],
-                [self.points[i] for i in asked], [self.sizes[i] for i in asked], self.plan.pixels(round_index),
-                random=self.plan.is_random(round_index),
-                excluded=None if self.excluded is None else [self.excluded[i] for i in asked])
-            for i, q in zip(asked, queries, strict=True):
-                answers = self.oracle.answer(i, q)
-                self.points[i] = np.concatenate([self.points[i], answers])
-                if round_index > 0:
-                    self.acquired[i].append(answers)
-            select_seconds = time.perf_counter() - t0
-            self.dense_on = self.dense_on or (bool(self.dense) and round_index >= DENSE_FROM_ROUND)
-            result = self.learner.train(self.images, self.training_points(), self.sizes, progress=self.progress)
-            self.record(round_index, "active", result.seconds, select_seconds)
+            self.answer(round_index, step.queries)
+            if round_index >= DENSE_FROM_ROUND:
+                self.pool.dense = self.dense
+            step = round_step(self.learner, self.plan, round_index, self.pool, progress=self.progress,
+                              on_trained=partial(self._trained, round_index, step.select_seconds))
+
+    def answer(self, round_index: int, queries: dict[int, Queries]) -> None:
+        """The oracle answers a round's queries: each asked image's clicks grow by its answers."""
+        for i, q in queries.items():
+            answers = self.oracle.answer(i, q)
+            self.points[i] = np.concatenate([self.points[i], answers])
+            if round_index > 0:
+                self.acquired[i].append(answers)
+
+    def _trained(self, round_index: int, select_seconds: float, training: Training, outcome: TrainResult) -> None:
+        """Measure each training; the last round's active model is also saved and copied for the paired final
+        phases (``Extras``) before its own final phase trains."""
+        if training.final:
+            self.record(self.plan.rounds + 1, "semi" if training.semi else "final", outcome.seconds, 0.0)
+            return
+        self.record(round_index, "active", outcome.seconds, select_seconds)
+        if not self.plan.is_last(round_index):
+            return
+        if self.extras.checkpoint:
+            save_checkpoint(self.extras.checkpoint, self.learner.state_dict())
+        if self.extras.convergence_check:
+            self.double = self.final_twin(False, {"semi_epochs": 2 * self.config.semi_epochs})
+        if self.plan.has_final_phase(round_index) and self.plan.semi:  # OVAAL+ is also measured without its loss
+            self.without_semi = self.final_twin(False, {})
+            self.variants = {name: self.final_twin(True, SEMI_ABLATIONS[name]) for name in self.extras.semi_ablations}
 
     def final_twin(self, semi: bool, changes: dict[str, Any]) -> dict[str, Any]:
         """The final phase on a copy of the learner (identical weights and random state): a paired ablation."""
         twin = copy.deepcopy(self.learner)
         twin.config = self.config.replace(**changes)
-        result = twin.train(self.images, self.training_points(), self.sizes, semi=semi, final=True,
-                            progress=self.progress)
+        training = RoundPlan.from_config(twin.config).final_phase(semi)
+        result = twin.train(self.images, self.pool.training_points(), self.sizes, training, progress=self.progress)
         return self.measure(twin, self.plan.rounds + 1, "semi" if semi else "final", result.seconds, 0.0)
 
-    def final_phases(self, semi_ablations: Sequence[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """The final phase; an OVAAL+ run also measures it without the semi loss (OVAAL) and with each ablation."""
-        without_semi, variants = None, {}
-        if self.plan.has_final_phase(self.plan.rounds):
-            if self.plan.semi:
-                without_semi = self.final_twin(False, {})
-                variants = {name: self.final_twin(True, SEMI_ABLATIONS[name]) for name in semi_ablations}
-            result = self.learner.train(self.images, self.training_points(), self.sizes, semi=self.plan.semi,
-                                        final=True, progress=self.progress)
-            self.record(self.plan.rounds + 1, "semi" if self.plan.semi else "final", result.seconds, 0.0)
-        return without_semi, variants
-
-    def result(self, finals: tuple[dict[str, Any] | None, dict[str, Any]], train_prefixes: Sequence[str],
-               eval_prefixes: Sequence[str]) -> dict[str, Any]:
+    def result(self, train_prefixes: Sequence[str], eval_prefixes: Sequence[str]) -> dict[str, Any]:
         """The RESULT.json dictionary."""
         chosen = [np.concatenate(a) if a else np.zeros((0, 3), dtype=np.int64) for a in self.acquired]
         all_labels = np.concatenate([c[:, 2] for c in chosen]) if chosen else np.zeros(0, dtype=np.int64)
@@ -295,7 +308,7 @@ class Simulation:
             "rounds": self.rounds,
             "diversity": {"spatial": spatial_diversity(chosen), "pixels": int(len(all_labels)),
                           "semantic": semantic_diversity(all_labels, len(self.classes))},
-            "final_without_semi": finals[0], "semi_ablations": finals[1],
+            "final_without_semi": self.without_semi, "semi_ablations": self.variants,
             "dense_images": len(self.dense), "dense_indices": sorted(self.dense), "dense_from_round": DENSE_FROM_ROUND,
             "device": str(self.learner.device), "total_seconds": time.perf_counter() - self.started,
         }
