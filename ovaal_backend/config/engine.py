@@ -98,8 +98,10 @@ class EngineConfig(Part):
 
     @property
     def budget(self) -> int:
-        """Pixels per image when every round has been answered."""
-        return self.init_pixels + self.rounds * self.pixels_per_round
+        """Pixels per image when every round has been answered: the round plan's (one computation)."""
+        from ..engine.rounds import RoundPlan  # torch-free; here, not at the top, since rounds.py reads this module
+
+        return RoundPlan.from_config(self).budget
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot work, naming the setting."""

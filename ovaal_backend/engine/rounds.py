@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the plan is plain arithmetic: config.py reads the budget from it without a cycle
+if TYPE_CHECKING:  # the plan is plain arithmetic: config/ reads the budget from it without a cycle
     from ..config import EngineConfig
 
 START = -1

@@ -2,7 +2,7 @@
 name computes.
 
 Scorers take probabilities (B, C, H, W) and return uncertainty where HIGHER MEANS MORE INFORMATIVE, so every selector
-(``acquisition.py``) ranks the same way. They use tensor methods only and this module imports no torch: ``config.py``
+(``acquisition.py``) ranks the same way. They use tensor methods only and this module imports no torch: ``config/``
 takes its valid names from ``SCORERS`` in processes that never load torch (the web server's parent, ``check``).
 """
 
