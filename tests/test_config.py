@@ -69,6 +69,9 @@ def test_explicit_settings_win_over_the_profile_whatever_their_value():
     assert (cpu.image_width, cpu.first_round_epochs, cpu.semi_epochs) == (240, 3, 6)  # the unset ones follow it
     assert Config.from_env({}, epochs=20).for_machine(has_cuda=False).epochs == 20  # overrides count as set
     assert Config.from_env({"EPOCHS": ""}).for_machine(has_cuda=False).epochs == 2  # empty = not set
+    assert Config(epochs=20).for_machine(has_cuda=False).epochs == 20  # given in code counts as set too
+    assert EngineConfig(image_height=360).for_machine(has_cuda=False).image_height == 360
+    assert Config(epochs=20) == Config() and Config(epochs=20).explicit == {"epochs"}  # explicit is not compared
     assert cpu.replace(seed=3).explicit == config.explicit  # kept through copies (a queued job carries it)
     with pytest.raises(ConfigError, match="no_such_setting"):
         Config(explicit=frozenset({"no_such_setting"}))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .choices import CLASSIFIERS, LR_SCHEDULES, SELECTIONS, SEMI_RULES, SEMI_TEACHERS, is_ova
-from .part import ConfigError, Part, explicit_field
+from .part import ConfigError, Part, explicit_field, records_given
 from .profiles import PROFILE_CHOICES, TRAIN_PROFILES
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ ENGINE_CHOICES: dict[str, tuple[str, ...]] = {
 """The engine settings that take a name, each with the names it takes (``validate`` and ``simulate``'s flags)."""
 
 
+@records_given
 @dataclass(frozen=True)
 class EngineConfig(Part):
     """What a round's work needs: model, training, acquisition, OVAAL+, and where its files lie.
@@ -141,11 +142,9 @@ class EngineConfig(Part):
         return self.train_profile if self.train_profile != "auto" else ("gpu" if has_cuda else "cpu")
 
     def profile_changes(self, profile: str) -> dict[str, Any]:
-        """The fields ``profile`` sets: those of TRAIN_PROFILES[profile] neither given explicitly nor changed from
-        the code default (a ``Config(epochs=7)`` built in code counts as given)."""
-        defaults = {f.name: f.default for f in fields(EngineConfig)}
-        return {k: v for k, v in TRAIN_PROFILES[profile].items()
-                if k not in self.explicit and getattr(self, k) == defaults[k]}
+        """The fields ``profile`` sets: those of TRAIN_PROFILES[profile] not given on purpose (``explicit``: the
+        environment, ``from_env`` overrides, constructor arguments), whatever their value."""
+        return {k: v for k, v in TRAIN_PROFILES[profile].items() if k not in self.explicit}
 
     def for_machine(self, has_cuda: bool) -> EngineConfig:
         """The config with its training profile applied and ``train_profile`` set to the profile it resolved to.

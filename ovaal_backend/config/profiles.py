@@ -13,8 +13,8 @@ sized so that a round of a 100-image project ends in about 2 minutes on 2 cores 
 runs once per project and is longer (6 epochs): in the CamVid grid 6 final epochs instead of 2 raised every run
 measured, both OVA and PixelPick, by about 2 mIoU. It is the one CPU profile: the simulator's ``cpu`` and ``converged``
 presets start from it (simulator/presets.py says which of its values their protocol changes, and why). A profile
-never replaces a setting given explicitly (environment or overrides, see ``EngineConfig.profile_changes``), whatever
-its value; ``auto`` picks ``gpu`` where CUDA is present on the machine that trains (a queue worker decides for
+never replaces a setting given on purpose (environment, ``from_env`` overrides, constructor arguments: ``explicit``),
+whatever its value; ``auto`` picks ``gpu`` where CUDA is present on the machine that trains (a queue worker decides for
 itself)."""
 
 PROFILE_CHOICES = ("auto", *TRAIN_PROFILES)

@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .part import ConfigError, Part, explicit_field
+from .part import ConfigError, Part, explicit_field, records_given
 
 
+@records_given
 @dataclass(frozen=True)
 class QueueConfig(Part):
     """How round jobs run: in the backend's process, or through RQ on Redis (backend/queue_worker.py)."""

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .addresses import is_loopback_host, parse_host_names, parse_image_hosts, parse_project_ids
-from .part import ConfigError, Part, explicit_field
+from .part import ConfigError, Part, explicit_field, records_given
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 """Every ``LOG_LEVEL``."""
 
 
+@records_given
 @dataclass(frozen=True)
 class ServerConfig(Part):
     """What only the backend's web process and its project workers read: Label Studio, HTTP, limits, secrets."""
