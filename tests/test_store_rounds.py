@@ -7,6 +7,7 @@ import sqlite3
 
 import pytest
 
+from ovaal_backend.backend.project.state import Phase
 from ovaal_backend.backend.store import MaskStatus, ProjectStore, QueryStatus
 
 P = "7"
@@ -55,6 +56,14 @@ def test_statuses_are_stored_as_their_names(store):
             ("planned",), ("todo",)]
         db.execute("UPDATE masks SET status = 'sending'")
     assert store.masks.by_status(2, MaskStatus.SENDING) == [(3, "/m/3.npz")]
+
+
+
+def test_phases_and_statuses_show_their_names():
+    """One ``StoredEnum`` base: ``str()`` and f-strings give the stored name (logs, ``/metrics``), which compares
+    equal to the member."""
+    for member in (Phase.TRAINING, QueryStatus.IMPORTING, MaskStatus.REFUSED):
+        assert str(member) == f"{member}" == member.value == member
 
 
 def test_masks_sources_and_trainings(store):
