@@ -78,6 +78,12 @@ mkdir -p "$OUT/val" "$OUT/cross"
 LOGS=${LOGS:-}
 [[ -n $LOGS ]] && mkdir -p "$LOGS"
 export LOGS
+# A run claims its result by creating <result>.lock (a folder: mkdir is atomic) just before it starts, so several
+# instances of this script (e.g. one per core) share one grid without running a cell twice; a stopped run leaves its
+# lock behind: remove the .lock folders of runs that are no longer alive before resuming.
 jobs_list | xargs -P "$JOBS" -I{} bash -c 'cmd="{}"; out=${cmd##*--out }; out=${out%% *}
+  [[ -f $out ]] && exit 0
+  mkdir "$out.lock" 2>/dev/null || exit 0
   log=/dev/null; [[ -n $LOGS ]] && log="$LOGS/$(basename "$(dirname "$out")")-$(basename "$out" .json).log"
-  $cmd >"$log" 2>&1 || echo "failed: $cmd" >&2'
+  $cmd >"$log" 2>&1 || echo "failed: $cmd" >&2
+  rmdir "$out.lock"'
