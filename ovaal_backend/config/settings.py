@@ -103,10 +103,6 @@ class Config:
         values.update(overrides)
         return cls(**values, explicit=frozenset(values))
 
-    def profile_for(self, has_cuda: bool) -> str:
-        """The training profile this config gets on a machine with or without CUDA (``auto`` decides by it)."""
-        return self.engine.profile_for(has_cuda)
-
     def profile_changes(self, profile: str) -> dict[str, Any]:
         """The engine fields ``profile`` sets (``EngineConfig.profile_changes``)."""
         return self.engine.profile_changes(profile)
