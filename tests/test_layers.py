@@ -23,9 +23,13 @@ TORCH_FREE = (
     "ovaal_backend.backend.project.state",
     "ovaal_backend.backend.project.label_config",
     "ovaal_backend.backend.project.corrected",
+    "ovaal_backend.backend.convert",
+    "ovaal_backend.simulator.flags",
+    "ovaal_backend.cli",
 )
 """Modules a process may import without paying for torch: request checks (validate), the cleanup command, the typed
-state and label config, the settings, the round plan and the registries the settings take their names from."""
+state and label config, the settings, the round plan and the registries the settings take their names from, the
+Label Studio <-> pixels conversions, and the command line with simulate's flags (``--help`` starts at once)."""
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
