@@ -57,6 +57,7 @@ CREATE INDEX IF NOT EXISTS masks_status ON masks (project, version, status, sour
         return [(int(s), str(p)) for s, p in rows]
 
     def set_status(self, version: int, sources: Iterable[int], status: MaskStatus) -> None:
+        """Move the version's masks of ``sources`` to ``status`` (one batch, one transaction)."""
         with self._write() as db:
             db.executemany("UPDATE masks SET status = ? WHERE project = ? AND version = ? AND source_task_id = ?",
                            [(status, self.key, int(version), int(s)) for s in sources])

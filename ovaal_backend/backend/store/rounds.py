@@ -79,6 +79,7 @@ class Rounds(Repository):
         return [(int(s), float(score), json.loads(result)) for s, score, result in rows]
 
     def set_query_status(self, round_index: int, sources: Iterable[int], status: QueryStatus) -> None:
+        """Move the round's planned rows of ``sources`` to ``status`` (one batch, one transaction)."""
         with self._write() as db:
             db.executemany("UPDATE round_queries SET status = ? WHERE project = ? AND round_index = ? AND "
                            "source_task_id = ?", [(status, self.key, int(round_index), int(s)) for s in sources])
@@ -131,6 +132,7 @@ class Rounds(Repository):
         return [int(r[0]) for r in rows]
 
     def forget_query_tasks(self, task_ids: list[int]) -> None:
+        """Drop query tasks removed from Label Studio (a round's unanswered ones, when it ends)."""
         with self._write() as db:
             db.executemany("DELETE FROM query_tasks WHERE project = ? AND task_id = ?",
                            [(self.key, int(t)) for t in task_ids])
