@@ -4,7 +4,7 @@ A synthetic 8000x6000 JPEG (48 MP, made once under the temp folder) is read the 
 image, and its dense Winner-Takes-All mask is predicted and encoded as Label Studio brush RLE, each path in a fresh
 process whose peak RSS (``ru_maxrss``) is reported:
 
-- ``predict``: what ``/predict`` of a source task runs: ``ProjectModel.class_maps`` (image pool, forward pass,
+- ``predict``: what ``/predict`` of a source task runs: ``ServingModel.class_maps`` (image pool, forward pass,
   class map) and ``convert.brush_results``;
 - ``job``: the round job's mask step and its publication: ``engine.job`` loads and resizes the pool image, writes
   the mask file, then ``read_mask`` and ``brush_results`` as ``Publisher.push_masks`` does.
@@ -70,7 +70,8 @@ def child(phase: str, repo: Path, image: Path) -> dict:
     import ovaal_backend
     from ovaal_backend.backend.convert import LabelInterface, brush_results
     from ovaal_backend.backend.images import ImageFetcher
-    from ovaal_backend.backend.project.pool import ProjectModel
+    from ovaal_backend.backend.project.pool import ImagePool
+    from ovaal_backend.backend.project.serving import ServingModel
     from ovaal_backend.config import Config
     from ovaal_backend.engine import job
     from ovaal_backend.engine.learner import ActiveLearner
@@ -88,7 +89,7 @@ def child(phase: str, repo: Path, image: Path) -> dict:
     started = time.perf_counter()
     if phase == "predict":
         fetcher = ImageFetcher(None, work / "cache", str(image.parent), config.max_image_pixels)
-        model = ProjectModel(config, work, fetcher)
+        model = ServingModel(config, work, ImagePool(config, fetcher))
         url = f"/data/local-files/?d={image.name}"
         maps = list(model.class_maps(learner, [1], [url]))
         results = [brush_results(class_map, iface, scores=scores) for _, class_map, scores in maps]

@@ -99,7 +99,7 @@ def test_the_image_pool_keeps_the_most_recently_used(tmp_path, fake, truth):
     sources = sorted(truth)
     for task_id in sources:
         driver.pool_image(task_id, fake.tasks[task_id]["data"])
-    assert list(driver.ctx.model._pool) == sources[1:]
+    assert list(driver.ctx.images._images) == sources[1:]
 
 
 def test_the_image_pool_is_bounded_in_bytes(tmp_path, fake, truth):
@@ -109,7 +109,7 @@ def test_the_image_pool_is_bounded_in_bytes(tmp_path, fake, truth):
     assert driver.pool_image(sources[0], fake.tasks[sources[0]]["data"]) is first  # kept while it fits
     for task_id in sources[1:3]:
         driver.pool_image(task_id, fake.tasks[task_id]["data"])
-    assert list(driver.ctx.model._pool) == sources[1:3]
+    assert list(driver.ctx.images._images) == sources[1:3]
     assert driver.pool_image(sources[0], fake.tasks[sources[0]]["data"]) is not first  # dropped, read again
 
 

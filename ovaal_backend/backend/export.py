@@ -62,7 +62,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
     if "ls-json" in formats:
         check_brush_control(ctx.iface)
     colours = class_colours(state.label_config, state.classes)
-    learner = ctx.model.serving(state.version, state.generation, len(state.classes))
+    learner = ctx.model.learner(state.version, state.generation, len(state.classes))
     ids = sorted(sources)
     predicted: dict[int, np.ndarray] = {}
     if learner is not None:
@@ -111,7 +111,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
 def _empty_map(ctx: ProjectContext, task_id: int, data: dict[str, Any]) -> np.ndarray | None:
     """A map with no class at the image's size (no model yet), or None when the image cannot be read."""
     try:
-        height, width = ctx.model.image(task_id, ctx.image_url(data)).size
+        height, width = ctx.images.image(task_id, ctx.image_url(data)).size
     except Exception as err:
         log.error("task %d: cannot read its image, skipped: %s", task_id, err)
         return None

@@ -1,4 +1,5 @@
-"""What every part of a project shares: its settings, Label Studio client, stores, pool and typed state.
+"""What every part of a project shares: its settings, Label Studio client, store, image pool, serving model and
+typed state.
 
 The state is read and changed only through ``ProjectContext`` (under one lock, saved to SQLite on every change), so
 request threads and the project's worker see one consistent state; its round fields change only by events
@@ -19,7 +20,8 @@ from ..convert import LabelInterface
 from ..images import ImageFetcher
 from ..store import ProjectStore
 from .label_config import parse_label_config
-from .pool import ProjectModel
+from .pool import ImagePool
+from .serving import ServingModel
 from .state import BOOKKEEPING, QUERY_MARKER, Event, ProjectState, on, version_name
 
 STATE_FILE = "labels.sqlite3"
@@ -56,7 +58,8 @@ class ProjectContext:
         self.store = ProjectStore(self.root / STATE_FILE, self.key)
         fetcher = ImageFetcher(client, self.root / "images", config.label_studio_local_files_document_root,
                                config.max_image_pixels)
-        self.model = ProjectModel(config, self.root, fetcher)
+        self.images = ImagePool(config, fetcher)
+        self.model = ServingModel(config, self.root, self.images)
         self._lock = threading.RLock()
         saved = self.store.state.load()
         self._state = ProjectState.from_dict(saved) if saved else ProjectState()

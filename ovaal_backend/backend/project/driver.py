@@ -348,7 +348,7 @@ class ProjectDriver:
         keys, paths, points, unreachable = [], [], [], {}
         for task_id in sorted(sources):
             try:
-                path = self.ctx.model.image_path(task_id, self.ctx.image_url(sources[task_id]))
+                path = self.ctx.images.path(task_id, self.ctx.image_url(sources[task_id]))
             except Exception as err:  # one unreachable image must not stop the round
                 unreachable[task_id] = self._image_problem(task_id, err)
                 continue
@@ -418,16 +418,16 @@ class ProjectDriver:
     def serving_learner(self) -> ActiveLearner | None:
         """The model of the current version (loaded from disk on first use), or None before any training."""
         state = self.ctx.state
-        return self.ctx.model.serving(state.version, state.generation, len(state.classes))
+        return self.ctx.model.learner(state.version, state.generation, len(state.classes))
 
     def predict_class_maps(self, learner: ActiveLearner, task_ids: list[int], datas: list[dict[str, Any]]
                            ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(task id, class map, confidence)`` at each image's original size (see ProjectModel.class_maps)."""
+        """``(task id, class map, confidence)`` at each image's original size (see ServingModel.class_maps)."""
         return self.ctx.model.class_maps(learner, task_ids, [self.ctx.image_url(data) for data in datas])
 
     def pool_image(self, task_id: int, data: dict[str, Any]) -> PoolImage:
         """A source image resized for the model (kept in memory; the file is cached on disk)."""
-        return self.ctx.model.image(task_id, self.ctx.image_url(data))
+        return self.ctx.images.image(task_id, self.ctx.image_url(data))
 
 
 EVENT_BATCH = 200
