@@ -122,15 +122,13 @@ class ProjectContext:
         return url
 
     def list_sources(self) -> dict[int, dict[str, Any]]:
-        """Source tasks (the pool): every task that is not one of our query tasks and has an image.
-
-        They are also kept as rows in the store, so ``export`` works without Label Studio.
+        """Source tasks (the pool) as Label Studio lists them now: every task that is not one of our query tasks and
+        has an image. Reads only: the listings that decide a version's pool (the round job's, the mask push's) are
+        kept by their caller through ``store.sources.replace``, so ``export`` works without Label Studio.
         """
         key = self.iface.image_key
-        sources = {int(t["id"]): t.get("data") or {} for t in self.client.iter_tasks(self.project_id)
-                   if not (t.get("data") or {}).get(QUERY_MARKER) and (t.get("data") or {}).get(key)}
-        self.store.sources.replace(sources)
-        return sources
+        return {int(t["id"]): t.get("data") or {} for t in self.client.iter_tasks(self.project_id)
+                if not (t.get("data") or {}).get(QUERY_MARKER) and (t.get("data") or {}).get(key)}
 
     def points_by_source(self) -> dict[int, np.ndarray]:
         """Stored clicks per source image with labels as CURRENT class indices (removed classes -> ignore)."""

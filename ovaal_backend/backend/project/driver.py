@@ -344,6 +344,7 @@ class ProjectDriver:
         labels with TRAIN_ON_CORRECTIONS, the checkpoint to continue), and the images that could not be fetched
         (left out of this round, tried again in the next)."""
         sources = self.ctx.list_sources()
+        self.ctx.store.sources.replace(sources)  # the round's pool, as export and the dashboard read it
         clicks = self.ctx.points_by_source()
         keys, paths, points, unreachable = [], [], [], {}
         for task_id in sorted(sources):

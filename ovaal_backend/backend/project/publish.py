@@ -188,7 +188,9 @@ class Publisher:
         Masks of source tasks deleted since the job listed them are forgotten (``gone``), first by listing the
         sources again, then by splitting any batch Label Studio refuses (a task deleted during the push).
         """
-        self._forget_gone_masks(version, set(self.ctx.list_sources()))
+        sources = self.ctx.list_sources()
+        self.ctx.store.sources.replace(sources)  # the pool of the pushed masks, as export reads it
+        self._forget_gone_masks(version, set(sources))
         self._reconcile_masks(version)
         name, pushed = version_name(version), 0
         while batch := self.ctx.store.masks.by_status(version, MaskStatus.TODO, PUSH_BATCH):
