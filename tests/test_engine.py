@@ -5,7 +5,8 @@ import torch
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.data import resize_images
 from ovaal_backend.engine.learner import RANDOM_QUERY, ActiveLearner, labelled_mask
-from ovaal_backend.engine.rounds import RoundPlan, Training
+from ovaal_backend.engine.rounds import START, RoundPlan, Training
+from ovaal_backend.engine.step import Pool, round_step
 from ovaal_backend.engine.train import load_checkpoint, save_checkpoint
 from tests.helpers.fake_label_studio import TINY
 from tests.helpers.synthetic import make_scene
@@ -109,3 +110,25 @@ def test_state_round_trips_through_an_atomic_checkpoint(tmp_path):
     other = ActiveLearner(Config(**TINY), 4)
     with pytest.raises(ValueError, match="3 classes"):
         other.load_state_dict(learner.state_dict())
+
+
+def test_a_round_step_runs_the_plans_trainings_then_selects():
+    images, labels, sizes = _pool(3)
+    config = Config(**{**TINY, "semi": True})
+    plan, learner = RoundPlan.from_config(config), ActiveLearner(config, 3)
+    pool = Pool(images, sizes, [np.zeros((0, 3), dtype=np.int64) for _ in sizes])
+    assert not pool.trainable()
+    start = round_step(learner, plan, START, pool)
+    assert not learner.trained and set(start.queries) == {0, 1, 2}
+    assert all(len(q) == 5 and (q.guess == -1).all() for q in start.queries.values()), "round 0 is random"
+    for i, q in start.queries.items():
+        pool.clicks[i] = np.stack([q.rows, q.cols, labels[i][q.rows, q.cols]], 1)
+    pool.dense = {2: np.array([[1, 1, 0]])}  # image 2's full label map arrived: it trains, and is not asked again
+    trained = []
+    step = round_step(learner, plan, 0, pool, on_trained=lambda t, r: trained.append((t, learner.trained_rounds)))
+    assert trained == [(Training(config.first_round_epochs), 1)] and set(step.queries) == {0, 1}
+    assert all(len(q) == 6 and (q.guess >= 0).all() for q in step.queries.values()), "chosen by the trained model"
+    trained.clear()
+    last = round_step(learner, plan, 1, pool, on_trained=lambda t, r: trained.append((t, learner.trained_rounds)))
+    assert [t for t, _ in trained] == [Training(config.epochs, last=False), plan.final_phase(True)]
+    assert [n for _, n in trained] == [2, 3] and last.queries == {}, "the budget is spent: nothing more to ask"

@@ -9,7 +9,7 @@ import torch
 from ovaal_backend.config import IGNORE_INDEX, Config
 from ovaal_backend.engine.job import MASK_TILE_ELEMENTS, START, RoundJob, predict_masks, read_mask, run_round
 from ovaal_backend.engine.learner import ActiveLearner
-from ovaal_backend.engine.rounds import RoundPlan
+from ovaal_backend.engine.rounds import RoundPlan, Training
 from ovaal_backend.engine.train import load_checkpoint
 from tests.helpers.fake_label_studio import TINY
 from tests.helpers.synthetic import CLASSES, VOID
@@ -25,6 +25,17 @@ def test_round_plan():
     assert [plan.next_round(r) for r in (START, 0, 2, 3)] == [0, 1, 3, None]
     assert not plan.is_last(2) and plan.is_last(3) and plan.has_final_phase(3) and not plan.has_final_phase(2)
     assert not RoundPlan.from_config(Config(rounds=1, semi_epochs=0)).has_final_phase(1)
+
+
+def test_round_plan_decides_each_training():
+    plan = RoundPlan.from_config(Config(first_round_epochs=5, epochs=2, semi_epochs=3, rounds=2, semi=True))
+    assert plan.trainings(START, False) == () and plan.trainings(0, False) == (Training(5),)
+    assert plan.trainings(1, True) == (Training(2),), "later rounds fine-tune for EPOCHS"
+    assert plan.trainings(2, True) == (Training(2, last=False), Training(3, semi=True, final=True))
+    fresh = RoundPlan.from_config(Config(first_round_epochs=5, epochs=2, semi_epochs=3, rounds=1, semi=False,
+                                         retrain=True, final_from_scratch=True))
+    assert fresh.trainings(0, False) == (Training(5),), "the first model is fresh already"
+    assert fresh.trainings(1, True) == (Training(5, fresh=True, last=False), Training(3, final=True, fresh=True))
 
 
 def clicks(label: np.ndarray, n: int, seed: int) -> np.ndarray:

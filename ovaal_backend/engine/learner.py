@@ -69,7 +69,9 @@ def labelled_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class ActiveLearner:
-    """A classifier plus the steps of the active-learning loop.
+    """A classifier plus the steps of the active-learning loop, and the one owner of the state its trainings share:
+    the model, the random generator, the optimiser kept across rounds and the count of trainings (``state_dict``
+    is what a checkpoint holds of it). A training run (``train.train_model``) only steps what it is given.
 
     Args:
         config: model, training and acquisition settings.
@@ -94,7 +96,8 @@ class ActiveLearner:
 
     @property
     def trained(self) -> bool:
-        """Whether this model has been trained (the plan's first training runs ``first_round_epochs``)."""
+        """Whether the learner has trained before: the plan's first training runs ``first_round_epochs``, and a
+        step picks random pixels until it has."""
         return self.trained_rounds > 0
 
     def train(self, images: torch.Tensor, points: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],

@@ -1,4 +1,5 @@
-"""One training run: optimiser, epochs over point-labelled images, mixed precision on CUDA, progress, checkpoints."""
+"""One training run: epochs over point-labelled images that step the optimiser it is given (the learner owns it),
+with the run's own schedule, mixed precision on CUDA and OVAAL+ teacher; progress; checkpoint files."""
 
 from __future__ import annotations
 
@@ -129,8 +130,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
         raise ValueError("the OVAAL+ semi-supervised loss needs an OVA classifier (ova-shared or ova-separate)")
     batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
-    run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch,
-               copy.deepcopy(model).eval() if semi else None)
+    run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch, semi)
     augment = Augmentation(config.scale_min, config.scale_max, True, config.color_jitter)
     model.to(device).train()
     iterations, last_loss = 0, float("nan")
@@ -151,13 +151,15 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
 
 
 class _Run:
-    """The moving parts of one training run: optimiser, schedule, mixed-precision scaler and OVAAL+ teacher."""
+    """The moving parts of one training run, all owned here: the schedule of the optimiser it is given, the
+    mixed-precision scaler and, with ``semi``, the OVAAL+ teacher (a copy of the model as the run begins)."""
 
     def __init__(self, model: SegmentationClassifier, config: EngineConfig, device: torch.device,
                  normalization: tuple[Sequence[float], Sequence[float]], optimizer: torch.optim.Optimizer,
-                 total_steps: int, teacher: SegmentationClassifier | None) -> None:
+                 total_steps: int, semi: bool) -> None:
         self.model, self.config, self.device, self.normalization = model, config, device, normalization
-        self.optimizer, self.teacher = optimizer, teacher
+        self.optimizer = optimizer
+        self.teacher = copy.deepcopy(model).eval() if semi else None
         self.schedule = build_schedule(optimizer, config, total_steps)
         self.use_amp = config.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
