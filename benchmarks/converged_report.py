@@ -18,7 +18,7 @@ from pathlib import Path
 from report import LARGE, Groups, Metric, class_iou, fmt, load_splits, ordered, paired, section, values
 
 BASE = "pixelpick"
-SMALL = ("pole", "sign", "fence", "pedestrian", "bicyclist")
+SMALL = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 TAUS = ("0.5", "1.0")
 
 
