@@ -45,8 +45,9 @@ sys.path.insert(0, str(ROOT))
 from backend_bench import machine  # noqa: E402
 from doc_section import write_section  # noqa: E402
 
-from ovaal_backend.backend.app import Backend, create_app  # noqa: E402
+from ovaal_backend.backend.app import create_app  # noqa: E402
 from ovaal_backend.backend.convert import brush_results, decode_brush  # noqa: E402
+from ovaal_backend.backend.registry import Backend  # noqa: E402
 from ovaal_backend.backend.worker import ProjectWorker  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
 from tests.helpers.annotator import answer_keypoints  # noqa: E402

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from doc_section import write_section  # noqa: E402
 
 from ovaal_backend.backend.jobs import InProcessJobs  # noqa: E402
-from ovaal_backend.backend.queue_worker import RQJobs  # noqa: E402
+from ovaal_backend.backend.queue_jobs import RQJobs  # noqa: E402
 from ovaal_backend.config import IGNORE_INDEX, Config  # noqa: E402
 from ovaal_backend.engine.job import RoundJob  # noqa: E402
 from ovaal_backend.engine.runtime import configure_torch  # noqa: E402

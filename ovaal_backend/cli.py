@@ -148,35 +148,26 @@ def _export_formats(text: str) -> tuple[str, ...]:
 
 def run_resync(args: argparse.Namespace) -> int:
     """``resync``: queue Label Studio's annotations of one project as events for the backend to apply."""
+    from .backend import service
     from .backend.client import client_from_config
-    from .backend.project.context import known_projects
-    from .backend.project.driver import ProjectDriver
 
     config = Config.from_env()
-    if args.project not in known_projects(config):
-        raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}: connect the model to it "
-                         "in Label Studio first")
-    queued, deleted = ProjectDriver(config, args.project, client_from_config(config)).resync()
+    queued, deleted = service.resync(config, args.project, client_from_config(config))
     print(f"project {args.project}: queued {queued} annotations and {deleted} deletions")
     return 0
 
 
 def run_quarantine(args: argparse.Namespace) -> int:
     """``quarantine``: what one project set aside, and optionally release its events."""
-    from .backend.project.context import ProjectContext, known_projects
+    from .backend import service
 
-    config = Config.from_env()
-    if args.project not in known_projects(config):
-        raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}")
-    ctx = ProjectContext(config, args.project, client=None)  # reads the store only
-    events, images = ctx.store.events.quarantined(), ctx.store.quarantine.items("image")
-    for event in events:
+    found = service.quarantine(Config.from_env(), args.project, release=args.release)
+    for event in found.events:
         print(f"event {event['id']} ({event['action']}): {event['error']}")
-    for image in images:
+    for image in found.images:
         print(f"image of task {image['item']}: {image['reason']}")
-    released = ctx.store.events.release() if args.release else 0
-    print(f"project {args.project}: {len(events)} quarantined events, {len(images)} unreadable images"
-          + (f"; released {released} events" if args.release else ""))
+    print(f"project {args.project}: {len(found.events)} quarantined events, {len(found.images)} unreadable images"
+          + (f"; released {found.released} events" if args.release else ""))
     return 0
 
 
@@ -189,25 +180,18 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_requeue(args: argparse.Namespace) -> int:
     """``requeue``: release a project's round job that failed for good (re-queued on Redis when there is a queue)."""
-    from .backend.project.context import ProjectContext, known_projects
-    from .backend.project.events import REQUEUE_ACTION
+    from .backend import service
 
     config = Config.from_env()
-    if args.project not in known_projects(config):
-        raise ValueError(f"MODEL_DIR={config.model_dir} holds no project {args.project}")
-    ctx = ProjectContext(config, args.project, client=None)  # reads the store, queues one event
-    failed = ctx.state.held_job()
-    if failed is None:
-        raise ValueError(f"project {args.project} has no round job that failed for good (phase "
-                         f"{ctx.state.phase}): nothing to requeue")
+    failed = service.held_job(config, args.project)
     print(f"project {args.project}: round job {failed['job']} (round {failed['round']}) failed: {failed['reason']}")
     if config.redis_url:
-        from .backend.queue_worker import requeue_failed
+        from .backend.queue_jobs import requeue_failed
 
         print(requeue_failed(config, failed["queue_id"]))
     else:
         print("no REDIS_URL: the backend runs it again in its own process")
-    ctx.store.events.add(REQUEUE_ACTION, {"job": failed["job"]})
+    service.release_job(config, args.project, failed["job"])
     print(f"project {args.project}: released; a running backend resumes the round within seconds")
     return 0
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ovaal_backend.backend.app import Backend, create_app
+from ovaal_backend.backend.app import create_app
 from ovaal_backend.backend.convert import pixel_to_percent
 from ovaal_backend.backend.dashboard import WorkerClock
 from ovaal_backend.backend.facts import ProjectFacts
 from ovaal_backend.backend.progress import class_clicks, phase_since, prelabel_quality, round_timeline
+from ovaal_backend.backend.registry import Backend
 from ovaal_backend.backend.store import ProjectStore
 from ovaal_backend.config import IGNORE_INDEX
 from tests.helpers.annotator import answer_keypoints

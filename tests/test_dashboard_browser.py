@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from ovaal_backend.backend.app import Backend, create_app
+from ovaal_backend.backend.app import create_app
 from ovaal_backend.backend.convert import LabelInterface, brush_results
 from ovaal_backend.backend.dashboard import STATIC
+from ovaal_backend.backend.registry import Backend
 from ovaal_backend.config import Config
 from tests.helpers.fake_label_studio import TINY, UID, XML, P, add_scenes, answer_round, make_fake_project
 from tests.helpers.ls_server import free_port, loopback_session

@@ -141,7 +141,7 @@ def check_queue_jobs(backend: BackendProcess, project_id: int, job_ids: list[str
     from redis import Redis
     from rq.job import Job
 
-    from ovaal_backend.backend.queue_worker import JobOrigin
+    from ovaal_backend.backend.queue_origin import JobOrigin
 
     jobs = backend.session().get(f"{backend.url}/metrics", timeout=30).json()["jobs"]
     assert jobs["kind"] == "rq" and jobs["workers"] == len(WORKER_NAMES) and jobs["failed"] == 0, jobs

@@ -150,7 +150,7 @@ def test_label_studio_shows_the_cause_when_connecting(label_studio, tmp_path, se
 def test_a_brush_only_config_is_refused_with_the_lines_to_add(fake, tmp_path):
     """Issue 18 item 7: the 400 of /setup (body and reason phrase) holds the KeyPointLabels lines for the project's
     classes with an ignore label; pasted in, the config connects."""
-    from ovaal_backend.backend.app import Backend
+    from ovaal_backend.backend.registry import Backend
 
     brush_only = ('<View><Image name="img" value="$image"/><BrushLabels name="mask" toName="img">'
                   '<Label value="road"/><Label value="sky &amp; sun"/></BrushLabels></View>')

@@ -9,8 +9,9 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from ovaal_backend.backend.app import Backend, create_app
+from ovaal_backend.backend.app import create_app
 from ovaal_backend.backend.prometheus import wants_prometheus
+from ovaal_backend.backend.registry import Backend
 from ovaal_backend.config import Config
 from tests.helpers import fault_kit
 from tests.helpers.fake_label_studio import TINY, UID, XML, P, add_scenes, make_fake_project

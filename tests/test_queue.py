@@ -36,12 +36,9 @@ from rq import Queue  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq.registry import FinishedJobRegistry  # noqa: E402
 
-from ovaal_backend.backend.queue_worker import (  # noqa: E402
-    FOLDER_ID_FILE,
-    JobOrigin,
-    RQJobs,
-    rebase,
-)
+from ovaal_backend.backend.queue_jobs import RQJobs  # noqa: E402
+from ovaal_backend.backend.queue_origin import FOLDER_ID_FILE, JobOrigin  # noqa: E402
+from ovaal_backend.backend.queue_worker import rebase  # noqa: E402
 from tests.helpers.ls_server import free_port, wait_for  # noqa: E402
 from tests.helpers.queue_kit import HEARTBEAT, ROOT, TEST_QUEUE, Workers  # noqa: E402
 
@@ -382,7 +379,8 @@ def test_failed_job_waits_in_metrics_until_requeue(tmp_path, redis_url, workers,
     """A round job that fails on every run rq gives it holds its project: /metrics shows it with its reason and the
     backend does not run it again by itself; `requeue` names the problem when Redis is out of reach or nothing
     failed, and after the cause is fixed puts the same job back on the queue: the round ends, the version bumps."""
-    from ovaal_backend.backend.app import Backend, create_app
+    from ovaal_backend.backend.app import create_app
+    from ovaal_backend.backend.registry import Backend
     from ovaal_backend.cli import main
 
     fake = FakeLabelStudio()

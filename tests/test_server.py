@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from ovaal_backend.backend.app import Backend, create_app
+from ovaal_backend.backend.app import create_app
+from ovaal_backend.backend.registry import Backend
 from ovaal_backend.config import Config
 from tests.helpers.annotator import answer_keypoints
 from tests.helpers.fake_label_studio import CLASSES, TINY, UID, XML, P

@@ -197,7 +197,7 @@ def check_redis(config: Config) -> list[Finding]:
     from rq import Queue
     from rq.worker import Worker
 
-    from .queue_worker import connect
+    from .queue_origin import connect
 
     where = redact_url(config.redis_url)
     try:

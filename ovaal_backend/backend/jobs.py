@@ -1,5 +1,5 @@
 """Where round jobs run. The embedded default runs ``engine.job.run_round`` in the calling thread (the project's
-worker); with ``REDIS_URL`` set they go to RQ workers on other machines (``queue_worker.RQJobs``) through the same
+worker); with ``REDIS_URL`` set they go to RQ workers on other machines (``queue_jobs.RQJobs``) through the same
 ``run`` signature. Either way a job that still fails after ``JOB_RETRIES`` re-runs raises ``JobFailedError``: its
 project holds the round (shown in /metrics) until ``python -m ovaal_backend requeue`` releases it."""
 
@@ -107,6 +107,6 @@ def job_runner(config: Config) -> JobRunner:
     """The runner the settings ask for: RQ on ``REDIS_URL`` when it is set, else this process."""
     if not config.redis_url:
         return InProcessJobs(config.job_retries, config.max_training_jobs)
-    from .queue_worker import RQJobs  # rq and redis are imported only when a queue is configured
+    from .queue_jobs import RQJobs  # rq and redis are imported only when a queue is configured
 
     return RQJobs(config)

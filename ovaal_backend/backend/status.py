@@ -20,7 +20,7 @@ def metrics_payload(backend: Any) -> dict[str, Any]:
     set aside, the link to Label Studio, the round-job runner and the ``/predict`` slots.
 
     Args:
-        backend: The ``app.Backend`` (typed loosely: this module must not import ``app``, which imports it).
+        backend: The ``registry.Backend`` (typed loosely: this module stays free of the registry's imports).
     """
     projects = {}
     for project_id, driver in sorted(backend.projects().items()):

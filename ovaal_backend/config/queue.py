@@ -12,7 +12,7 @@ from .part import ConfigError, Part, explicit_field, records_given
 @records_given
 @dataclass(frozen=True)
 class QueueConfig(Part):
-    """How round jobs run: in the backend's process, or through RQ on Redis (backend/queue_worker.py)."""
+    """How round jobs run: in the backend's process, or through RQ on Redis (backend/queue_jobs.py, queue_worker.py)."""
 
     redis_url: str = ""  # redis://host:6379/0: round jobs go to RQ workers ("" = they run in this process)
     job_queue: str = "ovaal"  # RQ queue name shared by the backend and its workers
