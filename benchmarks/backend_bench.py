@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from doc_section import write_section  # noqa: E402
 
 from ovaal_backend.backend.client import LabelStudioClient  # noqa: E402
-from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel  # noqa: E402
+from ovaal_backend.backend.convert import ParsedLabelConfig, percent_to_pixel  # noqa: E402
 from ovaal_backend.config import Config  # noqa: E402
 from tests.helpers.annotator import answer_keypoints  # noqa: E402
 from tests.helpers.ls_server import BackendProcess, LabelStudioServer, free_port, wait_for  # noqa: E402
@@ -213,7 +213,7 @@ class Stack:
     project: int
     truth_of: dict[int, np.ndarray]
     """Source task id -> ground-truth class map (void = -1)."""
-    iface: LabelInterface
+    parsed_config: ParsedLabelConfig
     config_xml: str
     timeout: float
     full_listing: bool = False
@@ -314,7 +314,8 @@ def annotate(stack: Stack, tasks: list[dict[str, Any]], version: str) -> tuple[f
     for task in sorted(tasks, key=lambda t: t["id"]):
         prediction = next(p for p in task["predictions"] if p["model_version"] == version)
         truth = stack.truth_of[task["data"]["ovaal_source_task"]]
-        result = answer_keypoints(prediction["result"], truth, stack.iface.classes, stack.iface.ignore_label)
+        result = answer_keypoints(prediction["result"], truth, stack.parsed_config.classes,
+                                  stack.parsed_config.ignore_label)
         t0 = time.time()
         stack.client.request("POST", f"/api/tasks/{task['id']}/annotations/",
                              json={"result": result, "was_cancelled": False})
@@ -606,7 +607,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         client = LabelStudioClient(ls.url, ls.token, timeout=300)
         config_xml = (ROOT / "label_config" / "camvid.xml").read_text()
         project, truth_of = create_project(client, ls, docroot / "camvid", truth, config_xml)
-        stack = Stack(ls, backend, client, project, truth_of, LabelInterface.parse(config_xml), config_xml,
+        stack = Stack(ls, backend, client, project, truth_of, ParsedLabelConfig.parse(config_xml), config_xml,
                       args.timeout)
         measure(stack, args, results, sampler)
         results["total_seconds"] = time.monotonic() - t_run

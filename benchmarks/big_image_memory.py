@@ -68,7 +68,7 @@ def child(phase: str, repo: Path, image: Path) -> dict:
     import torch
 
     import ovaal_backend
-    from ovaal_backend.backend.convert import LabelInterface, brush_results
+    from ovaal_backend.backend.convert import ParsedLabelConfig, brush_results
     from ovaal_backend.backend.images import ImageFetcher
     from ovaal_backend.backend.project.pool import ImagePool
     from ovaal_backend.backend.project.serving import ServingModel
@@ -80,8 +80,8 @@ def child(phase: str, repo: Path, image: Path) -> dict:
         raise SystemExit(f"imported {ovaal_backend.__file__}, not the code under {repo}")
     torch.manual_seed(0)
     config = Config(device="cpu", encoder_weights="none", num_threads=2).for_machine(False)
-    iface = LabelInterface.parse((repo / "label_config" / "camvid.xml").read_text())
-    learner = ActiveLearner(config, len(iface.classes))
+    parsed_config = ParsedLabelConfig.parse((repo / "label_config" / "camvid.xml").read_text())
+    learner = ActiveLearner(config, len(parsed_config.classes))
     head = [m for m in learner.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(head.weight, std=2.0)  # an untrained head predicts one class everywhere: make it vary
     work = Path(tempfile.mkdtemp(prefix="ovaal-bigmem-"))
@@ -92,15 +92,15 @@ def child(phase: str, repo: Path, image: Path) -> dict:
         model = ServingModel(config, work, ImagePool(config, fetcher))
         url = f"/data/local-files/?d={image.name}"
         maps = list(model.class_maps(learner, [1], [url]))
-        results = [brush_results(class_map, iface, scores=scores) for _, class_map, scores in maps]
+        results = [brush_results(class_map, parsed_config, scores=scores) for _, class_map, scores in maps]
     else:
-        pool = job.RoundJob(config=config, classes=list(iface.classes), ended_round=0, keys=[1],
+        pool = job.RoundJob(config=config, classes=list(parsed_config.classes), ended_round=0, keys=[1],
                             image_paths=[str(image)], points=[[]], checkpoint=str(work / "model.pt"), version=1,
                             generation=0, masks_dir=str(work / "masks"))
         keys, images, sizes, _, _ = job._load_pool(pool)
         paths = job._write_masks(learner, keys, images, sizes, work / "masks", config.predict_batch)
         class_map, scores = job.read_mask(paths[1])
-        results = [brush_results(class_map, iface, scores=scores)]
+        results = [brush_results(class_map, parsed_config, scores=scores)]
     seconds = time.perf_counter() - started
     regions = results[0]
     return {"phase": phase, "baseline_mib": baseline, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from backend_bench import machine  # noqa: E402
 from doc_section import write_section  # noqa: E402
 
-from ovaal_backend.backend.convert import LabelInterface, keypoint_results  # noqa: E402
+from ovaal_backend.backend.convert import ParsedLabelConfig, keypoint_results  # noqa: E402
 from ovaal_backend.backend.project.events import trim_payload  # noqa: E402
 from ovaal_backend.backend.project.state import Phase, ProjectState  # noqa: E402
 from ovaal_backend.backend.store import ProjectStore  # noqa: E402
@@ -87,8 +87,8 @@ def query_task_id(round_index: int, source: int) -> int:
 def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
     """Write the project into ``model_dir`` through its ``ProjectStore``."""
     xml = (ROOT / "label_config" / "camvid.xml").read_text()
-    iface = LabelInterface.parse(xml)
-    names = [*iface.classes, iface.ignore_label]
+    parsed_config = ParsedLabelConfig.parse(xml)
+    names = [*parsed_config.classes, parsed_config.ignore_label]
     rng = np.random.default_rng(seed)
     path = model_dir / str(PROJECT) / "labels.sqlite3"
     store = ProjectStore(path, str(PROJECT))
@@ -99,9 +99,9 @@ def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
         rows = []
         for source in sources:
             pixels = rng.choice(WIDTH * HEIGHT, PIXELS, replace=False)
-            labels = rng.integers(0, len(iface.classes), PIXELS) if round_index else [IGNORE_INDEX] * PIXELS
+            labels = rng.integers(0, len(parsed_config.classes), PIXELS) if round_index else [IGNORE_INDEX] * PIXELS
             points = [(int(p // WIDTH), int(p % WIDTH), int(lab), None, 0.5) for p, lab in zip(pixels, labels)]
-            result = keypoint_results(points, WIDTH, HEIGHT, iface, 0.6)
+            result = keypoint_results(points, WIDTH, HEIGHT, parsed_config, 0.6)
             queries[(round_index, source)] = result
             rows.append((source, 0.5, result))
         store.rounds.plan_queries(round_index, round_index, rows)
@@ -111,7 +111,7 @@ def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
         answered = sources if round_index < ROUNDS - 1 else sources[:ANSWERED_ROUND3]
         for source in answered:
             annotation_id += 1
-            points = _answer_points(queries[(round_index, source)], rng, len(iface.classes))
+            points = _answer_points(queries[(round_index, source)], rng, len(parsed_config.classes))
             store.clicks.put(annotation_id, query_task_id(round_index, source), source, round_index,
                              "annotator@example.com", points, cancelled=False)
     backlog = sources[ANSWERED_ROUND3:ANSWERED_ROUND3 + BACKLOG_TASKS]
@@ -122,8 +122,8 @@ def build_state(model_dir: Path, images: int, seed: int = 0) -> None:
                                     names, f"2026-01-01T00:{update:02d}:00")
             action = "ANNOTATION_CREATED" if update == 0 else "ANNOTATION_UPDATED"
             store.events.add(action, trim_payload(action, body))
-    state = ProjectState(uid=f"{PROJECT}.1700000000", label_config=xml, classes=list(iface.classes),
-                         label_names=list(iface.classes), phase=Phase.QUERYING, round=ROUNDS - 1,
+    state = ProjectState(uid=f"{PROJECT}.1700000000", label_config=xml, classes=list(parsed_config.classes),
+                         label_names=list(parsed_config.classes), phase=Phase.QUERYING, round=ROUNDS - 1,
                          version=ROUNDS - 1, versions_in_label_studio=list(range(1, ROUNDS)))
     store.state.save(state.to_dict())
     for version in range(1, ROUNDS):
@@ -328,7 +328,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     state = ensure_state(args.state, args.images)
-    names = [*LabelInterface.parse((ROOT / "label_config" / "camvid.xml").read_text()).classes, "ignore"]
+    names = [*ParsedLabelConfig.parse((ROOT / "label_config" / "camvid.xml").read_text()).classes, "ignore"]
     payloads = fresh_answers(state / str(PROJECT) / "labels.sqlite3", names, int(args.rate * args.seconds) + 10)
     figures = serve_and_measure(args, state, payloads)
     line = row(args.label, args, figures)

@@ -144,13 +144,15 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         shutil.move(str(folder), str(work / "aside"))
         computed, computed_masks = timed_calls(client, sources, args.repeats)
         folder.mkdir()
-        iface = backend.driver(P).ctx.iface
+        parsed_config = backend.driver(P).ctx.parsed_config
         written = {}
         for task, label in truth.items():  # as many edges as the ground truth: what a trained model's files hold
             written[task] = np.where(label < 0, 0, label).astype(np.uint8)
-            np.savez_compressed(folder / files[task].name, class_map=written[task], scores=np.ones(len(iface.classes)))
+            np.savez_compressed(folder / files[task].name, class_map=written[task],
+                                scores=np.ones(len(parsed_config.classes)))
         detailed, detailed_masks = timed_calls(client, sources, args.repeats)
-        expected = [brush_results(written[t["id"]], iface, scores=np.ones(len(iface.classes))) for t in sources]
+        expected = [brush_results(written[t["id"]], parsed_config, scores=np.ones(len(parsed_config.classes)))
+                    for t in sources]
         assert same_masks(detailed_masks, expected), "the ground-truth files were not served"
         truth_kib = statistics.mean(f.stat().st_size for f in folder.glob("*.npz")) / 1024
         load = max(load, os.getloadavg()[0])

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from backend_bench import CpuWindow, machine  # noqa: E402
 from doc_section import write_section  # noqa: E402
 
-from ovaal_backend.backend.convert import LabelInterface  # noqa: E402
+from ovaal_backend.backend.convert import ParsedLabelConfig  # noqa: E402
 from tests.helpers.fault_kit import (  # noqa: E402
     AUTH,
     Proxy,
@@ -118,7 +118,7 @@ def make_large_project(ls: LabelStudioServer, count: int, scale: int) -> SmallPr
                             json=[{"data": {"image": ls.local_files_url(ls.document_root / "webhook-load" / n)}}
                                   for n in names]).json()
     return SmallProject(project["id"], dict(zip(imported["task_ids"], (truth[n] for n in names), strict=True)),
-                        LabelInterface.parse(config))
+                        ParsedLabelConfig.parse(config))
 
 
 # ==================================================================== load

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ovaal_backend.backend.convert import LabelInterface, percent_to_pixel
+from ovaal_backend.backend.convert import ParsedLabelConfig, percent_to_pixel
 from ovaal_backend.backend.store import ProjectStore
 from tests.helpers.fake_label_studio import XML as SYNTHETIC_XML
 from tests.helpers.ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
@@ -200,7 +200,7 @@ def dataset(label_studio) -> dict[str, Any]:
             label.set("hotkey", key)
         config = ET.tostring(root, encoding="unicode")
     return {"folder": folder, "names": sorted(p.name for p in folder.iterdir()), "config": config,
-            "iface": LabelInterface.parse(config)}
+            "parsed_config": ParsedLabelConfig.parse(config)}
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def stored_answers(backend: BackendProcess, project_id: int) -> dict[int, set[tu
 @pytest.mark.skipif(chromium_binary() is None, reason=NO_CHROMIUM)
 def test_annotator_relabels_points_with_hotkeys_in_label_studio(label_studio, dataset, backend, tab):
     t_start = time.monotonic()
-    client, iface = label_studio.client(), dataset["iface"]
+    client, parsed_config = label_studio.client(), dataset["parsed_config"]
     project = client.projects.create(title="OVAAL annotator in a browser", label_config=dataset["config"])
     pid = project.id
     client.import_storage.local.create(project=pid, path=str(dataset["folder"]), title="images", use_blob_urls=True)
@@ -273,7 +273,8 @@ def test_annotator_relabels_points_with_hotkeys_in_label_studio(label_studio, da
         assert hotkeys == {label.get("value"): label.get("hotkey")  # the hotkeys shown are the config's
                            for label in ET.fromstring(dataset["config"]).find("./KeyPointLabels")}
         regions = state["regions"]
-        assert len(regions) == POINTS and {r["label"] for r in regions} == {iface.ignore_label}  # round 0: "ignore"
+        # round 0: "ignore"
+        assert len(regions) == POINTS and {r["label"] for r in regions} == {parsed_config.ignore_label}
         prediction = [p for p in task.predictions if p.model_version == "ovaal-0"][0].result
         assert [r["id"] for r in regions] == [r["id"] for r in prediction]
         # Every point is drawn as benchmarks/point_contrast.py models it: filled with its label colour darkened,
@@ -282,7 +283,7 @@ def test_annotator_relabels_points_with_hotkeys_in_label_studio(label_studio, da
             assert region["circle"] == [drawn(colours[region["label"]]), rgb(colours[region["label"]])], region
 
         # Two points in a row get the same class, every third point stays "ignore".
-        plan = {r["id"]: iface.classes[(4 * (i // 3) + 1 + (way == "mouse")) % len(iface.classes)]
+        plan = {r["id"]: parsed_config.classes[(4 * (i // 3) + 1 + (way == "mouse")) % len(parsed_config.classes)]
                 for i, r in enumerate(regions) if i % 3 != 2}
         if way == "mouse":  # a person would zoom in to tell touching points apart; this one leaves them alone
             plan = {rid: name for rid, name in plan.items() if rid not in crowded(state)}
@@ -305,7 +306,7 @@ def test_annotator_relabels_points_with_hotkeys_in_label_studio(label_studio, da
                 tab.wait_editor("the clicked point selected", lambda s, rid=region["id"]: ready(s) and
                                 s["selected"] == rid, 10)
                 tab.press(hotkeys[plan[region["id"]]])
-        want = {r["id"]: plan.get(r["id"], iface.ignore_label) for r in regions}
+        want = {r["id"]: plan.get(r["id"], parsed_config.ignore_label) for r in regions}
         shown = tab.wait_editor("the new classes on the points", lambda s, want=want: {
             r["id"]: r["label"] for r in s["regions"]} == want, 10)
         assert len(shown["regions"]) == POINTS  # no point added, moved or lost

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ovaal_backend.backend.convert import LabelInterface, brush_results
+from ovaal_backend.backend.convert import ParsedLabelConfig, brush_results
 from ovaal_backend.backend.corrections import (
     brush_label_map,
     correction_figure,
@@ -28,7 +28,7 @@ from tests.helpers.synthetic import CLASSES, VOID, make_dataset
 
 from .test_simulate import FAST
 
-IFACE = LabelInterface.parse(XML)
+IFACE = ParsedLabelConfig.parse(XML)
 KEYS = {"background": 0, "square": 1, "disc": 2}
 U8 = np.dtype(np.uint8)
 

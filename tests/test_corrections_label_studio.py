@@ -68,7 +68,7 @@ def class_map(prediction: dict, classes: tuple[str, ...]) -> np.ndarray:
 
 def test_a_corrected_mask_is_stored_measured_exported_trained_and_forgotten(label_studio, backend):
     project = make_project(label_studio, "ovaal-corrections", 3)
-    pid, classes = project.id, project.iface.classes
+    pid, classes = project.id, project.parsed_config.classes
     connect_model(label_studio, pid, backend.url)
     wait_for("our basic-auth header on the webhook", lambda: webhook_has_auth(label_studio, pid), 60, backend)
     round0 = wait_for("round-0 query tasks",
@@ -85,7 +85,8 @@ def test_a_corrected_mask_is_stored_measured_exported_trained_and_forgotten(labe
     truth = project.sources[source["id"]]  # -1 = void: painted with no region
     session = ls_session(label_studio)
     response = session.post(f"{label_studio.url}/api/tasks/{source['id']}/annotations/", timeout=60, json={
-        "result": brush_results(truth, project.iface), "parent_prediction": pushed["id"], "was_cancelled": False})
+        "result": brush_results(truth, project.parsed_config), "parent_prediction": pushed["id"],
+        "was_cancelled": False})
     assert response.status_code == 201, response.text
     annotation_id = response.json()["id"]
 

@@ -21,7 +21,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from ovaal_backend.backend.app import create_app
-from ovaal_backend.backend.convert import LabelInterface, brush_results
+from ovaal_backend.backend.convert import ParsedLabelConfig, brush_results
 from ovaal_backend.backend.dashboard import STATIC
 from ovaal_backend.backend.registry import Backend
 from ovaal_backend.config import Config
@@ -85,7 +85,7 @@ def mid_round(tmp_path):
     corrected = min(truth)  # one source mask corrected to its ground truth (void painted with no region)
     payload = fake.annotate(corrected, brush_results(np.where(truth[corrected] == VOID, -1,
                                                               truth[corrected].astype(np.int64)),
-                                                     LabelInterface.parse(XML)))
+                                                     ParsedLabelConfig.parse(XML)))
     driver.add_event(payload["action"], payload)
     driver.add_event("ANNOTATION_CREATED", {"annotation": {"id": 9999, "task": 9999, "result": []}})
     assert worker.run_pending()

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovaal_backend.backend.convert import LabelInterface, decode_brush, percent_to_pixel
+from ovaal_backend.backend.convert import ParsedLabelConfig, decode_brush, percent_to_pixel
 from tests.helpers.annotator import answer_keypoints
 from tests.helpers.fake_label_studio import XML as SYNTHETIC_XML
 from tests.helpers.ls_server import BackendError, BackendProcess, backend_env, loopback_session, wait_for
@@ -78,7 +78,7 @@ def dataset(label_studio) -> dict[str, Any]:
             truth[path.name] = np.where(label == 255, -1, label)
         shutil.rmtree(folder / "synthetic")
         config = SYNTHETIC_XML
-    return {"folder": folder, "truth": truth, "config": config, "iface": LabelInterface.parse(config)}
+    return {"folder": folder, "truth": truth, "config": config, "parsed_config": ParsedLabelConfig.parse(config)}
 
 
 @pytest.fixture(scope="module", params=["in-process", "queue"])
@@ -126,10 +126,11 @@ def keypoint_pixels(prediction: Any) -> list[tuple[int, int]]:
             for r in prediction.result]
 
 
-def answer(client, task: Any, version: str, truth: np.ndarray, iface: LabelInterface, skip: bool = False) -> None:
+def answer(client, task: Any, version: str, truth: np.ndarray, parsed_config: ParsedLabelConfig,
+           skip: bool = False) -> None:
     """The scripted annotator submits the task (every point relabelled from the ground truth), or skips it."""
-    result = [] if skip else answer_keypoints(prediction_of(task, version).result, truth, iface.classes,
-                                              iface.ignore_label)
+    result = [] if skip else answer_keypoints(prediction_of(task, version).result, truth, parsed_config.classes,
+                                              parsed_config.ignore_label)
     client.annotations.create(id=task.id, result=result, was_cancelled=skip)
 
 
@@ -152,7 +153,8 @@ def check_queue_jobs(backend: BackendProcess, project_id: int, job_ids: list[str
         assert job.get_status() == "finished" and job.worker_name in WORKER_NAMES, (job_id, job.worker_name)
 
 
-def check_masks(client, project_id: int, version: str, sources: dict[int, np.ndarray], iface: LabelInterface) -> None:
+def check_masks(client, project_id: int, version: str, sources: dict[int, np.ndarray],
+                parsed_config: ParsedLabelConfig) -> None:
     for task in tasks_of(client, project_id):
         if task.id not in sources:
             continue
@@ -160,8 +162,8 @@ def check_masks(client, project_id: int, version: str, sources: dict[int, np.nda
         height, width = sources[task.id].shape
         covered = np.zeros((height, width), dtype=int)
         for region in prediction.result:
-            assert region["type"] == "brushlabels" and region["from_name"] == iface.mask_from_name
-            assert region["value"]["brushlabels"][0] in iface.classes
+            assert region["type"] == "brushlabels" and region["from_name"] == parsed_config.mask_from_name
+            assert region["value"]["brushlabels"][0] in parsed_config.classes
             mask = decode_brush(region)
             assert mask.shape == (height, width)
             covered += mask
@@ -170,7 +172,7 @@ def check_masks(client, project_id: int, version: str, sources: dict[int, np.nda
 
 def test_active_learning_loop_with_real_label_studio(label_studio, dataset, backend):
     t_start = time.monotonic()
-    client, iface = label_studio.client(), dataset["iface"]
+    client, parsed_config = label_studio.client(), dataset["parsed_config"]
     project = client.projects.create(title="OVAAL end-to-end", label_config=dataset["config"])
     pid = project.id
     client.import_storage.local.create(project=pid, path=str(dataset["folder"]), title="images", use_blob_urls=True)
@@ -193,7 +195,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
             next(t for t in tasks_of(client, pid) if t.id == task.data["ovaal_source_task"]).data["image"]
         prediction = prediction_of(task, "ovaal-0")
         assert len(prediction.result) == 6
-        assert {r["value"]["keypointlabels"][0] for r in prediction.result} == {iface.ignore_label}
+        assert {r["value"]["keypointlabels"][0] for r in prediction.result} == {parsed_config.ignore_label}
     wait_for("the project on ovaal-0 with uncertainty sampling", lambda: (
         (p := client.projects.get(id=pid)).model_version == "ovaal-0" and p.sampling == "Uncertainty sampling"),
         30, backend)
@@ -209,7 +211,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     assert served["id"] in {t.id for t in round0}  # the label stream serves query tasks
 
     for task in round0:
-        answer(client, task, "ovaal-0", sources[task.data["ovaal_source_task"]], iface)
+        answer(client, task, "ovaal-0", sources[task.data["ovaal_source_task"]], parsed_config)
 
     # The webhooks stored the clicks; the round ended; training made version 1 and published round 1 and masks.
     round1 = wait_for("round-1 query tasks", lambda: (q := query_tasks(client, pid, 1)) and len(q) == N_IMAGES and q,
@@ -221,10 +223,10 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     for task in round1:
         prediction = prediction_of(task, "ovaal-1")
         assert len(prediction.result) == 6 and 0.0 <= prediction.score <= 1.0
-        assert {r["value"]["keypointlabels"][0] for r in prediction.result} <= set(iface.classes)
+        assert {r["value"]["keypointlabels"][0] for r in prediction.result} <= set(parsed_config.classes)
         old = next(t for t in round0 if t.data["ovaal_source_task"] == task.data["ovaal_source_task"])
         assert not set(keypoint_pixels(prediction)) & set(keypoint_pixels(prediction_of(old, "ovaal-0")))
-    check_masks(client, pid, "ovaal-1", sources, iface)
+    check_masks(client, pid, "ovaal-1", sources, parsed_config)
     # The "OVAAL queries" tab lists round 1 from the least to the most certain prediction: Label All Tasks from that
     # tab serves tasks in this order.
     (view,) = [v for v in session.get(f"{label_studio.url}/api/dm/views/", params={"project": pid}).json()
@@ -242,7 +244,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     assert backend.metrics(pid)["phase"] == "querying" and backend.metrics(pid)["round"] == 1
 
     for i, task in enumerate(round1):
-        answer(client, task, "ovaal-1", sources[task.data["ovaal_source_task"]], iface, skip=i == 0)
+        answer(client, task, "ovaal-1", sources[task.data["ovaal_source_task"]], parsed_config, skip=i == 0)
 
     # Budget spent: the final OVAAL+ training, final masks, no more queries.
     wait_for("the final phase", lambda: backend.metrics(pid).get("phase") == "done", 180, backend)
@@ -251,7 +253,7 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
     assert metrics["trainings"][-1]["final"] and metrics["trainings"][-1]["semi"]
     assert query_tasks(client, pid, 2) == []
     wait_for("the project on ovaal-2", lambda: client.projects.get(id=pid).model_version == "ovaal-2", 30, backend)
-    check_masks(client, pid, "ovaal-2", sources, iface)
+    check_masks(client, pid, "ovaal-2", sources, parsed_config)
     check_queue_jobs(backend, pid, ["g0-v2-r1"])
 
     # /predict answers any task, one result per task in order.
@@ -268,10 +270,10 @@ def test_active_learning_loop_with_real_label_studio(label_studio, dataset, back
                          cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     meta = json.loads((out / "classes.json").read_text())
-    assert meta["classes"] == list(iface.classes) and meta["model_version"] == "ovaal-2"
+    assert meta["classes"] == list(parsed_config.classes) and meta["model_version"] == "ovaal-2"
     for name, task_id in meta["files"].items():
         label_map = np.asarray(Image.open(out / name))
-        assert label_map.shape == sources[task_id].shape and label_map.max() < len(iface.classes)
+        assert label_map.shape == sources[task_id].shape and label_map.max() < len(parsed_config.classes)
         assert (out / name.replace(".png", "_color.png")).is_file()
     run = subprocess.run([sys.executable, "-m", "ovaal_backend", "resync", "--project", str(pid)],
                          cwd=ROOT, env=backend.env, capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 
-from ovaal_backend.backend.convert import LabelInterface, brush_results, keypoint_results
+from ovaal_backend.backend.convert import ParsedLabelConfig, brush_results, keypoint_results
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "label_config"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -41,12 +41,12 @@ def labels_of(xml: str, control: str) -> list[ET.Element]:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_parses_with_classes_and_ignore(name):
-    iface = LabelInterface.parse(read(name))
-    assert iface.classes == CONFIGS[name]
-    assert len(iface.classes) == {"camvid": 11, "cityscapes": 19}[name]
-    assert iface.ignore_label == "ignore"
-    assert (iface.image_name, iface.image_key, iface.query_from_name, iface.mask_from_name) == (
-        "image", "image", "query", "mask")
+    parsed_config = ParsedLabelConfig.parse(read(name))
+    assert parsed_config.classes == CONFIGS[name]
+    assert len(parsed_config.classes) == {"camvid": 11, "cityscapes": 19}[name]
+    assert parsed_config.ignore_label == "ignore"
+    assert (parsed_config.image_name, parsed_config.image_key, parsed_config.query_from_name,
+            parsed_config.mask_from_name) == ("image", "image", "query", "mask")
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -57,12 +57,12 @@ def test_config_is_valid_for_label_studio_sdk(name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_results_built_for_config_validate(name):
     xml = read(name)
-    iface = LabelInterface.parse(xml)
-    n = len(iface.classes)
+    parsed_config = ParsedLabelConfig.parse(xml)
+    n = len(parsed_config.classes)
     points = [(i, i, i % n, (i + 1) % n, 0.5) for i in range(n)] + [(n, 0, -1, 0, 0.9)]
     class_map = np.arange(n * 4).reshape(4, n) % n
-    result = keypoint_results(points, width=n + 1, height=n + 1, iface=iface, point_size=0.6)
-    result += brush_results(class_map, iface)
+    result = keypoint_results(points, width=n + 1, height=n + 1, parsed_config=parsed_config, point_size=0.6)
+    result += brush_results(class_map, parsed_config)
     assert SdkInterface(xml).validate_prediction({"result": result, "score": 0.3}, return_errors=True) == []
 
 

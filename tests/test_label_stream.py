@@ -63,7 +63,7 @@ def test_setup_trusts_label_studios_label_config_over_the_request(tmp_path, fake
     driver = started(tmp_path, fake)
     assert driver.setup("1.1700000000", forged) == "ovaal-0"
     drain(driver)
-    assert driver.ctx.iface.query_from_name == "query"  # Label Studio's control names, so predictions are kept
+    assert driver.ctx.parsed_config.query_from_name == "query"  # Label Studio's control names, so predictions are kept
     assert driver.state().label_config == fake.projects[P]["label_config"]
 
 

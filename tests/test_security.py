@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from ovaal_backend.backend.app import INTERNAL_ERROR, basic_auth_matches
-from ovaal_backend.backend.convert import LabelInterface
+from ovaal_backend.backend.convert import ParsedLabelConfig
 from ovaal_backend.backend.wsgi import check_network_exposure
 from ovaal_backend.config import Config, ConfigError
 from tests.helpers import fault_kit, ls_server
@@ -292,15 +292,15 @@ def test_label_config_limits_are_400s_naming_the_setting(tmp_path, fake_scenes):
 
 def test_label_config_parsing_checks_duplicates_and_brush_labels_in_one_pass():
     """What the linear parse still refuses (sets instead of list scans must not loosen a check)."""
-    assert LabelInterface.parse(many_labels_config(2000)).classes[-1] == "class 1999"
+    assert ParsedLabelConfig.parse(many_labels_config(2000)).classes[-1] == "class 1999"
     duplicate = many_labels_config(3).replace('"class 2"', '"class 0"', 1)
     with pytest.raises(ValueError, match="appears twice"):
-        LabelInterface.parse(duplicate)
+        ParsedLabelConfig.parse(duplicate)
     missing = many_labels_config(3).replace('<Label value="class 2"/></BrushLabels>', "</BrushLabels>")
     with pytest.raises(ValueError, match=r"lacks the classes \['class 2'\]"):
-        LabelInterface.parse(missing)
+        ParsedLabelConfig.parse(missing)
     with pytest.raises(ValueError, match="MAX_CLASSES=3"):
-        LabelInterface.parse(many_labels_config(4), max_classes=3)
+        ParsedLabelConfig.parse(many_labels_config(4), max_classes=3)
 
 
 # --------------------------------------------------------------------------- malformed ids and types

@@ -60,7 +60,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
     if len(state.classes) >= NO_CLASS:
         raise ValueError(f"{len(state.classes)} classes do not fit an 8-bit label map with {NO_CLASS} as 'none'")
     if "ls-json" in formats:
-        check_brush_control(ctx.iface)
+        check_brush_control(ctx.parsed_config)
     colours = class_colours(state.label_config, state.classes)
     learner = ctx.model.learner(state.version, state.generation, len(state.classes))
     ids = sorted(sources)
@@ -81,7 +81,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
     with ExitStack() as stack:
         tasks = None
         if "ls-json" in formats:
-            tasks = stack.enter_context(TasksWriter(out / LS_FILE, ctx.iface, ctx.model_version, project_id))
+            tasks = stack.enter_context(TasksWriter(out / LS_FILE, ctx.parsed_config, ctx.model_version, project_id))
         for tid in ids:
             label_map = predicted.get(tid)
             if label_map is None:
@@ -89,7 +89,7 @@ def export_project(config: Config, project_id: int, out_dir: str | Path, client:
                 if label_map is None:
                     continue
             label_map = _with_clicks(label_map, clicks.get(tid))
-            url = sources[tid].get(ctx.iface.image_key, "")
+            url = sources[tid].get(ctx.parsed_config.image_key, "")
             stem = f"task{tid}_{_image_stem(url)}"
             if "png" in formats:
                 files[_write_maps(out, stem, label_map, colours)] = tid

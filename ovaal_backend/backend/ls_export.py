@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_file
-from .convert import LabelConfigError, LabelInterface, brush_results
+from .convert import LabelConfigError, ParsedLabelConfig, brush_results
 
 
-def check_brush_control(iface: LabelInterface) -> None:
+def check_brush_control(parsed_config: ParsedLabelConfig) -> None:
     """Raise LabelConfigError when the label config has no BrushLabels control: its masks have nowhere to go."""
-    if iface.mask_from_name is None:
+    if parsed_config.mask_from_name is None:
         raise LabelConfigError("the Label Studio JSON export needs a <BrushLabels> control in the label config (the "
                                "masks are brush predictions): add one with the same labels as the KeyPointLabels, "
                                "or export --format png,coco")
@@ -38,14 +38,14 @@ class TasksWriter(AbstractContextManager["TasksWriter"]):
 
     Args:
         path: The file to write.
-        iface: The project's label config (BrushLabels control, image and class names).
+        parsed_config: The project's label config (BrushLabels control, image and class names).
         model_version: ``model_version`` of every prediction (the backend's ``ovaal-N``).
         project_id: The source project, kept in each task's ``meta``.
     """
 
-    def __init__(self, path: str | Path, iface: LabelInterface, model_version: str, project_id: int) -> None:
-        check_brush_control(iface)
-        self.iface = iface
+    def __init__(self, path: str | Path, parsed_config: ParsedLabelConfig, model_version: str, project_id: int) -> None:
+        check_brush_control(parsed_config)
+        self.parsed_config = parsed_config
         self.model_version = model_version
         self.project_id = project_id
         self.count = 0
@@ -60,10 +60,10 @@ class TasksWriter(AbstractContextManager["TasksWriter"]):
     def add(self, task_id: int, data: dict[str, Any], label_map: np.ndarray) -> None:
         """One task: its data, and the label map (class indices; values >= the class count are none) as a
         prediction."""
-        class_map = np.where(label_map < len(self.iface.classes), label_map.astype(np.int64), -1)
+        class_map = np.where(label_map < len(self.parsed_config.classes), label_map.astype(np.int64), -1)
         task = {"data": data, "meta": {"ovaal_export": {"project": self.project_id, "task": int(task_id)}},
                 "predictions": [{"model_version": self.model_version,
-                                 "result": brush_results(class_map, self.iface)}]}
+                                 "result": brush_results(class_map, self.parsed_config)}]}
         self._handle.write((",\n" if self.count else "\n").encode() + json.dumps(task).encode("utf-8"))
         self.count += 1
 

@@ -28,7 +28,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ovaal_backend.backend.convert import LabelInterface
+from ovaal_backend.backend.convert import ParsedLabelConfig
 from tests.helpers import ls_server
 from tests.helpers.annotator import answer_keypoints
 from tests.helpers.ls_server import BackendProcess, free_port, loopback_session
@@ -235,7 +235,7 @@ class SmallProject:
 
     id: int
     sources: dict[int, np.ndarray]  # source task id -> ground truth (-1 = void)
-    iface: LabelInterface
+    parsed_config: ParsedLabelConfig
 
 
 def make_project(label_studio: Any, name: str, n_images: int, height: int = 48, width: int = 64,
@@ -261,7 +261,7 @@ def make_project(label_studio: Any, name: str, n_images: int, height: int = 48, 
                                 json=[{"data": {"image": label_studio.local_files_url(folder / n)}}
                                       for n in names])).json()
     return SmallProject(project["id"], dict(zip(imported["task_ids"], (truth[n] for n in names), strict=True)),
-                        LabelInterface.parse(XML))
+                        ParsedLabelConfig.parse(XML))
 
 
 def connect_model(label_studio: Any, project_id: int, url: str, auth: tuple[str, str] = AUTH) -> dict[str, Any]:
@@ -331,7 +331,8 @@ def annotate(label_studio: Any, task: dict[str, Any], project: SmallProject,
     prediction = keypoint_prediction(task)
     assert prediction is not None, f"task {task['id']} has no query"
     truth = project.sources[int(task["data"]["ovaal_source_task"])]
-    result = answer_keypoints(prediction["result"], truth, project.iface.classes, project.iface.ignore_label)
+    result = answer_keypoints(prediction["result"], truth, project.parsed_config.classes,
+                              project.parsed_config.ignore_label)
     return int(_ok(session.post(f"{label_studio.url}/api/tasks/{task['id']}/annotations/",
                                 json={"result": result, "was_cancelled": False}, timeout=60)).json()["id"])
 

@@ -6,18 +6,18 @@ original image size, brush masks are Label Studio's own RLE (not COCO RLE), and 
 hides it. Nothing here talks to the network or imports torch, so the server, the simulator and the export CLI can
 all share it and the tests need no Label Studio.
 
-One module per job: ``label_interface.py`` reads the label config, ``keypoints.py`` turns queries into keypoints
+One module per job: ``label_config.py`` reads the label config, ``keypoints.py`` turns queries into keypoints
 and answered keypoints into labelled pixels, ``brush.py`` turns class maps into brush results and back. Import from
-here: ``from ovaal_backend.backend.convert import LabelInterface``.
+here: ``from ovaal_backend.backend.convert import ParsedLabelConfig``.
 
 Pixels are ``(row, col)`` with ``x = col`` and ``y = row``.
 """
 
 from .brush import brush_results, brush_rle, decode_brush
 from .keypoints import annotation_points, keypoint_results, percent_to_pixel, pixel_to_percent
-from .label_interface import LabelConfigError, LabelConfigTooLarge, LabelInterface, check_label_config_size
+from .label_config import LabelConfigError, LabelConfigTooLarge, ParsedLabelConfig, check_label_config_size
 
 __all__ = [
-    "LabelConfigError", "LabelConfigTooLarge", "LabelInterface", "annotation_points", "brush_results", "brush_rle",
+    "LabelConfigError", "LabelConfigTooLarge", "ParsedLabelConfig", "annotation_points", "brush_results", "brush_rle",
     "check_label_config_size", "decode_brush", "keypoint_results", "percent_to_pixel", "pixel_to_percent",
 ]

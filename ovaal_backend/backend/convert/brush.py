@@ -8,19 +8,19 @@ from typing import Any
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle
 
-from .label_interface import LabelConfigError, LabelInterface
+from .label_config import LabelConfigError, ParsedLabelConfig
 
 
 def brush_results(
     class_map: np.ndarray,
-    iface: LabelInterface,
+    parsed_config: ParsedLabelConfig,
     scores: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """BrushLabels results, one region per class present in a predicted class map.
 
     Args:
         class_map: Class index per pixel at the ORIGINAL image size; negative values (IGNORE_INDEX) draw nothing.
-        iface: The parsed label config; it must have a BrushLabels control.
+        parsed_config: The parsed label config; it must have a BrushLabels control.
         scores: Optional confidence: shape ``(C,)`` gives each class region its score, shape ``(H, W)`` gives each
             region the mean over its pixels.
 
@@ -34,12 +34,12 @@ def brush_results(
         LabelConfigError: The config has no BrushLabels control.
         ValueError: The class map is not 2-D, holds an index >= C, or ``scores`` has neither accepted shape.
     """
-    if iface.mask_from_name is None:
+    if parsed_config.mask_from_name is None:
         raise LabelConfigError("label config has no <BrushLabels> control, so masks cannot be shown; add one")
     class_map = np.asarray(class_map)
     if class_map.ndim != 2:
         raise ValueError(f"class_map must be (H, W), got shape {class_map.shape}")
-    n_classes = len(iface.classes)
+    n_classes = len(parsed_config.classes)
     if class_map.size and int(class_map.max()) >= n_classes:
         raise ValueError(f"class_map holds index {int(class_map.max())} but the config has {n_classes} classes")
     height, width = class_map.shape
@@ -54,8 +54,8 @@ def brush_results(
             continue
         result: dict[str, Any] = {
             "id": f"m{index}",
-            "from_name": iface.mask_from_name,
-            "to_name": iface.image_name,
+            "from_name": parsed_config.mask_from_name,
+            "to_name": parsed_config.image_name,
             "type": "brushlabels",
             "original_width": int(width),
             "original_height": int(height),
@@ -63,7 +63,7 @@ def brush_results(
             "value": {
                 "format": "rle",
                 "rle": brush_rle(mask),
-                "brushlabels": [iface.classes[index]],
+                "brushlabels": [parsed_config.classes[index]],
             },
         }
         if scores is not None:

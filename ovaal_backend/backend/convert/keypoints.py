@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...config import IGNORE_INDEX
-from .label_interface import LabelConfigError, LabelInterface
+from .label_config import LabelConfigError, ParsedLabelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def keypoint_results(
     points: Iterable[Any],
     width: int,
     height: int,
-    iface: LabelInterface,
+    parsed_config: ParsedLabelConfig,
     point_size: float,
 ) -> list[dict[str, Any]]:
     """KeyPointLabels results for the pixels an annotator is asked about.
@@ -71,7 +71,7 @@ def keypoint_results(
             ``query_class_index`` may be None or IGNORE_INDEX when no single class asked (e.g. random selection).
         width: Original image width in pixels.
         height: Original image height in pixels.
-        iface: The parsed label config; it must have a KeyPointLabels control.
+        parsed_config: The parsed label config; it must have a KeyPointLabels control.
         point_size: Drawn keypoint size in percent of the image width.
 
     Returns:
@@ -82,25 +82,25 @@ def keypoint_results(
         ValueError: A point lies outside the image, has a class index the config lacks, or has neither a label
             nor a querying class.
     """
-    if iface.query_from_name is None:
+    if parsed_config.query_from_name is None:
         raise LabelConfigError("label config has no <KeyPointLabels> control, so queries cannot be shown; add one")
     results = []
     for i, point in enumerate(points):
         row, col, label_index, query_index, uncertainty = _unpack_point(point)
         if not (0 <= row < height and 0 <= col < width):
             raise ValueError(f"query point (row={row}, col={col}) lies outside the {width}x{height} image")
-        query_class = None if query_index is None else iface.label_name(query_index)
-        if query_class == iface.ignore_label:
+        query_class = None if query_index is None else parsed_config.label_name(query_index)
+        if query_class == parsed_config.ignore_label:
             query_class = None
-        label = iface.label_name(label_index) or query_class
+        label = parsed_config.label_name(label_index) or query_class
         if label is None:
             raise ValueError(f"query point (row={row}, col={col}) has label {label_index} and no querying class; "
                              "add an ignore label to the config or give the point a class")
         x, y = pixel_to_percent(col, row, width, height)
         results.append({
             "id": f"q{i}r{row}c{col}",
-            "from_name": iface.query_from_name,
-            "to_name": iface.image_name,
+            "from_name": parsed_config.query_from_name,
+            "to_name": parsed_config.image_name,
             "type": "keypointlabels",
             "original_width": int(width),
             "original_height": int(height),
@@ -113,7 +113,8 @@ def keypoint_results(
     return results
 
 
-def annotation_points(results: Sequence[dict[str, Any]], iface: LabelInterface) -> list[tuple[int, int, int]]:
+def annotation_points(results: Sequence[dict[str, Any]], parsed_config: ParsedLabelConfig
+                      ) -> list[tuple[int, int, int]]:
     """Labelled pixels of an annotation's keypoints.
 
     Only keypoints of the query control count; other results (brush strokes, comments) are skipped. A keypoint
@@ -122,16 +123,16 @@ def annotation_points(results: Sequence[dict[str, Any]], iface: LabelInterface) 
 
     Args:
         results: The annotation's ``result`` list.
-        iface: The parsed label config.
+        parsed_config: The parsed label config.
 
     Returns:
         ``(row, col, label_index)`` per distinct pixel; when a pixel appears twice the later keypoint wins.
     """
-    if iface.query_from_name is None:
+    if parsed_config.query_from_name is None:
         return []
     points: dict[tuple[int, int], int] = {}
     for result in results:
-        if not isinstance(result, dict) or result.get("from_name") != iface.query_from_name:
+        if not isinstance(result, dict) or result.get("from_name") != parsed_config.query_from_name:
             continue
         if str(result.get("type", "")).lower() != "keypointlabels":
             continue
@@ -143,17 +144,17 @@ def annotation_points(results: Sequence[dict[str, Any]], iface: LabelInterface) 
             logger.warning("skipping keypoint %r: it lacks original_width/height or x/y", result.get("id"))
             continue
         col, row = percent_to_pixel(px, py, width, height)
-        points[(row, col)] = _label_of(value.get("keypointlabels") or [], iface, result.get("id"))
+        points[(row, col)] = _label_of(value.get("keypointlabels") or [], parsed_config, result.get("id"))
     return [(row, col, label) for (row, col), label in points.items()]
 
 
-def _label_of(labels: list[str], iface: LabelInterface, region_id: Any) -> int:
+def _label_of(labels: list[str], parsed_config: ParsedLabelConfig, region_id: Any) -> int:
     """Class index of a keypoint's labels, warning about anything that cannot train."""
     if len(labels) != 1:
         logger.warning("keypoint %r has labels %r; expected exactly one, so it trains nothing", region_id, labels)
         return IGNORE_INDEX
     label = labels[0]
-    if label != iface.ignore_label and label not in iface.classes:
+    if label != parsed_config.ignore_label and label not in parsed_config.classes:
         logger.warning("keypoint %r has label %r, which the label config does not have; it trains nothing",
                        region_id, label)
-    return iface.class_index(label)
+    return parsed_config.class_index(label)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...config import IGNORE_INDEX, Config
 from ..client import LabelStudioClient
-from ..convert import LabelInterface
+from ..convert import ParsedLabelConfig
 from ..images import ImageFetcher
 from ..store import ProjectStore
 from .label_config import parse_label_config
@@ -63,7 +63,7 @@ class ProjectContext:
         self._lock = threading.RLock()
         saved = self.store.state.load()
         self._state = ProjectState.from_dict(saved) if saved else ProjectState()
-        self._iface: LabelInterface | None = None
+        self._iface: ParsedLabelConfig | None = None
 
     # --- state ---------------------------------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class ProjectContext:
         return version_name(self.state.version)
 
     @property
-    def iface(self) -> LabelInterface:
+    def parsed_config(self) -> ParsedLabelConfig:
         """The parsed label config of the project."""
         with self._lock:
             if self._iface is None:
@@ -116,9 +116,9 @@ class ProjectContext:
     # --- the pool --------------------------------------------------------------------------------------------------
 
     def image_url(self, data: dict[str, Any]) -> str:
-        url = data.get(self.iface.image_key)
+        url = data.get(self.parsed_config.image_key)
         if not isinstance(url, str) or not url:
-            raise ValueError(f"task data has no {self.iface.image_key!r} image URL")
+            raise ValueError(f"task data has no {self.parsed_config.image_key!r} image URL")
         return url
 
     def list_sources(self) -> dict[int, dict[str, Any]]:
@@ -126,7 +126,7 @@ class ProjectContext:
         has an image. Reads only: the listings that decide a version's pool (the round job's, the mask push's) are
         kept by their caller through ``store.sources.replace``, so ``export`` works without Label Studio.
         """
-        key = self.iface.image_key
+        key = self.parsed_config.image_key
         return {int(t["id"]): t.get("data") or {} for t in self.client.iter_tasks(self.project_id)
                 if not (t.get("data") or {}).get(QUERY_MARKER) and (t.get("data") or {}).get(key)}
 

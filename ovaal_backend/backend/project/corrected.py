@@ -51,12 +51,13 @@ class CorrectedMasks:
         ctx, key = self.ctx, self.ctx.key
         annotation_id = int(annotation["id"])
         updated_at = annotation.get("updated_at") if isinstance(annotation.get("updated_at"), str) else None
-        if ctx.iface.mask_from_name is None or not ctx.store.clicks.is_current(annotation_id, updated_at):
+        if ctx.parsed_config.mask_from_name is None or not ctx.store.clicks.is_current(annotation_id, updated_at):
             return  # no mask control, or a deleted annotation / an older edit than the one stored
         state = ctx.state
-        keys = {name: state.label_names.index(name) for name in ctx.iface.classes}
-        label_map = None if cancelled else brush_label_map(annotation.get("result") or [], ctx.iface.mask_from_name,
-                                                           keys, label_dtype(len(state.label_names)))
+        keys = {name: state.label_names.index(name) for name in ctx.parsed_config.classes}
+        label_map = None if cancelled else brush_label_map(annotation.get("result") or [],
+                                                           ctx.parsed_config.mask_from_name, keys,
+                                                           label_dtype(len(state.label_names)))
         if label_map is None:
             if ctx.store.corrections.delete([annotation_id]):
                 log.info("project %s: annotation %d on task %d holds no brush mask any more: its correction is "
@@ -117,11 +118,11 @@ class CorrectedMasks:
         """The figure of the mask of ours the annotator started from against the correction, with its version;
         None when the task held no mask of ours (corrected before the first model) or it has another size."""
         predictions = self.ctx.client.task_predictions(task_id)
-        pushed = _pushed_prediction(predictions, annotation, self.ctx.iface.mask_from_name)
+        pushed = _pushed_prediction(predictions, annotation, self.ctx.parsed_config.mask_from_name)
         if pushed is None:
             return None
         keys = {name: index for index, name in enumerate(state.classes)}
-        pushed_map = brush_label_map(pushed["result"], self.ctx.iface.mask_from_name, keys, corrected.dtype)
+        pushed_map = brush_label_map(pushed["result"], self.ctx.parsed_config.mask_from_name, keys, corrected.dtype)
         if pushed_map is None or pushed_map.shape != corrected.shape:
             log.warning("project %s: task %d: the correction is %dx%d but %s's mask is %s: no figure", self.ctx.key,
                         task_id, corrected.shape[1], corrected.shape[0], pushed.get("model_version"),

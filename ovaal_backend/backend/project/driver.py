@@ -125,12 +125,12 @@ class ProjectDriver:
             LabelConfigError: The label config cannot drive the loop.
             ProjectMismatchError: MODEL_DIR holds another Label Studio project with the same id.
         """
-        iface = parse_label_config(schema, self.config)
+        parsed_config = parse_label_config(schema, self.config)
         with self.ctx.lock:
             state = self.ctx.state
             if not state.is_set_up:
-                self.ctx.apply(SetUp(uid, schema, tuple(iface.classes)))
-                log.info("project %s: new project (classes %s)", self.key, list(iface.classes))
+                self.ctx.apply(SetUp(uid, schema, tuple(parsed_config.classes)))
+                log.info("project %s: new project (classes %s)", self.key, list(parsed_config.classes))
             elif state.uid and uid != state.uid and "." in uid:
                 raise ProjectMismatchError(
                     f"{self.root} holds Label Studio project {state.uid} but this is {uid} (the same id in "
@@ -167,13 +167,13 @@ class ProjectDriver:
                 results[i] = {"result": stored[0], "score": stored[1]}
             elif not data.get(QUERY_MARKER):
                 sources[i] = (task_id, data)
-        if sources and self.ctx.iface.mask_from_name is not None:
+        if sources and self.ctx.parsed_config.mask_from_name is not None:
             masks = self.publisher.stored_masks([task_id for task_id, _ in sources.values()])
             missing = [(task_id, data) for task_id, data in sources.values() if task_id not in masks]
             learner = self.serving_learner() if missing else None
             if learner is not None:
                 maps = self.predict_class_maps(learner, [t for t, _ in missing], [d for _, d in missing])
-                masks.update({tid: brush_results(m, self.ctx.iface, scores=c) for tid, m, c in maps})
+                masks.update({tid: brush_results(m, self.ctx.parsed_config, scores=c) for tid, m, c in maps})
             for i, (task_id, _) in sources.items():
                 if task_id in masks:
                     results[i] = {"result": masks[task_id], "score": MASK_SCORE}
@@ -196,7 +196,7 @@ class ProjectDriver:
     def _metrics_of(self, state: ProjectState) -> dict[str, Any]:
         queries, answered = self.store.rounds.round_progress(state.round)
         trainings = self.store.trainings.all()
-        ignore = self.ctx.iface.ignore_label if state.is_set_up else None
+        ignore = self.ctx.parsed_config.ignore_label if state.is_set_up else None
         pending = self.store.events.pending_count()
         # While the worker applies a backlog the facts change with every event: the last ones, at once.
         stored = self.facts.get(state.label_names, state.classes, ignore, wait=not pending)

@@ -136,7 +136,7 @@ class EventApplier:
             raise ValueError(f"annotation {annotation_id} names no task")
         round_index, source, is_query = self._locate(annotation_id, task_id, task)
         cancelled = bool(annotation.get("was_cancelled"))
-        points = [] if cancelled else annotation_points(annotation.get("result") or [], self.ctx.iface)
+        points = [] if cancelled else annotation_points(annotation.get("result") or [], self.ctx.parsed_config)
         stored = [(row, col, self._label_key(label)) for row, col, label in points]
         changed = self.ctx.store.clicks.put(annotation_id, task_id=task_id, source_task_id=source,
                                                 round_index=round_index, annotator=_annotator(annotation),
@@ -168,19 +168,19 @@ class EventApplier:
         """The stored label of a class index: its position in ``label_names`` (IGNORE_INDEX stays)."""
         if class_index < 0:
             return IGNORE_INDEX
-        return self.ctx.state.label_names.index(self.ctx.iface.classes[class_index])
+        return self.ctx.state.label_names.index(self.ctx.parsed_config.classes[class_index])
 
     def apply_label_config(self, schema: str) -> None:
         """Adopt a changed label config; a changed class list starts a new model generation."""
         try:
-            iface = parse_label_config(schema, self.ctx.config)
+            parsed_config = parse_label_config(schema, self.ctx.config)
         except LabelConfigError as err:
             log.error("project %s: the new label config is not usable, keeping the old one: %s", self.ctx.key, err)
             return
         with self.ctx.lock:
             self.queued_schema = None
             old = self.ctx.state.classes
-            state = self.ctx.apply(LabelConfigChanged(schema, tuple(iface.classes)))
+            state = self.ctx.apply(LabelConfigChanged(schema, tuple(parsed_config.classes)))
         if state.classes == old:
             return
         log.warning("project %s: classes changed (removed %s, added %s): generation %d starts; stored clicks are "

@@ -10,10 +10,10 @@ from __future__ import annotations
 from xml.sax.saxutils import quoteattr
 
 from ...config import Config
-from ..convert import LabelConfigError, LabelInterface, check_label_config_size
+from ..convert import LabelConfigError, ParsedLabelConfig, check_label_config_size
 
 
-def parse_label_config(xml: str, config: Config) -> LabelInterface:
+def parse_label_config(xml: str, config: Config) -> ParsedLabelConfig:
     """The label config as this backend needs it: a KeyPointLabels control with an ignore label.
 
     Raises:
@@ -21,24 +21,25 @@ def parse_label_config(xml: str, config: Config) -> LabelInterface:
         LabelConfigTooLarge: It is past MAX_LABEL_CONFIG_KB or MAX_CLASSES (checked before or while parsing).
     """
     check_label_config_size(xml, config.max_label_config_kb)
-    iface = LabelInterface.parse(xml, config.query_from_name, config.mask_from_name, config.max_classes)
-    if iface.query_from_name is None:
+    parsed_config = ParsedLabelConfig.parse(xml, config.query_from_name, config.mask_from_name, config.max_classes)
+    if parsed_config.query_from_name is None:
         raise LabelConfigError("the backend asks annotators about points, and this config has no <KeyPointLabels>: "
-                               f"add these lines inside <View>, after the <Image> tag: {keypoint_lines(iface, xml)}")
-    if iface.ignore_label is None:
-        raise LabelConfigError(f"add this line inside <KeyPointLabels name=\"{iface.query_from_name}\">: "
+                               "add these lines inside <View>, after the <Image> tag: "
+                               f"{keypoint_lines(parsed_config, xml)}")
+    if parsed_config.ignore_label is None:
+        raise LabelConfigError(f"add this line inside <KeyPointLabels name=\"{parsed_config.query_from_name}\">: "
                                f"{ignore_line(xml)} (annotators need a \"can't tell\" answer, and random round-0 "
                                "points are pre-labelled with it so a careless submit stores nothing wrong)")
-    return iface
+    return parsed_config
 
 
-def keypoint_lines(iface: LabelInterface, xml: str) -> str:
+def keypoint_lines(parsed_config: ParsedLabelConfig, xml: str) -> str:
     """The ``<KeyPointLabels>`` control a brush-only config needs, with its classes and an ignore label, as XML lines
     to paste (a control name and ignore value the config does not use yet)."""
     name = _unused("query", xml)
-    labels = "".join(f"\n  <Label value={quoteattr(c)}/>" for c in iface.classes)
-    return (f"\n<KeyPointLabels name={quoteattr(name)} toName={quoteattr(iface.image_name)}>{labels}"
-            f"\n  {ignore_line(xml, iface.ignore_label)}\n</KeyPointLabels>")
+    labels = "".join(f"\n  <Label value={quoteattr(c)}/>" for c in parsed_config.classes)
+    return (f"\n<KeyPointLabels name={quoteattr(name)} toName={quoteattr(parsed_config.image_name)}>{labels}"
+            f"\n  {ignore_line(xml, parsed_config.ignore_label)}\n</KeyPointLabels>")
 
 
 def ignore_line(xml: str, value: str | None = None) -> str:

@@ -48,11 +48,11 @@ class Publisher:
 
     def record(self, result: RoundResult) -> None:
         """Keep a round job's result as rows: the next round's query tasks, the new version's masks, its training."""
-        iface = self.ctx.iface
+        parsed_config = self.ctx.parsed_config
         if result.next_round is not None:
             rows = [(src, q.certainty, self.query_result(q, result.sizes[src])) for src, q in result.queries.items()]
             self.ctx.store.rounds.plan_queries(result.next_round, result.version, rows)
-        if result.masks and iface.mask_from_name is not None:
+        if result.masks and parsed_config.mask_from_name is not None:
             self.ctx.store.masks.plan(result.version, result.masks.items())
         if result.training is not None:
             self.ctx.store.trainings.add(result.version, result.training)
@@ -65,7 +65,7 @@ class Publisher:
         """
         points = zip(q.rows.tolist(), q.cols.tolist(), q.guess.tolist(), q.query_class.tolist(),
                      q.uncertainty.tolist())
-        return keypoint_results(points, size[1], size[0], self.ctx.iface, self.ctx.config.point_size)
+        return keypoint_results(points, size[1], size[0], self.ctx.parsed_config, self.ctx.config.point_size)
 
     # --- query tasks -----------------------------------------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class Publisher:
                 continue
             try:
                 class_map, scores = read_mask(path)
-                out[task_id] = brush_results(class_map, self.ctx.iface, scores=scores)
+                out[task_id] = brush_results(class_map, self.ctx.parsed_config, scores=scores)
             except Exception as err:  # a damaged file must not fail the call: the model computes this image
                 log.warning("project %s: stored mask %s unreadable (%s); computing it", self.ctx.key, path, err)
         return out
@@ -197,7 +197,7 @@ class Publisher:
             predictions = []
             for source, path in batch:
                 class_map, confidence = read_mask(path)
-                result = brush_results(class_map, self.ctx.iface, scores=confidence)
+                result = brush_results(class_map, self.ctx.parsed_config, scores=confidence)
                 predictions.append({"task": source, "result": result, "score": MASK_SCORE, "model_version": name})
             sources = [source for source, _ in batch]
             self.ctx.store.masks.set_status(version, sources, MaskStatus.SENDING)

@@ -35,8 +35,9 @@ def check_label_config_size(xml: str, max_kb: int) -> None:
 
 
 @dataclass(frozen=True)
-class LabelInterface:
-    """What the backend needs from a label config: class names and the tag names results must carry.
+class ParsedLabelConfig:
+    """What the backend needs from a label config: class names and the tag names results must carry (read by
+    ``parse``; label-studio-sdk's ``LabelInterface`` is the SDK's own, fuller model of a config).
 
     Attributes:
         classes: Class names in config order; the model's class index ``i`` is ``classes[i]``. The ignore label
@@ -57,7 +58,7 @@ class LabelInterface:
 
     @classmethod
     def parse(cls, xml: str, query_from_name: str = "", mask_from_name: str = "",
-              max_classes: int = 0) -> LabelInterface:
+              max_classes: int = 0) -> ParsedLabelConfig:
         """Read a label config, in time linear in its size (a config with 40,000 labels once took a minute).
 
         Classes come from the ``<KeyPointLabels>`` control because that is what annotators answer with; a config

@@ -1,4 +1,5 @@
-"""The per-project round state machine against an in-memory Label Studio, with the real (tiny) engine."""
+"""The per-project round state machine (project/driver.py) against an in-memory Label Studio, with the real (tiny)
+engine."""
 
 from __future__ import annotations
 

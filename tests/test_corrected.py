@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovaal_backend.backend.convert import LabelInterface, brush_results, decode_brush
+from ovaal_backend.backend.convert import ParsedLabelConfig, brush_results, decode_brush
 from ovaal_backend.backend.corrections import correction_figure
 from ovaal_backend.backend.export import export_project
 from tests.helpers.fake_label_studio import XML, P, add_scenes, answer_round, drain, started, tiny_config
 from tests.helpers.synthetic import VOID
 
-IFACE = LabelInterface.parse(XML)
+IFACE = ParsedLabelConfig.parse(XML)
 
 
 def pushed_map(prediction: dict) -> np.ndarray:

@@ -14,7 +14,7 @@ from label_studio_sdk.label_interface import LabelInterface as SdkInterface
 from ovaal_backend import cli
 from ovaal_backend.backend.convert import (
     LabelConfigError,
-    LabelInterface,
+    ParsedLabelConfig,
     annotation_points,
     brush_results,
     brush_rle,
@@ -44,8 +44,8 @@ CONFIG = """
 
 
 @pytest.fixture
-def iface() -> LabelInterface:
-    return LabelInterface.parse(CONFIG)
+def parsed_config() -> ParsedLabelConfig:
+    return ParsedLabelConfig.parse(CONFIG)
 
 
 def json_round_trip(value):
@@ -76,19 +76,19 @@ def test_percent_to_pixel_clips_edges_into_the_image():
 
 # --- label config parsing --------------------------------------------------------------------------------------
 
-def test_parse_reads_names_classes_and_ignore(iface):
-    assert iface == LabelInterface(classes=("road", "car", "sky"), image_name="img", image_key="photo",
+def test_parse_reads_names_classes_and_ignore(parsed_config):
+    assert parsed_config == ParsedLabelConfig(classes=("road", "car", "sky"), image_name="img", image_key="photo",
                                    query_from_name="pts", mask_from_name="seg", ignore_label="Can't tell")
-    assert [iface.class_index(c) for c in ("road", "car", "sky")] == [0, 1, 2]
-    assert iface.class_index("Can't tell") == IGNORE_INDEX
-    assert iface.class_index("bus") == IGNORE_INDEX
+    assert [parsed_config.class_index(c) for c in ("road", "car", "sky")] == [0, 1, 2]
+    assert parsed_config.class_index("Can't tell") == IGNORE_INDEX
+    assert parsed_config.class_index("bus") == IGNORE_INDEX
 
 
 def test_parse_prefers_the_ignore_attribute_over_ignore_like_values():
     xml = """<View><Image name="i" value="$image"/>
       <KeyPointLabels name="q" toName="i"><Label value="none"/><Label value="dunno" ovaal="ignore"/></KeyPointLabels>
     </View>"""
-    parsed = LabelInterface.parse(xml)
+    parsed = ParsedLabelConfig.parse(xml)
     assert parsed.ignore_label == "dunno"
     assert parsed.classes == ("none",)
 
@@ -97,13 +97,13 @@ def test_parse_prefers_the_ignore_attribute_over_ignore_like_values():
 def test_parse_recognises_ignore_values_case_insensitively(value):
     xml = f"""<View><Image name="i" value="$image"/>
       <KeyPointLabels name="q" toName="i"><Label value="a"/><Label value="{value}"/></KeyPointLabels></View>"""
-    assert LabelInterface.parse(xml).ignore_label == value
+    assert ParsedLabelConfig.parse(xml).ignore_label == value
 
 
 def test_parse_without_ignore_label():
     xml = """<View><Image name="i" value="$image"/>
       <KeyPointLabels name="q" toName="i"><Label value="a"/><Label value="b"/></KeyPointLabels></View>"""
-    parsed = LabelInterface.parse(xml)
+    parsed = ParsedLabelConfig.parse(xml)
     assert parsed.ignore_label is None
     assert parsed.mask_from_name is None
     assert parsed.classes == ("a", "b")
@@ -112,7 +112,7 @@ def test_parse_without_ignore_label():
 def test_parse_brush_only_config_takes_classes_from_brush():
     xml = """<View><Image name="i" value="$image"/>
       <BrushLabels name="m" toName="i"><Label value="a"/><Label value="b"/></BrushLabels></View>"""
-    parsed = LabelInterface.parse(xml)
+    parsed = ParsedLabelConfig.parse(xml)
     assert parsed.classes == ("a", "b")
     assert (parsed.query_from_name, parsed.mask_from_name) == (None, "m")
 
@@ -120,7 +120,7 @@ def test_parse_brush_only_config_takes_classes_from_brush():
 def test_parse_matches_tags_and_attributes_case_insensitively():
     xml = """<View><image name="i" value="$image"/>
       <keypointlabels name="q" toname="i"><label value="a"/></keypointlabels></View>"""
-    parsed = LabelInterface.parse(xml)
+    parsed = ParsedLabelConfig.parse(xml)
     assert (parsed.classes, parsed.image_name, parsed.query_from_name) == (("a",), "i", "q")
 
 
@@ -128,9 +128,9 @@ def test_parse_picks_named_controls_and_their_image():
     xml = """<View><Image name="left" value="$a"/><Image name="right" value="$b"/>
       <KeyPointLabels name="q1" toName="left"><Label value="x"/></KeyPointLabels>
       <KeyPointLabels name="q2" toName="right"><Label value="y"/><Label value="z"/></KeyPointLabels></View>"""
-    parsed = LabelInterface.parse(xml, query_from_name="q2")
+    parsed = ParsedLabelConfig.parse(xml, query_from_name="q2")
     assert (parsed.classes, parsed.image_name, parsed.image_key) == (("y", "z"), "right", "b")
-    assert LabelInterface.parse(xml).query_from_name == "q1"
+    assert ParsedLabelConfig.parse(xml).query_from_name == "q1"
 
 
 @pytest.mark.parametrize("xml,message", [
@@ -152,20 +152,20 @@ def test_parse_picks_named_controls_and_their_image():
 ])
 def test_parse_errors_say_what_is_wrong(xml, message):
     with pytest.raises(LabelConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        LabelInterface.parse(xml)
+        ParsedLabelConfig.parse(xml)
 
 
 def test_parse_named_control_not_found():
     with pytest.raises(LabelConfigError, match="QUERY_FROM_NAME='nope'.*found: 'pts'"):
-        LabelInterface.parse(CONFIG, query_from_name="nope")
+        ParsedLabelConfig.parse(CONFIG, query_from_name="nope")
     with pytest.raises(LabelConfigError, match="MASK_FROM_NAME='nope'"):
-        LabelInterface.parse(CONFIG, mask_from_name="nope")
+        ParsedLabelConfig.parse(CONFIG, mask_from_name="nope")
 
 
 def test_label_config_error_reaches_the_cli_as_one_error_line(monkeypatch, capsys):
     # cli.main turns ValueErrors into "error: ..." and exit status 2; a bad label config must be one of them
     def resync_with_a_broken_config(args):
-        LabelInterface.parse("<View><Image")
+        ParsedLabelConfig.parse("<View><Image")
 
     monkeypatch.setattr(cli, "run_resync", resync_with_a_broken_config)
     assert cli.main(["resync", "--project", "1"]) == 2
@@ -175,8 +175,8 @@ def test_label_config_error_reaches_the_cli_as_one_error_line(monkeypatch, capsy
 
 # --- keypoint results ------------------------------------------------------------------------------------------
 
-def test_keypoint_result_fields(iface):
-    (result,) = keypoint_results([(2, 3, 1, 2, 0.25)], width=8, height=4, iface=iface, point_size=0.6)
+def test_keypoint_result_fields(parsed_config):
+    (result,) = keypoint_results([(2, 3, 1, 2, 0.25)], width=8, height=4, parsed_config=parsed_config, point_size=0.6)
     assert result == {
         "id": "q0r2c3",
         "from_name": "pts",
@@ -192,15 +192,15 @@ def test_keypoint_result_fields(iface):
     }
 
 
-def test_keypoint_results_ids_unique_and_valid_for_label_studio(iface):
+def test_keypoint_results_ids_unique_and_valid_for_label_studio(parsed_config):
     points = [(r, c, (r + c) % 3, r % 3, 0.1 * r) for r in range(4) for c in range(6)]
-    results = keypoint_results(points, width=6, height=4, iface=iface, point_size=1.0)
+    results = keypoint_results(points, width=6, height=4, parsed_config=parsed_config, point_size=1.0)
     assert len({r["id"] for r in results}) == len(points)
     assert SdkInterface(CONFIG).validate_prediction({"result": results, "score": 0.5}, return_errors=True) == []
 
 
-def test_keypoint_ignore_label_and_missing_query_class(iface):
-    (result,) = keypoint_results([(0, 0, IGNORE_INDEX, None, 1.0)], 5, 5, iface, 0.6)
+def test_keypoint_ignore_label_and_missing_query_class(parsed_config):
+    (result,) = keypoint_results([(0, 0, IGNORE_INDEX, None, 1.0)], 5, 5, parsed_config, 0.6)
     assert result["value"]["keypointlabels"] == ["Can't tell"]
     assert result["meta"] == {"query_class": None}
     assert result["score"] == 0.0
@@ -209,14 +209,14 @@ def test_keypoint_ignore_label_and_missing_query_class(iface):
 def test_keypoint_without_ignore_label_falls_back_to_query_class():
     xml = """<View><Image name="i" value="$image"/>
       <KeyPointLabels name="q" toName="i"><Label value="a"/><Label value="b"/></KeyPointLabels></View>"""
-    parsed = LabelInterface.parse(xml)
+    parsed = ParsedLabelConfig.parse(xml)
     (result,) = keypoint_results([(0, 0, IGNORE_INDEX, 1, 0.5)], 5, 5, parsed, 0.6)
     assert result["value"]["keypointlabels"] == ["b"]
     with pytest.raises(ValueError, match="no querying class"):
         keypoint_results([(0, 0, IGNORE_INDEX, IGNORE_INDEX, 0.5)], 5, 5, parsed, 0.6)
 
 
-def test_keypoint_results_accept_dataclass_points(iface):
+def test_keypoint_results_accept_dataclass_points(parsed_config):
     @dataclass
     class Query:
         row: int
@@ -225,17 +225,17 @@ def test_keypoint_results_accept_dataclass_points(iface):
         query_class: int
         uncertainty: float
 
-    (result,) = keypoint_results([Query(1, 1, 2, 0, 0.5)], 3, 3, iface, 0.6)
+    (result,) = keypoint_results([Query(1, 1, 2, 0, 0.5)], 3, 3, parsed_config, 0.6)
     assert result["value"]["keypointlabels"] == ["sky"]
     assert result["query_class"] == "road"
 
 
-def test_keypoint_results_reject_bad_points(iface):
+def test_keypoint_results_reject_bad_points(parsed_config):
     with pytest.raises(ValueError, match="outside"):
-        keypoint_results([(4, 0, 0, 0, 0.5)], 5, 4, iface, 0.6)
+        keypoint_results([(4, 0, 0, 0, 0.5)], 5, 4, parsed_config, 0.6)
     with pytest.raises(ValueError, match="only 3 classes"):
-        keypoint_results([(0, 0, 3, 0, 0.5)], 5, 4, iface, 0.6)
-    brush_only = LabelInterface.parse("""<View><Image name="i" value="$image"/>
+        keypoint_results([(0, 0, 3, 0, 0.5)], 5, 4, parsed_config, 0.6)
+    brush_only = ParsedLabelConfig.parse("""<View><Image name="i" value="$image"/>
         <BrushLabels name="m" toName="i"><Label value="a"/></BrushLabels></View>""")
     with pytest.raises(LabelConfigError, match="KeyPointLabels"):
         keypoint_results([(0, 0, 0, 0, 0.5)], 5, 4, brush_only, 0.6)
@@ -243,11 +243,11 @@ def test_keypoint_results_reject_bad_points(iface):
 
 # --- brush results ---------------------------------------------------------------------------------------------
 
-def test_brush_rle_round_trip_is_exact(iface):
+def test_brush_rle_round_trip_is_exact(parsed_config):
     rng = np.random.default_rng(0)
     class_map = rng.integers(IGNORE_INDEX, 3, size=(37, 53))
     class_map[:10, :20] = 1
-    results = json_round_trip(brush_results(class_map, iface))
+    results = json_round_trip(brush_results(class_map, parsed_config))
     assert [r["value"]["brushlabels"] for r in results] == [["road"], ["car"], ["sky"]]
     for index, result in enumerate(results):
         assert (result["original_width"], result["original_height"]) == (53, 37)
@@ -256,39 +256,39 @@ def test_brush_rle_round_trip_is_exact(iface):
     assert SdkInterface(CONFIG).validate_prediction({"result": results}, return_errors=True) == []
 
 
-def test_brush_one_region_per_present_class_and_long_runs(iface):
+def test_brush_one_region_per_present_class_and_long_runs(parsed_config):
     class_map = np.full((300, 400), 2)
     class_map[150:, :] = IGNORE_INDEX
-    (result,) = brush_results(class_map, iface)
+    (result,) = brush_results(class_map, parsed_config)
     assert result["value"]["brushlabels"] == ["sky"]
     np.testing.assert_array_equal(decode_brush(result), class_map == 2)
     assert "score" not in result
 
 
-def test_brush_scores_per_class_or_per_pixel(iface):
+def test_brush_scores_per_class_or_per_pixel(parsed_config):
     class_map = np.array([[0, 0, 1], [1, 1, 1]])
-    per_class = brush_results(class_map, iface, scores=np.array([0.9, 0.4, 0.1]))
+    per_class = brush_results(class_map, parsed_config, scores=np.array([0.9, 0.4, 0.1]))
     assert [r["score"] for r in per_class] == [0.9, 0.4]
     confidence = np.array([[0.2, 0.4, 1.0], [0.5, 0.5, 0.0]])
-    per_pixel = brush_results(class_map, iface, scores=confidence)
+    per_pixel = brush_results(class_map, parsed_config, scores=confidence)
     assert [r["score"] for r in per_pixel] == pytest.approx([0.3, 0.5])
 
 
-def test_brush_rejects_bad_input(iface):
+def test_brush_rejects_bad_input(parsed_config):
     with pytest.raises(ValueError, match="index 3"):
-        brush_results(np.array([[0, 3]]), iface)
+        brush_results(np.array([[0, 3]]), parsed_config)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
-        brush_results(np.zeros((2, 2, 2), dtype=int), iface)
+        brush_results(np.zeros((2, 2, 2), dtype=int), parsed_config)
     with pytest.raises(ValueError, match="scores must have shape"):
-        brush_results(np.zeros((2, 2), dtype=int), iface, scores=np.zeros(5))
+        brush_results(np.zeros((2, 2), dtype=int), parsed_config, scores=np.zeros(5))
 
 
 # --- annotations back to pixels --------------------------------------------------------------------------------
 
-def test_annotation_points_round_trip_keypoint_results(iface):
+def test_annotation_points_round_trip_keypoint_results(parsed_config):
     points = [(r, c, (r * 7 + c) % 3, 0, 0.5) for r in range(5) for c in range(9)]
-    results = json_round_trip(keypoint_results(points, width=9, height=5, iface=iface, point_size=0.6))
-    assert sorted(annotation_points(results, iface)) == sorted((r, c, lab) for r, c, lab, _, _ in points)
+    results = json_round_trip(keypoint_results(points, width=9, height=5, parsed_config=parsed_config, point_size=0.6))
+    assert sorted(annotation_points(results, parsed_config)) == sorted((r, c, lab) for r, c, lab, _, _ in points)
 
 
 def keypoint(x: float, y: float, labels: list[str], width: int = 10, height: int = 10, from_name: str = "pts"):
@@ -296,30 +296,30 @@ def keypoint(x: float, y: float, labels: list[str], width: int = 10, height: int
             "original_width": width, "original_height": height, "value": {"x": x, "y": y, "keypointlabels": labels}}
 
 
-def test_annotation_points_ignore_and_unknown_labels(iface, caplog):
+def test_annotation_points_ignore_and_unknown_labels(parsed_config, caplog):
     results = [keypoint(5, 5, ["Can't tell"]), keypoint(15, 5, ["bus"]), keypoint(25, 5, ["sky"]),
                keypoint(35, 5, [])]
     with caplog.at_level(logging.WARNING, logger="ovaal_backend.backend.convert"):
-        points = annotation_points(results, iface)
+        points = annotation_points(results, parsed_config)
     assert points == [(0, 0, IGNORE_INDEX), (0, 1, IGNORE_INDEX), (0, 2, 2), (0, 3, IGNORE_INDEX)]
     assert "'bus'" in caplog.text
     assert "Can't tell" not in caplog.text
 
 
-def test_annotation_points_skip_other_controls_and_use_each_result_size(iface):
-    brush = brush_results(np.zeros((10, 10), dtype=int), iface)[0]
+def test_annotation_points_skip_other_controls_and_use_each_result_size(parsed_config):
+    brush = brush_results(np.zeros((10, 10), dtype=int), parsed_config)[0]
     results = [keypoint(50, 50, ["car"], from_name="other"), brush, {"type": "textarea"},
                keypoint(50, 50, ["car"], width=480, height=360), keypoint(99.9, 0.1, ["road"], width=3, height=2)]
-    assert annotation_points(results, iface) == [(180, 240, 1), (0, 2, 0)]
+    assert annotation_points(results, parsed_config) == [(180, 240, 1), (0, 2, 0)]
 
 
-def test_annotation_points_same_pixel_keeps_last(iface):
+def test_annotation_points_same_pixel_keeps_last(parsed_config):
     results = [keypoint(51, 51, ["road"]), keypoint(59, 59, ["sky"])]
-    assert annotation_points(results, iface) == [(5, 5, 2)]
+    assert annotation_points(results, parsed_config) == [(5, 5, 2)]
 
 
 def test_annotation_points_without_query_control_is_empty():
-    brush_only = LabelInterface.parse("""<View><Image name="i" value="$image"/>
+    brush_only = ParsedLabelConfig.parse("""<View><Image name="i" value="$image"/>
         <BrushLabels name="m" toName="i"><Label value="a"/></BrushLabels></View>""")
     assert annotation_points([keypoint(5, 5, ["a"])], brush_only) == []
 
@@ -338,10 +338,10 @@ def test_brush_rle_of_noisy_and_full_masks_is_the_sdks():
         assert brush_rle(mask) == mask2rle(mask.astype(np.uint8) * np.uint8(255))
 
 
-def test_brush_results_take_a_uint8_map_with_class_scores(iface):
+def test_brush_results_take_a_uint8_map_with_class_scores(parsed_config):
     class_map = np.zeros((40, 50), dtype=np.uint8)
     class_map[10:, 20:] = 2
-    results = brush_results(class_map, iface, scores=np.array([0.9, 0.0, 0.6]))
+    results = brush_results(class_map, parsed_config, scores=np.array([0.9, 0.0, 0.6]))
     assert [(r["value"]["brushlabels"], r["score"]) for r in results] == [(["road"], 0.9), (["sky"], 0.6)]
     for result, index in zip(results, (0, 2)):
         np.testing.assert_array_equal(decode_brush(result), class_map == index)
