@@ -98,19 +98,23 @@ def test_the_image_pool_keeps_the_most_recently_used(tmp_path, fake, truth):
     driver = started(tmp_path, fake, image_pool_size=2)
     sources = sorted(truth)
     for task_id in sources:
-        driver.pool_image(task_id, fake.tasks[task_id]["data"])
+        driver.ctx.images.image(task_id, driver.ctx.image_url(fake.tasks[task_id]["data"]))
     assert list(driver.ctx.images._images) == sources[1:]
 
 
 def test_the_image_pool_is_bounded_in_bytes(tmp_path, fake, truth):
     driver = started(tmp_path, fake, image_height=512, image_width=640, image_pool_mb=2)  # 0.94 MiB an image
     sources = sorted(truth)
-    first = driver.pool_image(sources[0], fake.tasks[sources[0]]["data"])
-    assert driver.pool_image(sources[0], fake.tasks[sources[0]]["data"]) is first  # kept while it fits
+
+    def image(task_id: int):
+        return driver.ctx.images.image(task_id, driver.ctx.image_url(fake.tasks[task_id]["data"]))
+
+    first = image(sources[0])
+    assert image(sources[0]) is first  # kept while it fits
     for task_id in sources[1:3]:
-        driver.pool_image(task_id, fake.tasks[task_id]["data"])
+        image(task_id)
     assert list(driver.ctx.images._images) == sources[1:3]
-    assert driver.pool_image(sources[0], fake.tasks[sources[0]]["data"]) is not first  # dropped, read again
+    assert image(sources[0]) is not first  # dropped, read again
 
 
 def test_a_download_that_is_no_image_is_not_cached(tmp_path, fake):

@@ -25,28 +25,24 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ...config import Config
 from ...engine.job import START, RoundJob
-from ...engine.learner import ActiveLearner
 from ...engine.rounds import RoundPlan
 from ..cached import CachedAnswer
 from ..client import ImageHostRefused, LabelStudioClient, LabelStudioError
-from ..convert import brush_results
 from ..facts import ProjectFacts
 from ..jobs import InProcessJobs, JobFailedError, JobRunner
 from ..progress import project_facts
 from .context import ProjectContext
 from .events import CHECK_PROJECT_DELAY, SETUP_ACTION, EventApplier, trim_payload
 from .label_config import parse_label_config
-from .pool import PoolImage
-from .publish import MASK_SCORE, Publisher
+from .predictions import Predictions
+from .publish import Publisher
 from .state import (
-    QUERY_MARKER,
     JobDone,
     JobFailed,
     Phase,
@@ -88,6 +84,7 @@ class ProjectDriver:
         self.upkeep = Upkeep(self.ctx)
         self.events = EventApplier(self.ctx)
         self.publisher = Publisher(self.ctx, self.upkeep)
+        self.predictions = Predictions(self.ctx, self.publisher)
         self.jobs = jobs or InProcessJobs()
         self.config, self.key, self.root, self.store = config, self.ctx.key, self.ctx.root, self.ctx.store
         self.facts = ProjectFacts(self.store)  # what /metrics shows of the clicks
@@ -150,34 +147,8 @@ class ProjectDriver:
         return None if trimmed is None else self.store.events.add(action, trimmed)
 
     def predict(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One prediction per task, in order: keypoints for query tasks, a dense mask for source tasks.
-
-        A source task's mask is the one the round job wrote for the current version where that file exists (read
-        and encoded, no forward pass: ``Publisher.stored_masks``); only the other images go through the serving
-        model. A source task gets an empty result with score 0 before any model exists (or when its image cannot be
-        read); a query task gets the keypoints it was imported with.
-        """
-        name = self.model_version
-        results: list[dict[str, Any] | None] = [None] * len(tasks)
-        sources: dict[int, tuple[int, dict[str, Any]]] = {}
-        for i, task in enumerate(tasks):
-            task_id, data = int(task["id"]), task.get("data") or {}
-            stored = self.publisher.query_prediction(task_id)
-            if stored is not None:
-                results[i] = {"result": stored[0], "score": stored[1]}
-            elif not data.get(QUERY_MARKER):
-                sources[i] = (task_id, data)
-        if sources and self.ctx.parsed_config.mask_from_name is not None:
-            masks = self.publisher.stored_masks([task_id for task_id, _ in sources.values()])
-            missing = [(task_id, data) for task_id, data in sources.values() if task_id not in masks]
-            learner = self.serving_learner() if missing else None
-            if learner is not None:
-                maps = self.predict_class_maps(learner, [t for t, _ in missing], [d for _, d in missing])
-                masks.update({tid: brush_results(m, self.ctx.parsed_config, scores=c) for tid, m, c in maps})
-            for i, (task_id, _) in sources.items():
-                if task_id in masks:
-                    results[i] = {"result": masks[task_id], "score": MASK_SCORE}
-        return [dict(r or {"result": [], "score": 0.0}, model_version=name) for r in results]
+        """One prediction per task, in order (see ``Predictions.predict``)."""
+        return self.predictions.predict(tasks, self.model_version)
 
     def metrics(self) -> dict[str, Any]:
         """What /metrics shows for this project.
@@ -191,27 +162,24 @@ class ProjectDriver:
 
     def _read_metrics(self) -> dict[str, Any]:
         with self.store.snapshot():  # one connection, and the figures agree with each other
-            return self._metrics_of(self.ctx.state)
-
-    def _metrics_of(self, state: ProjectState) -> dict[str, Any]:
-        queries, answered = self.store.rounds.round_progress(state.round)
-        trainings = self.store.trainings.all()
-        ignore = self.ctx.parsed_config.ignore_label if state.is_set_up else None
-        pending = self.store.events.pending_count()
-        # While the worker applies a backlog the facts change with every event: the last ones, at once.
-        stored = self.facts.get(state.label_names, state.classes, ignore, wait=not pending)
-        return {
-            "phase": state.phase, "round": state.round, "rounds": self.plan.rounds,
-            "model_version": self.model_version, "generation": state.generation, "classes": state.classes,
-            "query_tasks": queries, "answered_query_tasks": answered,
-            "new_annotations": state.new_annotations,
-            "pending_events": pending, **self.store.clicks.annotation_counts(),
-            "points": stored["points"], "ignored_points": stored["ignored_points"],
-            "trainings": [dict(t, version=version_name(t["version"])) for t in trainings],
-            "quarantined": self.quarantined(), "failed_job": state.held_job(),
-            "corrections": self.events.corrected.summary(),
-            **project_facts(self.config, self.plan, trainings, stored, state, ignore),
-        }
+            state = self.ctx.state
+            queries, answered = self.store.rounds.round_progress(state.round)
+            trainings = self.store.trainings.all()
+            ignore = self.ctx.parsed_config.ignore_label if state.is_set_up else None
+            pending = self.store.events.pending_count()
+            # While the worker applies a backlog the facts change with every event: the last ones, at once.
+            stored = self.facts.get(state.label_names, state.classes, ignore, wait=not pending)
+            return {
+                "phase": state.phase, "round": state.round, "rounds": self.plan.rounds,
+                "model_version": self.model_version, "generation": state.generation, "classes": state.classes,
+                "query_tasks": queries, "answered_query_tasks": answered, "new_annotations": state.new_annotations,
+                "pending_events": pending, **self.store.clicks.annotation_counts(),
+                "points": stored["points"], "ignored_points": stored["ignored_points"],
+                "trainings": [dict(t, version=version_name(t["version"])) for t in trainings],
+                "quarantined": self.quarantined(), "failed_job": state.held_job(),
+                "corrections": self.events.corrected.summary(),
+                **project_facts(self.config, self.plan, trainings, stored, state, ignore),
+            }
 
     def quarantined(self) -> dict[str, list[dict[str, Any]]]:
         """What is set aside, with its reasons: malformed events, and images that cannot be read."""
@@ -413,22 +381,6 @@ class ProjectDriver:
             log.info("project %s: round %d has nothing left to ask; final training", self.key, state.round)
         else:
             log.info("project %s: round %d is open (%s)", self.key, state.round, self.model_version)
-
-    # ============================================================ models and images (for /predict and export)
-
-    def serving_learner(self) -> ActiveLearner | None:
-        """The model of the current version (loaded from disk on first use), or None before any training."""
-        state = self.ctx.state
-        return self.ctx.model.learner(state.version, state.generation, len(state.classes))
-
-    def predict_class_maps(self, learner: ActiveLearner, task_ids: list[int], datas: list[dict[str, Any]]
-                           ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(task id, class map, confidence)`` at each image's original size (see ServingModel.class_maps)."""
-        return self.ctx.model.class_maps(learner, task_ids, [self.ctx.image_url(data) for data in datas])
-
-    def pool_image(self, task_id: int, data: dict[str, Any]) -> PoolImage:
-        """A source image resized for the model (kept in memory; the file is cached on disk)."""
-        return self.ctx.images.image(task_id, self.ctx.image_url(data))
 
 
 EVENT_BATCH = 200
