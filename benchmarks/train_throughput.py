@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.doc_section import write_section  # noqa: E402
-from ovaal_backend.engine.data import sample_at_points  # noqa: E402
-from ovaal_backend.engine.losses import sparse_cross_entropy, sparse_ova_bce  # noqa: E402
+from ovaal_backend.config import EngineConfig  # noqa: E402
 from ovaal_backend.engine.model import SegmentationClassifier  # noqa: E402
+from ovaal_backend.engine.train import point_loss  # noqa: E402
 
 CLASSES = 11
 CLICKS_PER_IMAGE = 110
@@ -56,11 +56,10 @@ def images_per_second(kind: str, batch: int, steps: int, size: tuple[int, int], 
     images, points = _batch(batch, *size, device, generator)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    loss_of = sparse_ova_bce if model.is_ova else sparse_cross_entropy
+    config = EngineConfig(classifier=kind)
 
     def step() -> None:
-        at_points = sample_at_points(model(images), points)
-        loss = loss_of(at_points, points[:, 3].long().to(device))
+        loss = point_loss(model, model(images), points, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
