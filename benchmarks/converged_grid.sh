@@ -5,10 +5,12 @@
 # Every run also measures logit adjustment (tau 0.5, 1) and the final masks on the pool images (RESULT.json: pool).
 #   val   : pool = camvid/train (367 images) -> camvid/val (101 images of 0016E5, the tuning split)
 #   cross : pool = the 266 train images of 0001TP and 0016E5 -> the 101 train images of 0006R0 (held out by sequence)
-# Usage: benchmarks/converged_grid.sh [main|budgets|convergence] [RESULTS_DIR] [SEEDS...]
+# Usage: benchmarks/converged_grid.sh [main|budgets|convergence|mechanisms] [RESULTS_DIR] [SEEDS...]
 #   main        : default, pixelpick and Table II's other cells (softmax-ovaselect, ova-margin, ova-plain), both splits
 #   budgets     : default and pixelpick at 44 px (cold start: 22 + 1 x 22) and 200 px (40 + 4 x 40)
 #   convergence : default and pixelpick on val with the final phase trained again for twice the epochs
+#   mechanisms  : item 6's designs for the large classes, both splits (ova-softmax: a softmax decision head beside
+#                 the One-vs-All heads); each is paired with the default of the same seed and split
 # Order: the default and PixelPick seed by seed on both splits, then the other cells, so a CPU run that is stopped still leaves the
 # pairs that matter; a finished file is skipped, so the grid resumes. JOBS runs at a time, THREADS torch threads each
 # (CPU: JOBS=1 THREADS=2; one H200: JOBS=14 THREADS=1, images and labels resident on the GPU).
@@ -67,7 +69,11 @@ jobs_list() {
           for method in default pixelpick; do
             job "$split" "$method-convergence" "$seed" --method "$method" --convergence-check
           done ;;
-        *) echo "unknown grid $GRID: main, budgets or convergence" >&2; exit 2 ;;
+        mechanisms)
+          for method in ova-softmax; do
+            job "$split" "$method" "$seed" --method "$method"
+          done ;;
+        *) echo "unknown grid $GRID: main, budgets, convergence or mechanisms" >&2; exit 2 ;;
       esac
     done
   done

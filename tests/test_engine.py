@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from ovaal_backend.config import IGNORE_INDEX, Config
-from ovaal_backend.engine.data import resize_images
+from ovaal_backend.engine.data import resize_images, sample_at_points
+from ovaal_backend.engine.job import predict_masks
 from ovaal_backend.engine.learner import RANDOM_QUERY, ActiveLearner, labelled_mask
+from ovaal_backend.engine.losses import sparse_cross_entropy, sparse_ova_bce
 from ovaal_backend.engine.rounds import START, RoundPlan, Training
 from ovaal_backend.engine.step import Pool, round_step
-from ovaal_backend.engine.train import load_checkpoint, save_checkpoint
+from ovaal_backend.engine.train import load_checkpoint, point_loss, save_checkpoint
 from tests.helpers.fake_label_studio import TINY
 from tests.helpers.synthetic import make_scene
 
@@ -23,7 +25,8 @@ def _pool(count=4, seed=0):
 @pytest.mark.parametrize("classifier,selection", [("ova-shared", "ova"), ("ova-separate", "ova"),
                                                   ("multiclass", "margin"), ("multiclass", "entropy"),
                                                   ("multiclass", "least-confidence"), ("multiclass", "random"),
-                                                  ("multiclass", "ova"), ("ova-shared", "margin")])
+                                                  ("multiclass", "ova"), ("ova-shared", "margin"),
+                                                  ("ova-softmax", "ova"), ("ova-softmax", "margin")])
 def test_queries_never_repeat_labelled_pixels(classifier, selection):
     images, labels, sizes = _pool(2)
     config = Config(classifier=classifier, selection=selection, semi=classifier != "multiclass", **TINY)
@@ -82,6 +85,29 @@ def test_training_on_points_learns_the_synthetic_scenes(classifier):
     gt = np.stack(labels)
     accuracy = (pred == gt)[gt != IGNORE_INDEX].mean()
     assert accuracy > 0.8, accuracy
+
+
+def test_ova_softmax_trains_heads_and_decision_and_its_masks_and_guesses_follow_the_decision():
+    images, labels, sizes = _pool(2)
+    config = Config(classifier="ova-softmax", **TINY)
+    learner = ActiveLearner(config, 3)
+    logits = torch.randn(2, 6, 8, 8)
+    points = torch.tensor([[0, 1, 2, 0], [0, 5, 5, 2], [1, 3, 4, 1]], dtype=torch.float32)
+    at, labels_at = sample_at_points(logits, points), points[:, 3].long()
+    expected = sparse_ova_bce(at[:, :3], labels_at, balance=0.5) + sparse_cross_entropy(at[:, 3:], labels_at)
+    assert point_loss(learner.model, logits, points, config).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    clicks = [np.array([[r, c, lab[r, c]] for r in range(0, 48, 6) for c in range(0, 64, 6)]) for lab in labels]
+    learner.train(images, clicks, sizes, Training(epochs=2, semi=True), progress=False)  # OVAAL+ uses the heads
+    decision = learner.predict_probabilities(images, sizes[0], decision=True)
+    heads = learner.predict_probabilities(images, sizes[0])
+    assert torch.allclose(decision.sum(1), torch.ones_like(decision[:, 0]), atol=1e-5)
+    assert not torch.allclose(decision, heads)
+    assert torch.equal(learner.predict_class_map(images, sizes[0]), decision.argmax(1))
+    for i, q in enumerate(learner.query(images, clicks, sizes, 6)):
+        assert (q.guess == decision[i].argmax(0)[q.rows, q.cols].cpu().numpy()).all()
+    (key, class_map, scores), _ = predict_masks(learner, ["a", "b"], images, sizes, 2)
+    assert key == "a" and scores.shape == (3,) and (class_map == decision[0].argmax(0).cpu().numpy()).all()
 
 
 def test_semi_phase_needs_ova_and_runs():

@@ -5,7 +5,7 @@ from ovaal_backend.config import CLASSIFIERS, Config
 from ovaal_backend.engine.model import SegmentationClassifier, build_classifier, winner_takes_all
 
 
-@pytest.mark.parametrize("kind", list(CLASSIFIERS))
+@pytest.mark.parametrize("kind", [k for k, spec in CLASSIFIERS.items() if not spec.softmax_decision])
 def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
     model = SegmentationClassifier(kind, 3).eval()
     with torch.no_grad():
@@ -13,6 +13,7 @@ def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
     assert logits.shape == (2, 3, 40, 50)
     probs = model.probabilities(logits)
     assert ((probs >= 0) & (probs <= 1)).all()
+    assert torch.equal(model.decision_probabilities(logits), probs)
     assert model.is_ova == CLASSIFIERS[kind].ova and len(model.networks) == (3 if CLASSIFIERS[kind].separate else 1)
     if not model.is_ova:
         assert torch.allclose(probs, torch.softmax(logits, dim=1))
@@ -22,6 +23,21 @@ def test_every_kind_yields_per_class_probabilities_and_a_class_map(kind):
         shifted = model.probabilities(logits + torch.tensor([5.0, 0.0, 0.0]).view(1, 3, 1, 1))
         assert torch.allclose(shifted[:, 1:], probs[:, 1:]) and (shifted[:, 0] > probs[:, 0]).all()
     assert torch.equal(winner_takes_all(probs), logits.argmax(1))
+
+
+def test_ova_softmax_selects_with_its_heads_and_decides_with_its_softmax():
+    model = SegmentationClassifier("ova-softmax", 3).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 40, 50))
+    assert logits.shape == (2, 6, 40, 50) and model.is_ova and len(model.networks) == 1
+    assert torch.allclose(model.probabilities(logits), torch.sigmoid(logits[:, :3]))
+    decision = model.decision_probabilities(logits)
+    assert torch.allclose(decision, torch.softmax(logits[:, 3:], dim=1))
+    # the class map follows the decision head even where the heads disagree
+    crafted = torch.tensor([9.0, -9.0, -9.0, -5.0, 5.0, -5.0]).view(1, 6, 1, 1)
+    assert winner_takes_all(model.probabilities(crafted)).item() == 0
+    assert winner_takes_all(model.decision_probabilities(crafted)).item() == 1
+    assert not model.spec.decides_by_ova and CLASSIFIERS["ova-shared"].decides_by_ova
 
 
 def test_ova_separate_has_one_network_per_class():

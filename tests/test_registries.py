@@ -115,12 +115,16 @@ class TestClassifiers(SettingContract, LookupContract):
     lookup = get_classifier_kind
 
     def check(self, name: str, entry: Any) -> None:
-        logits = torch.randn(2, 3, 4, 5)
-        probs = entry.probabilities(logits)
-        assert probs.shape == logits.shape and ((probs >= 0) & (probs <= 1)).all()
-        expected = torch.sigmoid(logits) if entry.ova else torch.softmax(logits, dim=1)
+        logits = torch.randn(2, 3 * entry.outputs_per_class, 4, 5)
+        probs, decision = entry.probabilities(logits), entry.decision_probabilities(logits)
+        for p in (probs, decision):
+            assert p.shape == (2, 3, 4, 5) and ((p >= 0) & (p <= 1)).all()
+        heads = logits[:, :3]
+        expected = torch.sigmoid(heads) if entry.ova else torch.softmax(heads, dim=1)
         assert torch.allclose(probs, expected)
+        assert torch.allclose(decision.sum(1), torch.ones(2, 4, 5), atol=1e-5) or entry.decides_by_ova
         assert not entry.separate or entry.ova, "separate binary networks are One-vs-All"
+        assert not entry.softmax_decision or (entry.ova and not entry.separate), "a decision beside shared heads"
 
 
 class TestLearningRateSchedules(SettingContract):

@@ -234,8 +234,8 @@ def predict_masks(learner: ActiveLearner, keys: list[Any], images: torch.Tensor,
     for start in range(0, len(keys), batch):
         logits = learner.predict_logits(images[start:start + batch])
         for b in range(logits.shape[0]):
-            class_map, scores = upsampled_class_map(learner.model.probabilities, logits[b], sizes[start + b],
-                                                    tile_elements)
+            class_map, scores = upsampled_class_map(learner.model.decision_probabilities, logits[b],
+                                                    sizes[start + b], tile_elements)
             yield keys[start + b], class_map, scores
 
 
@@ -249,9 +249,10 @@ def upsampled_class_map(probabilities: Callable[[torch.Tensor], torch.Tensor], l
     from column-interpolated values, so each strip holds the very values of the whole map (bit for bit where torch
     takes its generic kernel: outputs of more than 128 rows plus columns, and not 3 classes on one thread).
 
-    Shape: logits (C, h, w) -> class map (H, W) uint8 or uint16, scores (C,) float64.
+    Shape: logits (outputs, h, w) -> class map (H, W) uint8 or uint16, scores (C,) float64 (C = outputs but for
+    ``ova-softmax``, whose 2C outputs give C probabilities).
     """
-    classes = logits.shape[0]
+    classes = probabilities(logits[None, :, :1, :1]).shape[1]
     class_map = np.empty(size, dtype=np.uint8 if classes <= 256 else np.uint16)
     sums, counts = np.zeros(classes), np.zeros(classes)
     for left, part in _upsampled_strips(logits[None], size, tile_elements):

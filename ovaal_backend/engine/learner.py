@@ -130,15 +130,22 @@ class ActiveLearner:
         return self._kept_optimizer
 
     @torch.no_grad()
-    def predict_probabilities(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Per-class probabilities at ``size`` (the original image size).
+    def predict_probabilities(self, images: torch.Tensor, size: tuple[int, int],
+                              decision: bool = False) -> torch.Tensor:
+        """Per-class probabilities at ``size`` (the original image size): those selection scores, or with
+        ``decision`` those whose argmax is the class map (they differ only for ``ova-softmax``).
 
         Shape: images (B, 3, h, w) uint8 at the training size -> (B, C, H, W) float on ``self.device``.
         """
+        logits = self._logits_at(images, size)
+        return (self.model.decision_probabilities if decision else self.model.probabilities)(logits)
+
+    def _logits_at(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Logits bilinearly upsampled to ``size``. Shape: (B, 3, h, w) uint8 -> (B, outputs, H, W)."""
         logits = self.predict_logits(images)
         if logits.shape[-2:] != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return self.model.probabilities(logits)
+        return logits
 
     @torch.no_grad()
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -156,10 +163,10 @@ class ActiveLearner:
     @torch.no_grad()
     def predict_class_map(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Winner-Takes-All class maps (B, H, W) at ``size``."""
-        return winner_takes_all(self.predict_probabilities(images, size))
+        return winner_takes_all(self.predict_probabilities(images, size, decision=True))
 
     def select(self, probabilities: torch.Tensor | None, candidates: torch.Tensor, n: int,
-               random: bool = False) -> list[Queries]:
+               random: bool = False, decision: torch.Tensor | None = None) -> list[Queries]:
         """The next ``n`` pixels of each image, chosen by the configured selection.
 
         Args:
@@ -167,6 +174,8 @@ class ActiveLearner:
             candidates: (B, H, W) bool, False at labelled (and otherwise excluded) pixels.
             n: pixels per image; for OVA selection split evenly over the classes.
             random: random picks whatever the configured selection (round 0, the cold start).
+            decision: (B, C, H, W) whose argmax gives each query's pre-labelled guess (``predict_probabilities`` with
+                ``decision``); None: ``probabilities``' own argmax.
         """
         candidates = candidates.to(self.device)
         selection = RANDOM_SELECTION if random or probabilities is None else self.config.selection
@@ -183,10 +192,11 @@ class ActiveLearner:
                 probabilities = probabilities / probabilities.sum(1, keepdim=True).clamp_min(1e-12)
             index, valid = select_top(scorer.score(probabilities), candidates, n, self.config.diversity_top_fraction,
                                       self.generator)
-        return self._to_queries(probabilities, candidates.shape[-1], index, query_class, valid)
+        guesses = decision if decision is not None else probabilities
+        return self._to_queries(probabilities, guesses, candidates.shape[-1], index, query_class, valid)
 
-    def _to_queries(self, probabilities: torch.Tensor | None, width: int, index: torch.Tensor,
-                    query_class: torch.Tensor | None, valid: torch.Tensor) -> list[Queries]:
+    def _to_queries(self, probabilities: torch.Tensor | None, guesses: torch.Tensor | None, width: int,
+                    index: torch.Tensor, query_class: torch.Tensor | None, valid: torch.Tensor) -> list[Queries]:
         out = []
         for b in range(index.shape[0]):
             keep = valid[b]
@@ -199,7 +209,7 @@ class ActiveLearner:
                 uncertainty = torch.ones(flat.shape, device=flat.device)
             else:
                 at = probabilities[b][:, rows, cols]
-                guess = at.argmax(0)
+                guess = guesses[b][:, rows, cols].argmax(0)
                 uncertainty = self._point_uncertainty(at, asked)
                 image_uncertainty = self._image_uncertainty(probabilities[b])
             arrays = (t.cpu().numpy() for t in (rows, cols, asked, guess, uncertainty))
@@ -239,8 +249,11 @@ class ActiveLearner:
             if excluded[i] is not None:
                 mask &= ~excluded[i]
             candidates = torch.from_numpy(mask)[None]
-            probs = None if random else self.predict_probabilities(images[i:i + 1], (height, width))
-            out.extend(self.select(probs, candidates, n, random=random))
+            probs = decision = None
+            if not random:
+                logits = self._logits_at(images[i:i + 1], (height, width))
+                probs, decision = self.model.probabilities(logits), self.model.decision_probabilities(logits)
+            out.extend(self.select(probs, candidates, n, random=random, decision=decision))
         return out
 
     def state_dict(self) -> dict:

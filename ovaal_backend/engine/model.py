@@ -33,13 +33,15 @@ class SegmentationClassifier(nn.Module):
     """A segmentation network of one of the three classifier kinds.
 
     Args:
-        kind: a name of ``classifiers.CLASSIFIERS``: ``ova-shared``, ``ova-separate`` or ``multiclass``.
+        kind: a name of ``classifiers.CLASSIFIERS``: ``ova-shared``, ``ova-separate``, ``multiclass``
+            or ``ova-softmax``.
         num_classes: C.
         arch: any smp architecture name (``deeplabv3plus``, ``unet``, ...).
         encoder: any smp encoder name.
 
     Shape:
-        ``forward``: (B, 3, H, W) -> logits (B, C, H, W), any H, W (padded internally to a multiple of 16).
+        ``forward``: (B, 3, H, W) -> logits (B, C, H, W), any H, W (padded internally to a multiple of 16);
+        (B, 2C, H, W) for ``ova-softmax``: the C heads, then the C logits of its softmax decision.
     """
 
     def __init__(self, kind: str, num_classes: int, arch: str = "deeplabv3plus",
@@ -56,7 +58,7 @@ class SegmentationClassifier(nn.Module):
         if spec.separate:
             self.networks = nn.ModuleList(_build_network(arch, encoder, 1) for _ in range(num_classes))
         else:
-            self.networks = nn.ModuleList([_build_network(arch, encoder, num_classes)])
+            self.networks = nn.ModuleList([_build_network(arch, encoder, num_classes * spec.outputs_per_class)])
 
     @property
     def is_ova(self) -> bool:
@@ -76,8 +78,14 @@ class SegmentationClassifier(nn.Module):
         return logits[..., :height, :width]
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-class probabilities (B, C, H, W): independent sigmoids (OVA) or a softmax (multi-class)."""
+        """Per-class probabilities that selection scores (B, C, H, W): independent sigmoids (OVA) or a softmax
+        (multi-class); see ``ClassifierKind.probabilities``."""
         return self.spec.probabilities(logits)
+
+    def decision_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities whose Winner-Takes-All is the class map (B, C, H, W): ``probabilities``, or the
+        softmax decision head of ``ova-softmax``."""
+        return self.spec.decision_probabilities(logits)
 
 
 def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:

@@ -64,13 +64,18 @@ def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torc
 
     ``ova-separate`` sums the classes' losses instead of averaging them, so each of its C networks gets the gradient of
     its own binary loss and the weight decay keeps its meaning (averaged, decay was in effect C times stronger).
+    ``ova-softmax`` adds the plain cross-entropy of its decision head to its heads' BCE: ``class_balance`` shapes the
+    heads (what gets asked), while the softmax that decides learns the clicks' own class mix, as PixelPick's does.
     """
     at_points = sample_at_points(logits, points)
     labels = points[:, 3].long().to(logits.device)
     if not model.is_ova:
         return sparse_cross_entropy(at_points, labels, balance=config.class_balance)
-    loss = sparse_ova_bce(at_points, labels, balance=config.class_balance)
-    return loss * model.num_classes if model.spec.separate else loss
+    classes = model.num_classes
+    loss = sparse_ova_bce(at_points[:, :classes], labels, balance=config.class_balance)
+    if model.spec.softmax_decision:
+        return loss + sparse_cross_entropy(at_points[:, classes:], labels)
+    return loss * classes if model.spec.separate else loss
 
 
 def semi_loss(logits: torch.Tensor, teacher: SegmentationClassifier, batch: Batch, weak_inputs: torch.Tensor,
@@ -80,7 +85,7 @@ def semi_loss(logits: torch.Tensor, teacher: SegmentationClassifier, batch: Batc
     Crop padding and clicked pixels train nothing here (padding is no image; clicks already have true labels).
     """
     with torch.no_grad():
-        pseudo = refine_pseudo_labels(torch.sigmoid(teacher(weak_inputs).float()), config.semi_top_l,
+        pseudo = refine_pseudo_labels(teacher.probabilities(teacher(weak_inputs).float()), config.semi_top_l,
                                       config.semi_rule)
     weight = batch.valid.to(logits.device).clone()
     if len(batch.points):
@@ -88,7 +93,8 @@ def semi_loss(logits: torch.Tensor, teacher: SegmentationClassifier, batch: Batc
         y = batch.points[:, 1].round().long().clamp(0, weight.shape[1] - 1)
         x = batch.points[:, 2].round().long().clamp(0, weight.shape[2] - 1)
         weight[b.to(weight.device), y.to(weight.device), x.to(weight.device)] = False
-    return ova_semi_loss(logits, pseudo, weight[:, None], balance=config.semi_balance)
+    heads = logits[:, :teacher.num_classes]  # the One-vs-All heads (all of the logits but for ova-softmax)
+    return ova_semi_loss(heads, pseudo, weight[:, None], balance=config.semi_balance)
 
 
 @torch.no_grad()

@@ -106,10 +106,11 @@ def evaluate(learner: ActiveLearner, images: torch.Tensor, labels: list[np.ndarr
         same_size = len({sizes[i] for i in range(start, stop)}) == 1
         groups = [range(start, stop)] if same_size else [range(i, i + 1) for i in range(start, stop)]
         for group in groups:
-            probabilities = learner.predict_probabilities(images[group.start:group.stop], sizes[group.start])
+            probabilities = learner.predict_probabilities(images[group.start:group.stop], sizes[group.start],
+                                                          decision=True)
             target = torch.from_numpy(np.stack([labels[i] for i in group])).to(probabilities.device)
             for tau in taus:
-                pred = adjusted_class_map(probabilities, learner.model.is_ova, prior, tau)
+                pred = adjusted_class_map(probabilities, learner.model.spec.decides_by_ova, prior, tau)
                 confusion[tau] += confusion_matrix(pred, target, num).cpu()
     return confusion
 
