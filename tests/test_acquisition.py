@@ -1,6 +1,13 @@
+import pytest
 import torch
 
-from ovaal_backend.engine.acquisition import select_per_class, select_random, select_top, split_quota
+from ovaal_backend.engine.acquisition import (
+    area_shares,
+    select_per_class,
+    select_random,
+    select_top,
+    split_quota,
+)
 from ovaal_backend.engine.scorers import score_binary_entropy
 
 
@@ -83,3 +90,27 @@ def test_per_class_diversity_step_spreads_picks_off_a_plateau_edge():
     assert valid.all() and len(set(spread[0].tolist())) == 20
     assert (spread[0] // 40 > 0).sum() >= 15, "drawn at random from each class's top half, not its single ridge"
     assert (cls[0] == 0).sum() == (cls[0] == 1).sum() == 10
+
+
+def test_split_quota_by_shares_rounds_down_then_gives_the_remainder_to_the_largest_fractions():
+    shares = torch.tensor([0.5, 0.3, 0.2])
+    assert split_quota(10, 3, torch.tensor([2, 0, 1]), shares) == [5, 3, 2]
+    assert split_quota(7, 3, torch.tensor([2, 0, 1]), shares) == [4, 2, 1]  # 3.5, 2.1, 1.4: the .5 gets the one left
+    even = torch.full((3,), 1 / 3)
+    assert split_quota(7, 3, torch.tensor([2, 0, 1]), even) == split_quota(7, 3, torch.tensor([2, 0, 1]))
+
+
+def test_area_shares_mix_the_even_split_with_the_predicted_areas():
+    class_map = torch.tensor([[[0, 0, 0, 1]]])  # class 0 covers 3/4, class 1 1/4, class 2 nothing
+    assert torch.allclose(area_shares(class_map, 3, 0.0), torch.full((3,), 1 / 3, dtype=torch.float64))
+    assert torch.allclose(area_shares(class_map, 3, 1.0), torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
+    half = area_shares(class_map, 3, 0.5)
+    assert torch.allclose(half, torch.tensor([1 / 6 + 0.375, 1 / 6 + 0.125, 1 / 6], dtype=torch.float64))
+    assert half.sum().item() == pytest.approx(1.0)
+
+
+def test_per_class_selection_follows_the_shares():
+    scores = torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    candidates = torch.ones(1, 10, 10, dtype=torch.bool)
+    _, classes, valid = select_per_class(scores, candidates, 12, shares=torch.tensor([0.5, 0.5, 0.0]))
+    assert valid.all() and torch.bincount(classes[0], minlength=3).tolist() == [6, 6, 0]

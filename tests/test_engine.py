@@ -46,6 +46,18 @@ def test_queries_never_repeat_labelled_pixels(classifier, selection):
             assert (q.query_class == RANDOM_QUERY).all()
 
 
+@pytest.mark.parametrize("classifier", ["ova-shared", "ova-softmax"])
+def test_area_quotas_ask_each_class_in_proportion_to_its_predicted_area(classifier):
+    images, labels, sizes = _pool(1)
+    learner = ActiveLearner(Config(classifier=classifier, quota_area=1.0, **TINY), 3)
+    empty = [np.zeros((0, 3), dtype=np.int64)]
+    (q,) = learner.query(images, empty, sizes, 30)
+    predicted = learner.predict_class_map(images, sizes[0]).flatten()
+    expected = 30 * torch.bincount(predicted, minlength=3).double() / predicted.numel()
+    asked = np.bincount(q.query_class, minlength=3)
+    assert asked.sum() == 30 and (np.abs(asked - expected.cpu().numpy()) < 1).all(), (asked, expected)
+
+
 def test_cold_start_is_random_and_has_no_guess():
     images, labels, sizes = _pool(2)
     learner = ActiveLearner(Config(**TINY), 3)

@@ -72,6 +72,9 @@ class EngineConfig(Part):
     pixels_per_round: int = 22
     rounds: int = 4
     diversity_top_fraction: float = 0.05
+    # OVA selection's split of a round's pixels over the classes: 0 = even (the paper), 1 = by each class's predicted
+    # area in the image, in between a mix (issue 15's mechanism for the large classes)
+    quota_area: float = 0.0
     exclude_void: bool = False
 
     # --- OVAAL+ semi-supervised step ---
@@ -109,7 +112,7 @@ class EngineConfig(Part):
         for name, allowed in ENGINE_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        for name in ("class_balance", "semi_ema_decay", "semi_balance"):
+        for name in ("class_balance", "semi_ema_decay", "semi_balance", "quota_area"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.encoder_lr_ratio <= 1.0:

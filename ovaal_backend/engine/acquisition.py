@@ -43,17 +43,38 @@ def select_random(candidates: torch.Tensor, n: int,
     return select_top(scores, candidates, n)
 
 
-def split_quota(n: int, num_classes: int, order: torch.Tensor) -> list[int]:
-    """Per-class pixel counts for ``n`` pixels: an even split, the remainder to the first classes of ``order``."""
-    quota = [n // num_classes] * num_classes
-    for c in order[: n % num_classes].tolist():
+def split_quota(n: int, num_classes: int, order: torch.Tensor, shares: torch.Tensor | None = None) -> list[int]:
+    """Per-class pixel counts for ``n`` pixels: an even split, the remainder to the first classes of ``order``; or,
+    given ``shares`` (C,) summing to 1, ``n * shares`` rounded down, the remainder to the largest fractions (ties
+    in ``order``)."""
+    if shares is None:
+        quota = [n // num_classes] * num_classes
+        for c in order[: n % num_classes].tolist():
+            quota[c] += 1
+        return quota
+    exact = n * shares.double().cpu()
+    quota = exact.floor().long().tolist()
+    fraction = (exact - exact.floor())[order]
+    ranked = order[torch.sort(fraction, descending=True, stable=True).indices]
+    for c in ranked[: n - sum(quota)].tolist():
         quota[c] += 1
     return quota
 
 
+def area_shares(class_map: torch.Tensor, num_classes: int, area: float) -> torch.Tensor:
+    """Each class's share of a round's pixels: ``(1 - area) / C`` plus ``area`` times its share of ``class_map``'s
+    predicted pixels, so ``area`` 0 is the paper's even split and 1 asks each class in proportion to its predicted
+    area. Why: an even split gives a large class the same handful of clicks as a rare one, and out of sample the
+    One-vs-All default lost large classes (issue 15). Shape: class_map (B, H, W) long -> (C,) summing to 1."""
+    counts = torch.bincount(class_map.reshape(-1).cpu(), minlength=num_classes)[:num_classes].double()
+    return (1 - area) / num_classes + area * counts / counts.sum().clamp(min=1)
+
+
 def select_per_class(scores: torch.Tensor, candidates: torch.Tensor, n: int, top_fraction: float = 0.0,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """OVAAL selection: each class's most uncertain pixels, ``n`` per image split evenly over the classes.
+                     generator: torch.Generator | None = None, shares: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OVAAL selection: each class's most uncertain pixels, ``n`` per image split evenly over the classes (or by
+    ``shares``, see ``split_quota`` and ``area_shares``).
 
     A pixel is queried once. Classes take their picks in turn, in an order shuffled each call; a pixel already taken by
     an earlier class is skipped and that class takes its next most uncertain one, so every class gets its full quota
@@ -70,7 +91,7 @@ def select_per_class(scores: torch.Tensor, candidates: torch.Tensor, n: int, top
     batch, num_classes = scores.shape[:2]
     available = candidates.reshape(batch, -1).clone()
     order = torch.randperm(num_classes, generator=generator)
-    quota = split_quota(n, num_classes, order)
+    quota = split_quota(n, num_classes, order, shares)
     indices, classes, valid = [], [], []
     for c in order.tolist():
         if quota[c] == 0:

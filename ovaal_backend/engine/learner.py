@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RANDOM_SELECTION, EngineConfig
-from .acquisition import select_per_class, select_random, select_top
+from .acquisition import area_shares, select_per_class, select_random, select_top
 from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
 from .rounds import Training
@@ -184,8 +184,12 @@ class ActiveLearner:
             index, valid = select_random(candidates, n, self.generator)
         elif (scorer := get_scorer(selection)).per_class:
             # Over a softmax (Table II (b)) each class's probability is read as its own binary problem.
+            shares = None
+            if self.config.quota_area > 0:
+                class_map = winner_takes_all(decision if decision is not None else probabilities)
+                shares = area_shares(class_map, self.num_classes, self.config.quota_area)
             index, query_class, valid = select_per_class(scorer.score(probabilities), candidates, n,
-                                                         self.config.diversity_top_fraction, self.generator)
+                                                         self.config.diversity_top_fraction, self.generator, shares)
         else:
             if self.model.is_ova:
                 # Table II (c): a multi-class scorer over OVA outputs ranks the sigmoids normalised to sum to one.

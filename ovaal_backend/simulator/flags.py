@@ -32,7 +32,8 @@ FLAG_NAMES = {"num_threads": "threads"}
 FLAG_HELP = {
     "semi": "OVAAL+ semi-supervised final phase",
     "rounds": "acquisition rounds after the random round 0",
-    "pixels_per_round": "per image; OVA splits it evenly over the classes",
+    "pixels_per_round": "per image; OVA splits it over the classes (evenly, or see --quota-area)",
+    "quota_area": "0..1: share of OVA's per-class split made by each class's predicted area (0 = even, the paper)",
     "init_pixels": "random pixels per image in round 0",
     "epochs": "epochs per round after the first",
     "semi_epochs": "epochs of the final phase (with --semi: the OVAAL+ loss)",

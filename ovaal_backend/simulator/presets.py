@@ -6,7 +6,7 @@ from typing import Any
 
 from ..config import TRAIN_PROFILES, EngineConfig
 
-METHOD_FIELDS = ("classifier", "selection", "semi", "diversity_top_fraction", "class_balance")
+METHOD_FIELDS = ("classifier", "selection", "semi", "diversity_top_fraction", "class_balance", "quota_area")
 """The settings that make a method (the rest is the protocol: preset and flags)."""
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -31,13 +31,16 @@ METHODS: dict[str, dict[str, Any]] = {
     # issue 15's mechanisms for the large classes, each beside the default it changes
     "ova-softmax": {"classifier": "ova-softmax", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
                     "class_balance": 0.5},
+    "ova-area": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
+                 "class_balance": 0.5, "quota_area": 0.5},
 }
 """Shorthands for the compared methods. ``default`` is exactly what the backend runs with no setting changed (read
 from the Config defaults, so it follows them); then the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax
 with the same class re-weighting as our OVA loss), which tells One-vs-All apart from re-weighting; and the other
 cells of the paper's Table II 2x2 with its plain loss (``softmax-ovaselect``, ``ova-margin``, ``ova-plain``;
 ``pixelpick`` is the fourth); then issue 15's mechanisms: ``ova-softmax`` is OVAAL with a softmax decision head
-beside its One-vs-All heads (the heads select, the softmax decides the masks). OVAAL's class balance is the
+beside its One-vs-All heads (the heads select, the softmax decides the masks); ``ova-area`` splits half of each
+round's pixels over the classes by their predicted area instead of evenly. OVAAL's class balance is the
 backend's default, 0.5 (half plain, half class-balanced loss): the 5-seed grid's best OVA design on both splits
 (docs/benchmarks.md); ``--class-balance 1`` gives the full balance, ``0`` the paper's plain loss."""
 
