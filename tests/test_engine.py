@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ovaal_backend.config import IGNORE_INDEX, Config
+from ovaal_backend.engine import train as train_module
 from ovaal_backend.engine.data import resize_images, sample_at_points
 from ovaal_backend.engine.job import predict_masks
 from ovaal_backend.engine.learner import RANDOM_QUERY, ActiveLearner, labelled_mask
@@ -120,6 +121,22 @@ def test_ova_softmax_trains_heads_and_decision_and_its_masks_and_guesses_follow_
         assert (q.guess == decision[i].argmax(0)[q.rows, q.cols].cpu().numpy()).all()
     (key, class_map, scores), _ = predict_masks(learner, ["a", "b"], images, sizes, 2)
     assert key == "a" and scores.shape == (3,) and (class_map == decision[0].argmax(0).cpu().numpy()).all()
+
+
+@pytest.mark.parametrize("classifier", ["ova-shared", "multiclass"])
+def test_global_balance_trains_with_the_counts_of_every_click(classifier, monkeypatch):
+    images, labels, sizes = _pool(2)
+    clicks = [np.array([[5, 5, 0], [20, 30, 1], [9, 9, IGNORE_INDEX]]), np.array([[7, 7, 2], [8, 8, 2]])]
+    config = Config(classifier=classifier, selection="margin", class_balance_global=True, **TINY)
+    seen, real_loss = [], train_module.point_loss
+
+    def spy(*args):  # the real loss, its counts recorded
+        seen.append(args[4])
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_module, "point_loss", spy)
+    ActiveLearner(config, 3).train(images, clicks, sizes, Training(epochs=1), progress=False)
+    assert seen and all(c.tolist() == [1.0, 1.0, 2.0] for c in seen)
 
 
 def test_semi_phase_needs_ova_and_runs():

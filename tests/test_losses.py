@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from ovaal_backend.config import IGNORE_INDEX
-from ovaal_backend.engine.losses import ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
+from ovaal_backend.engine.losses import (
+    balanced_bce,
+    click_counts,
+    global_balanced_bce,
+    ova_semi_loss,
+    sparse_cross_entropy,
+    sparse_ova_bce,
+)
 
 
 def test_ova_bce_unbalanced_matches_manual_one_hot():
@@ -70,3 +77,28 @@ def test_semi_loss_is_bce_on_pseudo_labels():
     logits = torch.zeros(1, 2, 2, 2)
     pseudo = torch.ones(1, 2, 2, 2)
     assert ova_semi_loss(logits, pseudo).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_global_balance_matches_the_batch_balance_where_the_batch_mirrors_all_clicks():
+    logits, labels = torch.randn(12, 3), torch.tensor([0] * 6 + [1] * 4 + [2] * 2)
+    counts = click_counts(torch.cat([labels, labels, torch.tensor([IGNORE_INDEX])]), 3)  # twice the batch's mix
+    assert counts.tolist() == [12.0, 8.0, 4.0]
+    for balance in (0.5, 1.0):
+        assert sparse_ova_bce(logits, labels, balance, counts).item() == pytest.approx(
+            sparse_ova_bce(logits, labels, balance).item(), rel=1e-5)
+        assert sparse_cross_entropy(logits, labels, balance, counts).item() == pytest.approx(
+            sparse_cross_entropy(logits, labels, balance).item(), rel=1e-5)
+    assert sparse_ova_bce(logits, labels, 0.0, counts).item() == sparse_ova_bce(logits, labels, 0.0).item()
+
+
+def test_global_balance_weighs_a_rare_class_by_all_clicks_not_by_the_batch():
+    per_point = torch.rand(4, 2)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # one positive of class 0 here
+    rare = global_balanced_bce(per_point, targets, torch.tensor([1.0, 99.0]))  # ...but 1 in 100 clicks overall
+    common = global_balanced_bce(per_point, targets, torch.tensor([25.0, 75.0]))  # ...the batch's own mix
+    assert common.item() == pytest.approx(balanced_bce(per_point, targets, torch.ones_like(targets)).item(), rel=1e-5)
+    # class 0's one positive and class 1's one negative each weigh N / 2 = 50 (1 click in 100 overall); the other
+    # sides weigh N / (2 x 99)
+    other = 100 / 198
+    weights = torch.tensor([[50.0, 50.0], [other, other], [other, other], [other, other]])
+    assert rare.item() == pytest.approx((per_point * weights).mean(0).mean().item(), rel=1e-5)

@@ -52,6 +52,8 @@ class EngineConfig(Part):
     scale_max: float = 1.5
     color_jitter: float = 0.3
     class_balance: float = 0.5  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
+    # the balance's class weights from the counts of all clicks instead of each batch's (issue 15's mechanism)
+    class_balance_global: bool = False
     # most training points a fully labelled image (a corrected mask) gives: a grid of the training size scaled down to
     # at most this many cells (0 = one point per training pixel, which lowered the pool's masks: docs/benchmarks.md)
     correction_points: int = 1000

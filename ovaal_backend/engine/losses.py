@@ -26,12 +26,15 @@ def _mix(plain: torch.Tensor, balanced: torch.Tensor, balance: float) -> torch.T
     return (1 - balance) * plain + balance * balanced
 
 
-def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: float = 1.0) -> torch.Tensor:
+def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: float = 1.0,
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
     """Per-class binary cross-entropy on labelled points (the paper's L_active), averaged over classes.
 
     One answer is a positive for its class and a negative for every other class, so with C classes each binary problem
     sees about C-1 negatives per positive. Balanced, each class's positives and negatives weigh half each (classes with
-    no positive yet use negatives only), which keeps minority classes from collapsing to "never".
+    no positive yet use negatives only), which keeps minority classes from collapsing to "never". The sides are
+    counted in the batch, or with ``counts`` (C,) (every labelled click's class, ``click_counts``) over all clicks
+    (``global_balanced_bce``).
 
     Shape: logits (P, C), labels (P,) with IGNORE_INDEX for points that train nothing -> scalar.
     """
@@ -41,7 +44,36 @@ def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: float = 
         return logits.sum() * 0.0
     targets = F.one_hot(labels, logits.shape[1]).float()
     per_point = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    return _mix(per_point.mean(), balanced_bce(per_point, targets, torch.ones_like(targets)), balance)
+    if balance <= 0:
+        return per_point.mean()
+    balanced = (balanced_bce(per_point, targets, torch.ones_like(targets)) if counts is None
+                else global_balanced_bce(per_point, targets, counts))
+    return _mix(per_point.mean(), balanced, balance)
+
+
+def click_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many labelled points each class has (IGNORE_INDEX left out). Shape: (P,) -> (C,) float."""
+    labels = labels[labels != IGNORE_INDEX].long()
+    return torch.bincount(labels, minlength=num_classes)[:num_classes].float()
+
+
+def global_balanced_bce(per_point: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``balanced_bce`` with each class's sides weighed by the counts of ALL clicks instead of the batch's.
+
+    A positive of class c weighs N / (2 P_c) and a negative N / (2 (N - P_c)), N all clicks and P_c class c's (a
+    class with one side only weighs it 1): on a batch whose classes mirror all clicks this is ``balanced_bce``. Why:
+    per batch, a batch's single click of a large class weighs as much as all its positives together, so the
+    weights swing from batch to batch; global counts fix them for the whole training (issue 15 item 6).
+    Shape: per_point, targets (P, C), counts (C,) -> scalar.
+    """
+    counts = counts.to(per_point.device).float()
+    total = counts.sum().clamp(min=1)
+    negatives = total - counts
+    sides = (counts > 0).float() + (negatives > 0).float()
+    w_pos = total / (sides.clamp(min=1) * counts.clamp(min=1))
+    w_neg = total / (sides.clamp(min=1) * negatives.clamp(min=1))
+    weights = targets * w_pos + (1 - targets) * w_neg
+    return (per_point * weights).mean(0).mean()
 
 
 def balanced_bce(per_pixel: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -60,11 +92,13 @@ def balanced_bce(per_pixel: torch.Tensor, targets: torch.Tensor, weight: torch.T
     return per_class.mean()
 
 
-def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balance: float = 0.0) -> torch.Tensor:
+def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balance: float = 0.0,
+                         counts: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-class cross-entropy on labelled points (the PixelPick baseline).
 
     Balanced, every class present among the points weighs the same (the mean over classes of each class's mean
-    loss): class weights from the clicks' class counts, the softmax's counterpart of the OVA balance.
+    loss): class weights from the clicks' class counts, the softmax's counterpart of the OVA balance; the batch's
+    counts, or with ``counts`` (C,) those of all clicks (a point of class c weighs N / (K P_c), K classes clicked).
     Shape: (P, C), (P,) -> scalar.
     """
     keep = labels != IGNORE_INDEX
@@ -74,6 +108,10 @@ def sparse_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, balance: fl
     per_point = F.cross_entropy(logits, labels, reduction="none")
     if balance <= 0:
         return per_point.mean()
+    if counts is not None:
+        counts = counts.to(logits.device).float()
+        weights = counts.sum() / (counts[labels].clamp(min=1) * (counts > 0).sum())
+        return _mix(per_point.mean(), (per_point * weights).mean(), balance)
     counts = torch.bincount(labels, minlength=logits.shape[1]).float()
     present = (counts > 0).sum()
     weights = 1.0 / (counts[labels] * present)

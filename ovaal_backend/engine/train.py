@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..config import IGNORE_INDEX, EngineConfig
 from ..files import write_atomically
 from .data import Augmentation, Batch, make_batch, normalize, sample_at_points
-from .losses import ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
+from .losses import click_counts, ova_semi_loss, sparse_cross_entropy, sparse_ova_bce
 from .model import SegmentationClassifier
 from .pseudo_labels import SEMI_TEACHERS, refine_pseudo_labels
 from .schedules import LR_SCHEDULES
@@ -59,20 +59,22 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: EngineConfig,
 
 
 def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torch.Tensor,
-               config: EngineConfig) -> torch.Tensor:
+               config: EngineConfig, counts: torch.Tensor | None = None) -> torch.Tensor:
     """The active loss on the batch's clicks: per-class BCE (OVA) or cross-entropy (multi-class).
 
     ``ova-separate`` sums the classes' losses instead of averaging them, so each of its C networks gets the gradient of
     its own binary loss and the weight decay keeps its meaning (averaged, decay was in effect C times stronger).
     ``ova-softmax`` adds the plain cross-entropy of its decision head to its heads' BCE: ``class_balance`` shapes the
     heads (what gets asked), while the softmax that decides learns the clicks' own class mix, as PixelPick's does.
+    ``counts`` (C,): every click's class over the whole training (``class_balance_global``), else the balance counts
+    the batch's.
     """
     at_points = sample_at_points(logits, points)
     labels = points[:, 3].long().to(logits.device)
     if not model.is_ova:
-        return sparse_cross_entropy(at_points, labels, balance=config.class_balance)
+        return sparse_cross_entropy(at_points, labels, balance=config.class_balance, counts=counts)
     classes = model.num_classes
-    loss = sparse_ova_bce(at_points[:, :classes], labels, balance=config.class_balance)
+    loss = sparse_ova_bce(at_points[:, :classes], labels, balance=config.class_balance, counts=counts)
     if model.spec.softmax_decision:
         return loss + sparse_cross_entropy(at_points[:, classes:], labels)
     return loss * classes if model.spec.separate else loss
@@ -136,7 +138,8 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
         raise ValueError("the OVAAL+ semi-supervised loss needs an OVA classifier (ova-shared or ova-separate)")
     batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
-    run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch, semi)
+    run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch, semi,
+               _global_counts(points, model.num_classes) if config.class_balance_global else None)
     augment = Augmentation(config.scale_min, config.scale_max, True, config.color_jitter)
     model.to(device).train()
     iterations, last_loss = 0, float("nan")
@@ -156,14 +159,21 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
     return TrainResult(epochs, iterations, time.perf_counter() - started, last_loss)
 
 
+def _global_counts(points: Sequence[np.ndarray], num_classes: int) -> torch.Tensor:
+    """Each class's labelled points over the whole pool (``class_balance_global``). Shape: (C,) float."""
+    labels = [torch.from_numpy(np.asarray(p)[:, 2]) for p in points if len(p)]
+    return click_counts(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), num_classes)
+
+
 class _Run:
     """The moving parts of one training run, all owned here: the schedule of the optimiser it is given, the
     mixed-precision scaler and, with ``semi``, the OVAAL+ teacher (a copy of the model as the run begins)."""
 
     def __init__(self, model: SegmentationClassifier, config: EngineConfig, device: torch.device,
                  normalization: tuple[Sequence[float], Sequence[float]], optimizer: torch.optim.Optimizer,
-                 total_steps: int, semi: bool) -> None:
+                 total_steps: int, semi: bool, counts: torch.Tensor | None = None) -> None:
         self.model, self.config, self.device, self.normalization = model, config, device, normalization
+        self.counts = counts
         self.optimizer = optimizer
         self.teacher = copy.deepcopy(model).eval() if semi else None
         self.schedule = build_schedule(optimizer, config, total_steps)
@@ -176,7 +186,7 @@ class _Run:
         inputs = normalize(batch.images.to(self.device, non_blocking=True), mean, std)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             logits = self.model(inputs)
-            loss = point_loss(self.model, logits, batch.points, self.config)
+            loss = point_loss(self.model, logits, batch.points, self.config, self.counts)
             if self.teacher is not None:
                 weak = normalize(batch.weak.to(self.device, non_blocking=True), mean, std)
                 loss = loss + self.config.semi_alpha * semi_loss(logits, self.teacher, batch, weak, self.config)
