@@ -27,7 +27,8 @@ def _pool(count=4, seed=0):
                                                   ("multiclass", "margin"), ("multiclass", "entropy"),
                                                   ("multiclass", "least-confidence"), ("multiclass", "random"),
                                                   ("multiclass", "ova"), ("ova-shared", "margin"),
-                                                  ("ova-softmax", "ova"), ("ova-softmax", "margin")])
+                                                  ("ova-softmax", "ova"), ("ova-softmax", "margin"),
+                                                  ("ova-shared", "ova-and-margin"), ("multiclass", "ova-and-margin")])
 def test_queries_never_repeat_labelled_pixels(classifier, selection):
     images, labels, sizes = _pool(2)
     config = Config(classifier=classifier, selection=selection, semi=classifier != "multiclass", **TINY)
@@ -43,6 +44,9 @@ def test_queries_never_repeat_labelled_pixels(classifier, selection):
         assert 0 <= q.certainty <= 1 and q.certainty == pytest.approx(1 - q.image_uncertainty)
         if selection == "ova":
             assert sorted(np.bincount(q.query_class, minlength=3).tolist()) == [3, 3, 3]
+        elif selection == "ova-and-margin":  # 5 by the classes in turn, 4 by margin among the pixels left
+            assert (q.query_class == RANDOM_QUERY).sum() == 4
+            assert sorted(np.bincount(q.query_class[q.query_class >= 0], minlength=3).tolist()) == [1, 2, 2]
         else:
             assert (q.query_class == RANDOM_QUERY).all()
 

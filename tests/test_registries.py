@@ -99,6 +99,8 @@ class TestScorers(LookupContract):
         # the most uncertain answer: each binary head at 0.5 (per class), or a uniform class distribution
         undecided = entry.score(torch.full((1, 3, 1, 1), 0.5 if entry.per_class else 1 / 3)).max()
         assert undecided >= scores.max() - 1e-6, f"{name}: an undecided model must score highest"
+        if entry.other_half is not None:  # half per class, half by a scorer of the class distribution
+            assert entry.per_class and not get_scorer(entry.other_half).per_class
 
     def test_selections_are_the_scorers_and_random(self) -> None:
         assert SELECTIONS == (*SCORERS, RANDOM_SELECTION)

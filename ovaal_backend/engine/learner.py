@@ -21,7 +21,7 @@ from .data import normalize
 from .model import SegmentationClassifier, build_classifier, winner_takes_all
 from .rounds import Training
 from .runtime import resolve_device
-from .scorers import get_scorer, normalised_entropy
+from .scorers import Scorer, get_scorer, normalised_entropy
 from .train import TrainResult, build_optimizer, train_model
 from .weights import get_normalization
 
@@ -183,21 +183,44 @@ class ActiveLearner:
         if selection == RANDOM_SELECTION:
             index, valid = select_random(candidates, n, self.generator)
         elif (scorer := get_scorer(selection)).per_class:
-            # Over a softmax (Table II (b)) each class's probability is read as its own binary problem.
-            shares = None
-            if self.config.quota_area > 0:
-                class_map = winner_takes_all(decision if decision is not None else probabilities)
-                shares = area_shares(class_map, self.num_classes, self.config.quota_area)
-            index, query_class, valid = select_per_class(scorer.score(probabilities), candidates, n,
-                                                         self.config.diversity_top_fraction, self.generator, shares)
+            half = n // 2 if scorer.other_half else 0
+            index, query_class, valid = self._select_per_class(scorer, probabilities, decision, candidates, n - half)
+            if half:  # the other half from the image's top pixels by the other scorer, never a pixel taken above
+                taken = torch.zeros_like(candidates).reshape(index.shape[0], -1).scatter_(1, index, True)
+                more, more_valid = self._select_top(get_scorer(scorer.other_half), self._distribution(probabilities),
+                                                    candidates & ~taken.reshape(candidates.shape), half)
+                index, valid = torch.cat([index, more], 1), torch.cat([valid, more_valid], 1)
+                query_class = torch.cat([query_class, torch.full_like(more, RANDOM_QUERY)], 1)
         else:
-            if self.model.is_ova:
-                # Table II (c): a multi-class scorer over OVA outputs ranks the sigmoids normalised to sum to one.
-                probabilities = probabilities / probabilities.sum(1, keepdim=True).clamp_min(1e-12)
-            index, valid = select_top(scorer.score(probabilities), candidates, n, self.config.diversity_top_fraction,
-                                      self.generator)
+            probabilities = self._distribution(probabilities)  # the queries' uncertainties are of what it ranks
+            index, valid = self._select_top(scorer, probabilities, candidates, n)
         guesses = decision if decision is not None else probabilities
         return self._to_queries(probabilities, guesses, candidates.shape[-1], index, query_class, valid)
+
+    def _select_per_class(self, scorer: Scorer, probabilities: torch.Tensor, decision: torch.Tensor | None,
+                          candidates: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """OVA selection: each class's most uncertain pixels; over a softmax (Table II (b)) each class's probability
+        is read as its own binary problem. The split over classes is even or, with ``quota_area``, by predicted
+        area."""
+        shares = None
+        if self.config.quota_area > 0:
+            class_map = winner_takes_all(decision if decision is not None else probabilities)
+            shares = area_shares(class_map, self.num_classes, self.config.quota_area)
+        return select_per_class(scorer.score(probabilities), candidates, n, self.config.diversity_top_fraction,
+                                self.generator, shares)
+
+    def _distribution(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """What a scorer of the class distribution ranks. Table II (c): over OVA outputs, the sigmoids normalised to
+        sum to one."""
+        if not self.model.is_ova:
+            return probabilities
+        return probabilities / probabilities.sum(1, keepdim=True).clamp_min(1e-12)
+
+    def _select_top(self, scorer: Scorer, probabilities: torch.Tensor, candidates: torch.Tensor,
+                    n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's top pixels by a scorer of the class distribution (``probabilities`` from ``_distribution``)."""
+        return select_top(scorer.score(probabilities), candidates, n, self.config.diversity_top_fraction,
+                          self.generator)
 
     def _to_queries(self, probabilities: torch.Tensor | None, guesses: torch.Tensor | None, width: int,
                     index: torch.Tensor, query_class: torch.Tensor | None, valid: torch.Tensor) -> list[Queries]:

@@ -36,6 +36,8 @@ METHODS: dict[str, dict[str, Any]] = {
                  "class_balance": 0.5, "quota_area": 0.5},
     "ova-global": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
                    "class_balance": 0.5, "class_balance_global": True},
+    "ova-halves": {"classifier": "ova-shared", "selection": "ova-and-margin", "semi": False,
+                   "diversity_top_fraction": 0.05, "class_balance": 0.5},
 }
 """Shorthands for the compared methods. ``default`` is exactly what the backend runs with no setting changed (read
 from the Config defaults, so it follows them); then the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax
@@ -44,7 +46,8 @@ cells of the paper's Table II 2x2 with its plain loss (``softmax-ovaselect``, ``
 ``pixelpick`` is the fourth); then issue 15's mechanisms: ``ova-softmax`` is OVAAL with a softmax decision head
 beside its One-vs-All heads (the heads select, the softmax decides the masks); ``ova-area`` splits half of each
 round's pixels over the classes by their predicted area instead of evenly; ``ova-global`` weighs the balanced
-loss's classes by the counts of all clicks instead of each batch's. OVAAL's class balance is the
+loss's classes by the counts of all clicks instead of each batch's; ``ova-halves`` picks half of each round per
+class and half by margin (budget-aware selection). OVAAL's class balance is the
 backend's default, 0.5 (half plain, half class-balanced loss): the 5-seed grid's best OVA design on both splits
 (docs/benchmarks.md); ``--class-balance 1`` gives the full balance, ``0`` the paper's plain loss."""
 
