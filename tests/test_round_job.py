@@ -48,7 +48,8 @@ def clicks(label: np.ndarray, n: int, seed: int) -> np.ndarray:
 def job(tmp_path, pool, ended_round: int, version: int, points=None, **changes) -> RoundJob:
     paths, labels = pool
     points = points if points is not None else [np.zeros((0, 3), np.int64) for _ in paths]
-    return RoundJob(config=Config(**TWO_ROUNDS), classes=CLASSES, ended_round=ended_round, keys=[10, 11, 12, 13],
+    config = changes.pop("config", Config(**TWO_ROUNDS))
+    return RoundJob(config=config, classes=CLASSES, ended_round=ended_round, keys=[10, 11, 12, 13],
                     image_paths=paths, points=points, checkpoint=str(tmp_path / "model.pt"), version=version,
                     generation=0, masks_dir=str(tmp_path / "masks"), **changes)
 
@@ -77,6 +78,20 @@ def test_a_round_trains_saves_selects_and_predicts_then_resumes(tmp_path, pool):
     assert again.training == result.training and again.version == 1
 
 
+def test_every_round_of_an_ova_softmax_project_runs_to_its_final_masks(tmp_path, pool):
+    points = [clicks(label, 12, i) for i, label in enumerate(pool[1])]
+    config = Config(**{**TWO_ROUNDS, "classifier": "ova-softmax"})  # with OVAAL+: its loss trains the heads
+    ended, version = 0, 1
+    while ended is not None:
+        result = run_round(job(tmp_path, pool, ended, version, points, config=config))
+        ended, version = result.next_round, version + 1
+        assert all((q.guess >= 0).all() and (q.guess < len(CLASSES)).all() for q in result.queries.values())
+    for key in (10, 11, 12, 13):
+        class_map, scores = read_mask(result.masks[key])
+        assert class_map.shape == (48, 64) and class_map.max() < len(CLASSES) and scores.shape == (len(CLASSES),)
+    assert load_checkpoint(tmp_path / "model.pt")["learner"]["kind"] == "ova-softmax"
+
+
 def test_last_round_has_no_next_queries_and_nothing_trainable_keeps_the_version(tmp_path, pool):
     empty = [np.array([[3, 3, IGNORE_INDEX]]) for _ in pool[0]]
     nothing = run_round(job(tmp_path, pool, 0, 1, empty))
@@ -95,7 +110,7 @@ def test_an_unreadable_image_is_reported_not_fatal(tmp_path, pool):
     assert set(result.queries) == {10, 11, 12} and "13" not in result.unreadable and 13 in result.unreadable
 
 
-@pytest.mark.parametrize("classifier", ["ova-shared", "multiclass"])
+@pytest.mark.parametrize("classifier", ["ova-shared", "multiclass", "ova-softmax"])
 def test_masks_built_in_strips_equal_the_whole_upsampled_map(classifier):
     """The strip-by-strip mask (what a 49 MP photo needs) holds exactly the classes of the whole upsampled map."""
     torch.manual_seed(0)
@@ -104,7 +119,7 @@ def test_masks_built_in_strips_equal_the_whole_upsampled_map(classifier):
     torch.nn.init.normal_(head.weight, std=2.0)  # an untrained head picks one class everywhere
     images = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
     sizes = [(150, 201), (48, 64)]
-    whole = [learner.predict_probabilities(images[b:b + 1], sizes[b])[0] for b in range(2)]  # (C, H, W) at once
+    whole = [learner.predict_probabilities(images[b:b + 1], sizes[b], decision=True)[0] for b in range(2)]  # at once
     for tile_elements in (MASK_TILE_ELEMENTS, 1000):  # one piece; strips of 128 columns
         masks = list(predict_masks(learner, [7, 8], images, sizes, batch=2, tile_elements=tile_elements))
         assert [key for key, _, _ in masks] == [7, 8]
