@@ -48,5 +48,9 @@ def test_each_name_computes_its_own_score():
     assert SCORERS["margin"].score(probs).item() == pytest.approx(1 - (0.6 - 0.3))
     assert SCORERS["least-confidence"].score(probs).item() == pytest.approx(0.4)
     assert SCORERS["entropy"].score(probs).item() == pytest.approx(-sum(p * math.log(p) for p in (0.6, 0.3, 0.1)))
-    assert SCORERS["ova"].per_class and not any(s.per_class for n, s in SCORERS.items() if n != "ova")
+    per_class = {"ova", "ova-and-margin"}
+    assert all(SCORERS[n].per_class for n in per_class)
+    assert not any(s.per_class for n, s in SCORERS.items() if n not in per_class)
     assert torch.equal(SCORERS["ova"].score(probs), score_binary_entropy(probs))
+    assert SCORERS["ova-and-margin"].score is score_binary_entropy and SCORERS["ova-and-margin"].other_half == "margin"
+    assert all(s.other_half is None for n, s in SCORERS.items() if n != "ova-and-margin")
