@@ -113,6 +113,9 @@ def test_ova_softmax_trains_heads_and_decision_and_its_masks_and_guesses_follow_
     at, labels_at = sample_at_points(logits, points), points[:, 3].long()
     expected = sparse_ova_bce(at[:, :3], labels_at, balance=0.5) + sparse_cross_entropy(at[:, 3:], labels_at)
     assert point_loss(learner.model, logits, points, config).item() == pytest.approx(expected.item(), rel=1e-6)
+    half = Config(classifier="ova-softmax", decision_balance=0.5, **TINY)
+    expected = sparse_ova_bce(at[:, :3], labels_at, balance=0.5) + sparse_cross_entropy(at[:, 3:], labels_at, 0.5)
+    assert point_loss(learner.model, logits, points, half).item() == pytest.approx(expected.item(), rel=1e-6)
 
     clicks = [np.array([[r, c, lab[r, c]] for r in range(0, 48, 6) for c in range(0, 64, 6)]) for lab in labels]
     learner.train(images, clicks, sizes, Training(epochs=2, semi=True), progress=False)  # OVAAL+ uses the heads

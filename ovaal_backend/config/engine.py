@@ -54,6 +54,8 @@ class EngineConfig(Part):
     class_balance: float = 0.5  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
     # the balance's class weights from the counts of all clicks instead of each batch's (issue 15's mechanism)
     class_balance_global: bool = False
+    # CLASSIFIER=ova-softmax: the class balance of its softmax decision head (0 = the plain cross-entropy)
+    decision_balance: float = 0.0
     # most training points a fully labelled image (a corrected mask) gives: a grid of the training size scaled down to
     # at most this many cells (0 = one point per training pixel, which lowered the pool's masks: docs/benchmarks.md)
     correction_points: int = 1000
@@ -114,7 +116,8 @@ class EngineConfig(Part):
         for name, allowed in ENGINE_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(allowed)}")
-        for name in ("class_balance", "semi_ema_decay", "semi_balance", "quota_area"):
+        for name in ("class_balance", "semi_ema_decay", "semi_balance", "quota_area",
+                     "decision_balance"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.encoder_lr_ratio <= 1.0:

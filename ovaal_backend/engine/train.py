@@ -64,8 +64,9 @@ def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torc
 
     ``ova-separate`` sums the classes' losses instead of averaging them, so each of its C networks gets the gradient of
     its own binary loss and the weight decay keeps its meaning (averaged, decay was in effect C times stronger).
-    ``ova-softmax`` adds the plain cross-entropy of its decision head to its heads' BCE: ``class_balance`` shapes the
-    heads (what gets asked), while the softmax that decides learns the clicks' own class mix, as PixelPick's does.
+    ``ova-softmax`` adds the cross-entropy of its decision head to its heads' BCE: ``class_balance`` shapes the
+    heads (what gets asked), ``decision_balance`` the softmax that decides (0: the clicks' own class mix, as
+    PixelPick's).
     ``counts`` (C,): every click's class over the whole training (``class_balance_global``), else the balance counts
     the batch's.
     """
@@ -76,7 +77,7 @@ def point_loss(model: SegmentationClassifier, logits: torch.Tensor, points: torc
     classes = model.num_classes
     loss = sparse_ova_bce(at_points[:, :classes], labels, balance=config.class_balance, counts=counts)
     if model.spec.softmax_decision:
-        return loss + sparse_cross_entropy(at_points[:, classes:], labels)
+        return loss + sparse_cross_entropy(at_points[:, classes:], labels, config.decision_balance, counts)
     return loss * classes if model.spec.separate else loss
 
 

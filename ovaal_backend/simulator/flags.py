@@ -40,6 +40,7 @@ FLAG_HELP = {
     "retrain": "fresh model every round (else fine-tune)",
     "class_balance": "0..1: how strongly each class's clicks are re-weighted to weigh the same (default: method's)",
     "class_balance_global": "the balance's class weights from all clicks' counts (else each batch's)",
+    "decision_balance": "0..1: class balance of ova-softmax's decision head (0 = plain cross-entropy)",
     "lr_schedule": "learning rate within each training (cosine)",
     "keep_optimizer": "keep Adam's state across rounds (else a fresh Adam per round)",
     "semi_rule": "OVAAL+ refinement of the uncertain pixels",

@@ -7,7 +7,7 @@ from typing import Any
 from ..config import TRAIN_PROFILES, EngineConfig
 
 METHOD_FIELDS = ("classifier", "selection", "semi", "diversity_top_fraction", "class_balance", "quota_area",
-                 "class_balance_global")
+                 "class_balance_global", "decision_balance")
 """The settings that make a method (the rest is the protocol: preset and flags)."""
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -32,6 +32,8 @@ METHODS: dict[str, dict[str, Any]] = {
     # issue 15's mechanisms for the large classes, each beside the default it changes
     "ova-softmax": {"classifier": "ova-softmax", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
                     "class_balance": 0.5},
+    "ova-softmax-half": {"classifier": "ova-softmax", "selection": "ova", "semi": False,
+                         "diversity_top_fraction": 0.05, "class_balance": 0.5, "decision_balance": 0.5},
     "ova-area": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
                  "class_balance": 0.5, "quota_area": 0.5},
     "ova-global": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
@@ -44,7 +46,8 @@ from the Config defaults, so it follows them); then the paper's four, and ``pixe
 with the same class re-weighting as our OVA loss), which tells One-vs-All apart from re-weighting; and the other
 cells of the paper's Table II 2x2 with its plain loss (``softmax-ovaselect``, ``ova-margin``, ``ova-plain``;
 ``pixelpick`` is the fourth); then issue 15's mechanisms: ``ova-softmax`` is OVAAL with a softmax decision head
-beside its One-vs-All heads (the heads select, the softmax decides the masks); ``ova-area`` splits half of each
+beside its One-vs-All heads (the heads select, the softmax decides the masks), ``ova-softmax-half`` the same with
+the softmax half class-balanced; ``ova-area`` splits half of each
 round's pixels over the classes by their predicted area instead of evenly; ``ova-global`` weighs the balanced
 loss's classes by the counts of all clicks instead of each batch's; ``ova-halves`` picks half of each round per
 class and half by margin (budget-aware selection). OVAAL's class balance is the
