@@ -178,13 +178,14 @@ class ActiveLearner:
                 ``decision``); None: ``probabilities``' own argmax.
         """
         candidates = candidates.to(self.device)
+        guesses = decision if decision is not None else probabilities
         selection = RANDOM_SELECTION if random or probabilities is None else self.config.selection
         query_class = None
         if selection == RANDOM_SELECTION:
             index, valid = select_random(candidates, n, self.generator)
         elif (scorer := get_scorer(selection)).per_class:
             half = n // 2 if scorer.other_half else 0
-            index, query_class, valid = self._select_per_class(scorer, probabilities, decision, candidates, n - half)
+            index, query_class, valid = self._select_per_class(scorer, probabilities, guesses, candidates, n - half)
             if half:  # the other half from the image's top pixels by the other scorer, never a pixel taken above
                 taken = torch.zeros_like(candidates).reshape(index.shape[0], -1).scatter_(1, index, True)
                 more, more_valid = self._select_top(get_scorer(scorer.other_half), self._distribution(probabilities),
@@ -194,17 +195,17 @@ class ActiveLearner:
         else:
             probabilities = self._distribution(probabilities)  # the queries' uncertainties are of what it ranks
             index, valid = self._select_top(scorer, probabilities, candidates, n)
-        guesses = decision if decision is not None else probabilities
+            guesses = decision if decision is not None else probabilities
         return self._to_queries(probabilities, guesses, candidates.shape[-1], index, query_class, valid)
 
-    def _select_per_class(self, scorer: Scorer, probabilities: torch.Tensor, decision: torch.Tensor | None,
+    def _select_per_class(self, scorer: Scorer, probabilities: torch.Tensor, guesses: torch.Tensor,
                           candidates: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """OVA selection: each class's most uncertain pixels; over a softmax (Table II (b)) each class's probability
         is read as its own binary problem. The split over classes is even or, with ``quota_area``, by predicted
-        area."""
+        area (``guesses``' class map)."""
         shares = None
         if self.config.quota_area > 0:
-            class_map = winner_takes_all(decision if decision is not None else probabilities)
+            class_map = winner_takes_all(guesses)
             shares = area_shares(class_map, self.num_classes, self.config.quota_area)
         return select_per_class(scorer.score(probabilities), candidates, n, self.config.diversity_top_fraction,
                                 self.generator, shares)
