@@ -63,20 +63,25 @@ def add_project(fake: FakeLabelStudio, project: int, count: int, seed: int) -> d
 
 
 class RecordingJobs(RQJobs):
-    """RQJobs that remembers what it was asked to run."""
+    """RQJobs that remembers what it was asked to run; with ``meet``, each job waits at that barrier before it is
+    enqueued, so that several projects' jobs reach the queue together (not one after another finished)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, meet: threading.Barrier | None = None) -> None:
         super().__init__(config, poll_seconds=0.2)
         self.calls: list[tuple[RoundJob, str]] = []
+        self._meet = meet
 
     def run(self, job, project=""):
         self.calls.append((job, str(project)))
+        if self._meet is not None:
+            self._meet.wait(120)
         return super().run(job, project)
 
 
-def queued_driver(tmp_path, fake: FakeLabelStudio, project: int, redis_url: str, **overrides) -> ProjectDriver:
+def queued_driver(tmp_path, fake: FakeLabelStudio, project: int, redis_url: str,
+                  meet: threading.Barrier | None = None, **overrides) -> ProjectDriver:
     config = tiny_config(tmp_path, redis_url=redis_url, **{**QUEUE_SETTINGS, **overrides})
-    driver = ProjectDriver(config, project, fake, jobs=RecordingJobs(config))
+    driver = ProjectDriver(config, project, fake, jobs=RecordingJobs(config, meet))
     driver.setup(f"{project}.1700000000", XML)
     return driver
 
@@ -265,10 +270,13 @@ def test_killed_worker_job_runs_again_elsewhere(tmp_path, redis_url, workers):
 @pytest.mark.slow
 def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
     """Two projects at once on two workers: both advance, their jobs run at the same time on different workers,
-    and neither project ever has two jobs on the queue or running at once (sampled from Redis throughout)."""
+    and neither project ever has two jobs on the queue or running at once (sampled from Redis throughout). Each
+    step's two jobs are enqueued together (a barrier), so on a loaded machine one project's slow way to the queue
+    cannot let the other's job finish first."""
     fake = FakeLabelStudio()
     truths = {project: add_project(fake, project, 2, seed=project) for project in (1, 2)}
-    drivers = {project: queued_driver(tmp_path, fake, project, redis_url) for project in (1, 2)}
+    meet = threading.Barrier(2)
+    drivers = {project: queued_driver(tmp_path, fake, project, redis_url, meet) for project in (1, 2)}
     workers.start("a")
     workers.start("b")
     workers.wait_registered(2)
