@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,8 @@ def test_semi_loss_is_bce_on_pseudo_labels():
 
 def test_global_balance_matches_the_batch_balance_where_the_batch_mirrors_all_clicks():
     logits, labels = torch.randn(12, 3), torch.tensor([0] * 6 + [1] * 4 + [2] * 2)
-    counts = click_counts(torch.cat([labels, labels, torch.tensor([IGNORE_INDEX])]), 3)  # twice the batch's mix
+    rows = np.stack([np.zeros(13, dtype=np.int64), np.arange(13), np.r_[labels.numpy(), IGNORE_INDEX]], axis=1)
+    counts = click_counts([rows, rows[:12], np.zeros((0, 3), dtype=np.int64)], 3)  # twice the batch's mix
     assert counts.tolist() == [12.0, 8.0, 4.0]
     for balance in (0.5, 1.0):
         assert sparse_ova_bce(logits, labels, balance, counts).item() == pytest.approx(

@@ -15,16 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..config import IGNORE_INDEX
+from .losses import click_counts
 
 
 def click_log_prior(points: Sequence[np.ndarray], num_classes: int) -> torch.Tensor:
     """log of each class's share of the answered clicks (void and "can't tell" left out), with one pseudo-count
     per class so a class nobody clicked yet is not ruled out. Shape: (C,)."""
-    labels = np.concatenate([p[:, 2] for p in points if len(p)]) if any(len(p) for p in points) else np.zeros(0)
-    labels = labels[labels != IGNORE_INDEX].astype(np.int64)
-    counts = np.bincount(labels, minlength=num_classes)[:num_classes].astype(np.float64) + 1.0
-    return torch.from_numpy(np.log(counts / counts.sum())).float()
+    counts = click_counts(points, num_classes).double() + 1.0
+    return (counts / counts.sum()).log().float()
 
 
 def adjusted_class_map(probabilities: torch.Tensor, is_ova: bool, log_prior: torch.Tensor,

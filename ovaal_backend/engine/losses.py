@@ -11,6 +11,9 @@ apart from re-weighting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,10 +54,13 @@ def sparse_ova_bce(logits: torch.Tensor, labels: torch.Tensor, balance: float = 
     return _mix(per_point.mean(), balanced, balance)
 
 
-def click_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """How many labelled points each class has (IGNORE_INDEX left out). Shape: (P,) -> (C,) float."""
-    labels = labels[labels != IGNORE_INDEX].long()
-    return torch.bincount(labels, minlength=num_classes)[:num_classes].float()
+def click_counts(points: Sequence[np.ndarray], num_classes: int) -> torch.Tensor:
+    """How many labelled points each class has over a pool's point arrays ((N, 3) rows of y, x, class; IGNORE_INDEX
+    left out): the class weights of ``global_balanced_bce`` and the prior of logit adjustment. Shape: (C,) float."""
+    labels = [np.asarray(p)[:, 2] for p in points if len(p)]
+    labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, dtype=np.int64)
+    labels = labels[labels != IGNORE_INDEX]
+    return torch.from_numpy(np.bincount(labels, minlength=num_classes)[:num_classes]).float()
 
 
 def global_balanced_bce(per_point: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

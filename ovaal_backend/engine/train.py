@@ -140,7 +140,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
     batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
     run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch, semi,
-               _global_counts(points, model.num_classes) if config.class_balance_global else None)
+               click_counts(points, model.num_classes) if config.class_balance_global else None)
     augment = Augmentation(config.scale_min, config.scale_max, True, config.color_jitter)
     model.to(device).train()
     iterations, last_loss = 0, float("nan")
@@ -158,12 +158,6 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
     bar.close()
     model.eval()
     return TrainResult(epochs, iterations, time.perf_counter() - started, last_loss)
-
-
-def _global_counts(points: Sequence[np.ndarray], num_classes: int) -> torch.Tensor:
-    """Each class's labelled points over the whole pool (``class_balance_global``). Shape: (C,) float."""
-    labels = [torch.from_numpy(np.asarray(p)[:, 2]) for p in points if len(p)]
-    return click_counts(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), num_classes)
 
 
 class _Run:
