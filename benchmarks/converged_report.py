@@ -11,10 +11,9 @@ pixels), on the held-out set and on the pool; small and large classes; logit adj
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 from pathlib import Path
 
+from doc_section import print_tables
 from report import LARGE, Groups, Metric, class_iou, fmt, load_splits, ordered, paired, section, values
 
 BASE = "pixelpick"
@@ -110,11 +109,4 @@ if __name__ == "__main__":
     parser.add_argument("--write-doc", action="store_true", help="also write them into docs/benchmarks.md")
     parser.add_argument("--section", default="CAMVID-CONVERGED")
     args = parser.parse_args()
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        main(args.folder)
-    print(buffer.getvalue(), end="")
-    if args.write_doc:
-        from doc_section import write_section
-
-        write_section(args.section, buffer.getvalue())
+    print_tables(lambda: main(args.folder), args.section if args.write_doc else None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -18,3 +21,14 @@ def write_section(name: str, section: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.write_text(text)
+
+
+def print_tables(make: Callable[[], None], section: str | None) -> None:
+    """Run ``make`` (a report's main, which prints its tables), print what it printed and, with ``section``, also
+    write that text into that section of docs/benchmarks.md: the doc holds exactly what the command printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        make()
+    print(buffer.getvalue(), end="")
+    if section:
+        write_section(section, buffer.getvalue())

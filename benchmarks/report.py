@@ -11,12 +11,12 @@ pixels, so differences between rows are taken per seed (paired). Every table wor
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+from doc_section import print_tables
 
 SPLITS = ("val", "cross")
 SPLIT_TITLES = {"val": "val (pool camvid/train -> camvid/val, the tuning split)",
@@ -359,13 +359,6 @@ if __name__ == "__main__":
     parser.add_argument("--section", default="CAMVID-TABLES", help="the docs/benchmarks.md section to write")
     parser.add_argument("--plot", help="also draw the budget curves (one panel per split) into this PNG")
     args = parser.parse_args()
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        main(args.folder)
-    print(buffer.getvalue(), end="")
-    if args.write_doc:
-        from doc_section import write_section
-
-        write_section(args.section, buffer.getvalue())
+    print_tables(lambda: main(args.folder), args.section if args.write_doc else None)
     if args.plot:
         plot(load_splits(Path(args.folder)), args.plot)
