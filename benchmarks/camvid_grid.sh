@@ -20,21 +20,8 @@ CKPT=${CKPT:-results/checkpoints}  # the ovaal models after the last round, for 
 THREADS=${THREADS:-1}
 mkdir -p "$OUT"
 
-split_flags() {  # split_flags SPLIT
-  case $1 in
-    val) echo "--train $CAMVID/train --eval $CAMVID/val" ;;
-    cross) echo "--train $CAMVID/train --train-prefixes 0001TP,0016E5 --eval $CAMVID/train --eval-prefixes 0006R0" ;;
-  esac
-}
-
-job() {  # job SPLIT NAME SEED FLAGS...: one line for the runner, or nothing when the result exists
-  local split=$1 name=$2 seed=$3
-  shift 3
-  local out="$OUT/$split/${name}_seed${seed}.json"
-  [[ -f "$out" ]] && return 0
-  echo "$PY -m ovaal_backend simulate $(split_flags "$split") --out $out --preset cpu --encoder-weights lite0-offline" \
-       "--threads $THREADS --seed $seed --quiet $*"
-}
+RUN_FLAGS="--preset cpu --encoder-weights lite0-offline --threads $THREADS"
+source benchmarks/grid_common.sh
 
 jobs_list() {  # main rows for every seed first (product default first), then the protocol checks
   for seed in $SEEDS; do

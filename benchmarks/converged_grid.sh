@@ -29,21 +29,8 @@ PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 THREADS=${THREADS:-2}
 
-split_flags() {  # split_flags SPLIT
-  case $1 in
-    val) echo "--train $CAMVID/train --eval $CAMVID/val" ;;
-    cross) echo "--train $CAMVID/train --train-prefixes 0001TP,0016E5 --eval $CAMVID/train --eval-prefixes 0006R0" ;;
-  esac
-}
-
-job() {  # job SPLIT NAME SEED FLAGS...: one line for the runner, or nothing when the result exists
-  local split=$1 name=$2 seed=$3
-  shift 3
-  local out="$OUT/$split/${name}_seed${seed}.json"
-  [[ -f "$out" ]] && return 0
-  echo "$PY -m ovaal_backend simulate $(split_flags "$split") --out $out --preset converged" \
-       "--encoder-weights lite0-offline --threads $THREADS --seed $seed --logit-taus 0.5,1 --quiet $*"
-}
+RUN_FLAGS="--preset converged --encoder-weights lite0-offline --threads $THREADS --logit-taus 0.5,1"
+source benchmarks/grid_common.sh
 
 jobs_list() {
   if [[ $GRID == main ]]; then  # the pairs that matter first, on every seed, then Table II's other cells
