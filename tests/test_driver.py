@@ -323,6 +323,28 @@ def test_weights_saved_before_a_crash_are_used(tmp_path, fake, truth):
     assert again.model_version == "ovaal-1" and len(again.metrics()["trainings"]) == trainings
 
 
+@pytest.mark.parametrize("changes", [{"classifier": "ova-softmax"},
+                                     {"classifier": "multiclass", "selection": "margin"}])
+def test_a_changed_classifier_serves_the_trained_model_until_the_next_round_trains_a_new_one(tmp_path, fake, truth,
+                                                                                          changes):
+    """CLASSIFIER changed between two runs of the backend: /predict still serves the model trained before (no
+    error), and the next round trains a new model of the kind now asked for, on every stored click."""
+    driver = started(tmp_path, fake)
+    answer_round(fake, driver, truth, 0)
+    drain(driver)
+    source = fake.tasks[next(iter(truth))]
+    unstored = dict(source, id=999)  # no stored mask: a forward pass of the served model
+    before = driver.predict([unstored])[0]
+    again = ProjectDriver(tiny_config(tmp_path, **changes), P, fake)
+    assert again.predict([unstored])[0] == before
+    answer_round(fake, again, truth, 1)
+    drain(again)
+    state = again.state()
+    assert again.model_version == "ovaal-2" and not state.failed_job and state.phase == "done"
+    assert again.ctx.model.read_checkpoint()["learner"]["kind"] == changes["classifier"]
+    assert len(again.predict([unstored])[0]["result"]) > 0
+
+
 def test_round_fields_change_only_through_events(tmp_path, fake):
     driver = ProjectDriver(tiny_config(tmp_path), P, fake)
     with pytest.raises(AttributeError, match="ProjectContext.apply"):

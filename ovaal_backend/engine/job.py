@@ -24,7 +24,7 @@ from ..config import IGNORE_INDEX, EngineConfig, engine_part
 from ..files import write_atomically
 from .data import load_rgb, to_tensor_resized
 from .dense import DenseLabels, grid_points
-from .learner import ActiveLearner, Queries
+from .learner import MODEL_FIELDS, ActiveLearner, Queries, model_settings
 from .rounds import START, RoundPlan, Training, round_job_id
 from .step import Pool, round_step
 from .train import TrainResult, load_checkpoint, save_checkpoint
@@ -156,10 +156,17 @@ def _restore(job: RoundJob, learner: ActiveLearner, pool: Pool, result: RoundRes
 
     An earlier run of this job that saved ``job.version`` (a crash after the save) is reused, not trained again.
     With nothing trainable the job trains nothing and selects with the version it continues, if there is one.
-    Otherwise it trains, continuing the generation's last weights when ``fine_tune``.
+    Otherwise it trains, continuing the generation's last weights when ``fine_tune``. Weights of another model
+    (CLASSIFIER, ENCODER... changed since they were saved) are not the generation's: the job trains a new model as
+    the settings now ask, on every stored click.
     """
     saved = _read(job.checkpoint)
     ours = saved is not None and saved["generation"] == job.generation
+    if ours and not learner.fits(saved["learner"]):
+        log.warning("job %s: the saved model was trained with %s, the settings now ask for %s: a new model is "
+                    "trained from the pretrained encoder on every stored click", job.job_id,
+                    model_settings(saved["learner"]), {name: getattr(job.config, name) for name in MODEL_FIELDS})
+        ours = False
     if ours and saved["version"] == job.version:
         learner.load_state_dict(saved["learner"])
         result.version, result.training = job.version, saved.get("training")

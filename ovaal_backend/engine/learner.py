@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 
 RANDOM_QUERY = -1
 """``query_class`` of a pixel chosen at random (round 0, or the random baseline) rather than by one class."""
+MODEL_FIELDS = ("classifier", "arch", "encoder", "encoder_weights")
+"""The settings a checkpoint's weights belong to: the network's shape and the input normalisation it learnt with."""
+
+
+def model_settings(state: dict) -> dict[str, str]:
+    """The MODEL_FIELDS a learner's checkpoint ``state`` (``ActiveLearner.state_dict``) was trained with."""
+    saved = state.get("config", {})
+    return {name: saved[name] for name in MODEL_FIELDS if name in saved}
 
 
 @dataclass(frozen=True)
@@ -77,16 +85,18 @@ class ActiveLearner:
         config: model, training and acquisition settings.
         num_classes: C.
         device: where to run; ``config.device`` by default.
+        pretrained: load ``config.encoder_weights`` into the encoder (not when a checkpoint's weights replace them).
     """
 
-    def __init__(self, config: EngineConfig, num_classes: int, device: torch.device | None = None) -> None:
+    def __init__(self, config: EngineConfig, num_classes: int, device: torch.device | None = None,
+                 pretrained: bool = True) -> None:
         self.config = config
         self.num_classes = num_classes
         self.device = device or resolve_device(config.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.normalization = get_normalization(config.encoder_weights)
         torch.manual_seed(config.seed)
-        self.model: SegmentationClassifier = build_classifier(config, num_classes).to(self.device).eval()
+        self.model: SegmentationClassifier = build_classifier(config, num_classes, pretrained).to(self.device).eval()
         self.trained_rounds = 0
         self._kept_optimizer: torch.optim.Optimizer | None = None
 
@@ -290,10 +300,26 @@ class ActiveLearner:
                 "kind": self.model.kind, "trained_rounds": self.trained_rounds,
                 "generator": self.generator.get_state()}
 
+    @classmethod
+    def from_checkpoint(cls, config: EngineConfig, num_classes: int, state: dict) -> ActiveLearner:
+        """The learner a checkpoint ``state`` holds, built with the model settings it was trained with (MODEL_FIELDS)
+        and ``config``'s others. Why: a project whose CLASSIFIER or ENCODER changed since its last training still
+        serves the model it has until the next round trains one as the settings ask (``semi`` is off here: a served
+        model trains nothing, and OVAAL+ would refuse a softmax checkpoint). Its pretrained weights are not read."""
+        served = config.replace(**model_settings(state), semi=False)
+        learner = cls(served, num_classes, pretrained=False)
+        learner.load_state_dict(state)
+        return learner
+
+    def fits(self, state: dict) -> bool:
+        """Whether the checkpoint ``state`` holds this learner's model: the same classes, kind and MODEL_FIELDS."""
+        return (state["num_classes"] == self.num_classes and state["kind"] == self.model.kind
+                and all(getattr(self.config, name) == value for name, value in model_settings(state).items()))
+
     def load_state_dict(self, state: dict) -> None:
-        if state["num_classes"] != self.num_classes or state["kind"] != self.model.kind:
-            raise ValueError(f"checkpoint holds a {state['kind']} model with {state['num_classes']} classes; "
-                             f"this learner is {self.model.kind} with {self.num_classes}")
+        if not self.fits(state):
+            raise ValueError(f"checkpoint holds a {state['kind']} model with {state['num_classes']} classes "
+                             f"({model_settings(state)}); this learner is {self.model.kind} with {self.num_classes}")
         self.model.load_state_dict(state["model"])
         self.trained_rounds = int(state["trained_rounds"])
         self.generator.set_state(state["generator"])

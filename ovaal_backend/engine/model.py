@@ -93,8 +93,10 @@ def winner_takes_all(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities.argmax(dim=1)
 
 
-def build_classifier(config: EngineConfig, num_classes: int) -> SegmentationClassifier:
-    """The classifier described by ``config``, encoder weights loaded (see ``weights.load_encoder_weights``)."""
+def build_classifier(config: EngineConfig, num_classes: int, pretrained: bool = True) -> SegmentationClassifier:
+    """The classifier described by ``config``, with ``pretrained`` its encoder weights loaded (see
+    ``weights.load_encoder_weights``); without, for a checkpoint's weights to replace."""
     model = SegmentationClassifier(config.classifier, num_classes, config.arch, config.encoder)
-    load_encoder_weights(model, config.encoder_weights)
+    if pretrained:
+        load_encoder_weights(model, config.encoder_weights)
     return model

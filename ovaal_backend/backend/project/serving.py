@@ -58,8 +58,7 @@ class ServingModel:
             checkpoint = self.read_checkpoint()
             if checkpoint is None or (checkpoint["generation"], checkpoint["version"]) != (generation, version):
                 return None
-            learner = ActiveLearner(self.config.engine, num_classes)
-            learner.load_state_dict(checkpoint["learner"])
+            learner = ActiveLearner.from_checkpoint(self.config.engine, num_classes, checkpoint["learner"])
             self._learner, self._key = learner, (generation, version)
             return learner
 
