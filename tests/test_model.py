@@ -51,7 +51,7 @@ def test_winner_takes_all_picks_the_most_confident_class():
 
 
 def test_any_smp_architecture_by_name():
-    config = Config(arch="unet", encoder="resnet18", encoder_weights="none")
+    config = Config(classifier="ova-shared", arch="unet", encoder="resnet18", encoder_weights="none")
     model = build_classifier(config, 2).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 2, 32, 32)
 

@@ -30,7 +30,7 @@ class EngineConfig(Part):
     """
 
     # --- model ---
-    classifier: str = "ova-shared"
+    classifier: str = "ova-softmax"  # One-vs-All heads select, a softmax beside them decides (docs/method.md)
     arch: str = "deeplabv3plus"
     encoder: str = "timm-tf_efficientnet_lite0"
     encoder_weights: str = "lite0-offline"
@@ -54,8 +54,9 @@ class EngineConfig(Part):
     class_balance: float = 0.5  # 0 = the paper's plain loss, 1 = each class's clicks weigh the same (our departure)
     # the balance's class weights from the counts of all clicks instead of each batch's (issue 15's mechanism)
     class_balance_global: bool = False
-    # CLASSIFIER=ova-softmax: the class balance of its softmax decision head (0 = the plain cross-entropy)
-    decision_balance: float = 0.0
+    # CLASSIFIER=ova-softmax: the class balance of its softmax decision head (0 = the plain cross-entropy); 0.5 as the
+    # heads' won the converged CamVid grid on both splits (docs/benchmarks.md, issue 15)
+    decision_balance: float = 0.5
     # most training points a fully labelled image (a corrected mask) gives: a grid of the training size scaled down to
     # at most this many cells (0 = one point per training pixel, which lowered the pool's masks: docs/benchmarks.md)
     correction_points: int = 1000

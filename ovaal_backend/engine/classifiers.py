@@ -61,9 +61,9 @@ CLASSIFIERS: dict[str, ClassifierKind] = {
     "multiclass": ClassifierKind(ova=False),
     "ova-softmax": ClassifierKind(ova=True, softmax_decision=True),
 }
-"""Classifier name -> kind: one network with C sigmoid outputs (the default), C binary networks as in the paper,
-one network with a softmax over C (PixelPick), or One-vs-All heads that select beside a softmax that decides
-(``ova-softmax``, issue 15's mechanism; not in the paper)."""
+"""Classifier name -> kind: one network with C sigmoid outputs, C binary networks as in the paper, one network with
+a softmax over C (PixelPick), or One-vs-All heads that select beside a softmax that decides (``ova-softmax``, the
+default since issue 15's converged grid; not in the paper)."""
 
 
 def get_classifier_kind(name: str) -> ClassifierKind:

@@ -136,7 +136,7 @@ def train_model(model: SegmentationClassifier, images: torch.Tensor, points: Seq
     if epochs == 0 or not labelled:
         return TrainResult(0, 0, 0.0, float("nan"))
     if semi and not model.is_ova:
-        raise ValueError("the OVAAL+ semi-supervised loss needs an OVA classifier (ova-shared or ova-separate)")
+        raise ValueError("the OVAAL+ semi-supervised loss needs One-vs-All heads (not CLASSIFIER=multiclass)")
     batch_size = max(2, min(config.batch_size, len(pool)))  # batch-norm needs two samples; a tiny pool repeats
     steps_per_epoch = max(1, len(pool) // batch_size)
     run = _Run(model, config, device, normalization, optimizer, epochs * steps_per_epoch, semi,

@@ -29,11 +29,9 @@ METHODS: dict[str, dict[str, Any]] = {
                    "class_balance": 0.0},
     "ova-plain": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
                   "class_balance": 0.0},
-    # issue 15's mechanisms for the large classes, each beside the default it changes
+    # issue 15's mechanisms for the large classes, each a change of ``ovaal`` (the default until they were measured)
     "ova-softmax": {"classifier": "ova-softmax", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
-                    "class_balance": 0.5},
-    "ova-softmax-half": {"classifier": "ova-softmax", "selection": "ova", "semi": False,
-                         "diversity_top_fraction": 0.05, "class_balance": 0.5, "decision_balance": 0.5},
+                    "class_balance": 0.5, "decision_balance": 0.0},
     "ova-area": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
                  "class_balance": 0.5, "quota_area": 0.5},
     "ova-global": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
@@ -45,14 +43,16 @@ METHODS: dict[str, dict[str, Any]] = {
 from the Config defaults, so it follows them); then the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax
 with the same class re-weighting as our OVA loss), which tells One-vs-All apart from re-weighting; and the other
 cells of the paper's Table II 2x2 with its plain loss (``softmax-ovaselect``, ``ova-margin``, ``ova-plain``;
-``pixelpick`` is the fourth); then issue 15's mechanisms: ``ova-softmax`` is OVAAL with a softmax decision head
-beside its One-vs-All heads (the heads select, the softmax decides the masks), ``ova-softmax-half`` the same with
-the softmax half class-balanced; ``ova-area`` splits half of each
-round's pixels over the classes by their predicted area instead of evenly; ``ova-global`` weighs the balanced
-loss's classes by the counts of all clicks instead of each batch's; ``ova-halves`` picks half of each round per
-class and half by margin (budget-aware selection). OVAAL's class balance is the
-backend's default, 0.5 (half plain, half class-balanced loss): the 5-seed grid's best OVA design on both splits
-(docs/benchmarks.md); ``--class-balance 1`` gives the full balance, ``0`` the paper's plain loss."""
+``pixelpick`` is the fourth); then issue 15's mechanisms, each a change of ``ovaal`` (One-vs-All on one network,
+half-balanced heads: the default until they were measured): ``ova-softmax`` adds a softmax decision head beside the
+One-vs-All heads (the heads select, the softmax decides the masks) trained with the plain cross-entropy; the
+default is that design with the softmax half class-balanced (``DECISION_BALANCE=0.5``, measured as
+``ova-softmax-half`` before it became the default); ``ova-area`` splits half of each round's pixels over the classes
+by their predicted area instead of evenly; ``ova-global`` weighs the balanced loss's classes by the counts of all
+clicks instead of each batch's; ``ova-halves`` picks half of each round per class and half by margin (budget-aware
+selection). OVAAL's class balance is 0.5 (half plain, half class-balanced loss): the 5-seed ``cpu`` grid's best OVA
+design on both splits (docs/benchmarks.md); ``--class-balance 1`` gives the full balance, ``0`` the paper's plain
+loss."""
 
 CPU_PROFILE = TRAIN_PROFILES["cpu"]
 """The one CPU profile, the backend's ``TRAIN_PROFILE=cpu``: the ``cpu`` and ``converged`` presets start from it (its
