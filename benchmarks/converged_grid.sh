@@ -13,7 +13,8 @@
 #                 they were measured): ova-softmax (a softmax decision head beside the One-vs-All heads, plain
 #                 cross-entropy; the default is that head half balanced), ova-area (half of each round's pixels split
 #                 by predicted class area), ova-global (the balance's class weights from all clicks), ova-halves (half
-#                 of each round by margin); each is paired with the default of the same seed and split
+#                 of each round by margin), and default-area (the default with ova-area's quotas); each is paired
+#                 with the default and with ovaal of the same seed and split
 # Order: the default and PixelPick seed by seed on both splits, then the other cells, so a CPU run that is stopped still leaves the
 # pairs that matter; a finished file is skipped, so the grid resumes. JOBS runs at a time, THREADS torch threads each
 # (CPU: JOBS=1 THREADS=2; one H200: JOBS=14 THREADS=1, images and labels resident on the GPU).
@@ -60,7 +61,7 @@ jobs_list() {
             job "$split" "$method-convergence" "$seed" --method "$method" --convergence-check
           done ;;
         mechanisms)
-          for method in ovaal ova-softmax ova-area ova-global ova-halves; do
+          for method in ovaal ova-softmax ova-area ova-global ova-halves default-area; do
             job "$split" "$method" "$seed" --method "$method"
           done ;;
         *) echo "unknown grid $GRID: main, budgets, convergence or mechanisms" >&2; exit 2 ;;

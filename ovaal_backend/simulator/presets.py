@@ -10,8 +10,11 @@ METHOD_FIELDS = ("classifier", "selection", "semi", "diversity_top_fraction", "c
                  "class_balance_global", "decision_balance")
 """The settings that make a method (the rest is the protocol: preset and flags)."""
 
+DEFAULT_METHOD: dict[str, Any] = {name: getattr(EngineConfig, name) for name in METHOD_FIELDS}
+"""The method settings the backend runs with no setting changed."""
+
 METHODS: dict[str, dict[str, Any]] = {
-    "default": {name: getattr(EngineConfig, name) for name in METHOD_FIELDS},
+    "default": DEFAULT_METHOD,
     "ovaal": {"classifier": "ova-shared", "selection": "ova", "semi": False, "diversity_top_fraction": 0.05,
               "class_balance": 0.5},
     "ovaal+": {"classifier": "ova-shared", "selection": "ova", "semi": True, "diversity_top_fraction": 0.05,
@@ -38,6 +41,7 @@ METHODS: dict[str, dict[str, Any]] = {
                    "class_balance": 0.5, "class_balance_global": True},
     "ova-halves": {"classifier": "ova-shared", "selection": "ova-and-margin", "semi": False,
                    "diversity_top_fraction": 0.05, "class_balance": 0.5},
+    "default-area": {**DEFAULT_METHOD, "quota_area": 0.5},
 }
 """Shorthands for the compared methods. ``default`` is exactly what the backend runs with no setting changed (read
 from the Config defaults, so it follows them); then the paper's four, and ``pixelpick-balanced`` (PixelPick's softmax
@@ -50,7 +54,8 @@ default is that design with the softmax half class-balanced (``DECISION_BALANCE=
 ``ova-softmax-half`` before it became the default); ``ova-area`` splits half of each round's pixels over the classes
 by their predicted area instead of evenly; ``ova-global`` weighs the balanced loss's classes by the counts of all
 clicks instead of each batch's; ``ova-halves`` picks half of each round per class and half by margin (budget-aware
-selection). OVAAL's class balance is 0.5 (half plain, half class-balanced loss): the 5-seed ``cpu`` grid's best OVA
+selection); ``default-area`` is the default with ``ova-area``'s quotas, the two measured winners stacked. OVAAL's
+class balance is 0.5 (half plain, half class-balanced loss): the 5-seed ``cpu`` grid's best OVA
 design on both splits (docs/benchmarks.md); ``--class-balance 1`` gives the full balance, ``0`` the paper's plain
 loss."""
 
