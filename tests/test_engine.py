@@ -153,7 +153,7 @@ def test_semi_phase_needs_ova_and_runs():
     semi = RoundPlan.from_config(learner.config).final_phase(True)
     assert learner.train(images, points, sizes, semi, progress=False).iterations == 1
     multi = ActiveLearner(Config(classifier="multiclass", selection="margin", semi=False, **TINY), 3)
-    with pytest.raises(ValueError, match="OVA classifier"):
+    with pytest.raises(ValueError, match="needs One-vs-All heads"):
         multi.train(images, points, sizes, semi, progress=False)
 
 
