@@ -30,9 +30,10 @@ from tests.helpers.fault_kit import (
     make_project,
     project_metrics,
     query_tasks,
+    running_backend,
     webhook_has_auth,
 )
-from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
+from tests.helpers.ls_server import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def backend(label_studio, tmp_path_factory):
     env = backend_env(label_studio, tmp_path_factory.mktemp("models"), RETRY_SECONDS="1")
-    process = BackendProcess(env, tmp_path_factory.mktemp("log") / "backend.log", startup_timeout=120)
-    try:
-        process.start()
-    except BackendError as err:
-        pytest.fail(str(err))
-    yield process
-    process.stop()
-    print("\n--- backend log (tail) ---\n" + process.log_tail(2500))
+    with running_backend(env, tmp_path_factory.mktemp("log") / "backend.log") as process:
+        yield process
 
 
 def ours(task: dict, version: str) -> dict | None:

@@ -42,11 +42,12 @@ from tests.helpers.fault_kit import (
     percentile,
     project_metrics,
     query_tasks,
+    running_backend,
     stored_annotation_ids,
     update_annotation,
     webhook_has_auth,
 )
-from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
+from tests.helpers.ls_server import BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -150,18 +151,9 @@ def test_kill_9_at_random_points(label_studio, tmp_path):
     t_start = time.monotonic()
     project = make_project(label_studio, "crash", N_IMAGES)
     model_dir = tmp_path / "models"
-    backend = BackendProcess(backend_env(label_studio, model_dir), tmp_path / "backend.log", startup_timeout=120)
-    try:
-        backend.start()
-    except BackendError as e:
-        pytest.fail(str(e))
-    tap = Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"), keep_host=True)
-    with tap:
-        try:
+    with running_backend(backend_env(label_studio, model_dir), tmp_path / "backend.log") as backend:
+        with Proxy(backend.url, keep_body=lambda path: path.startswith("/webhook"), keep_host=True) as tap:
             _run(label_studio, project, backend, tap, model_dir, seed, t_start)
-        finally:
-            backend.stop()
-            print("\n--- backend log (tail) ---\n" + backend.log_tail(2500))
 
 
 def _run(label_studio, project, backend, tap, model_dir, seed, t_start) -> None:

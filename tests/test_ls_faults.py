@@ -48,9 +48,10 @@ from tests.helpers.fault_kit import (
     make_project,
     project_metrics,
     query_tasks,
+    running_backend,
     webhook_has_auth,
 )
-from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
+from tests.helpers.ls_server import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -102,16 +103,8 @@ def test_label_studio_faults(label_studio, tmp_path):
     with Proxy(label_studio.url, plan=plan) as proxy:
         env = backend_env(label_studio, tmp_path / "models", LABEL_STUDIO_URL=proxy.url,
                           LABEL_STUDIO_TIMEOUT=str(CLIENT_TIMEOUT), RETRY_SECONDS="2")
-        backend = BackendProcess(env, tmp_path / "backend.log", startup_timeout=120)
-        try:
-            backend.start()
-        except BackendError as e:
-            pytest.fail(str(e))
-        try:
+        with running_backend(env, tmp_path / "backend.log") as backend:
             _run(label_studio, project, backend, plan, proxy, t_start, seed)
-        finally:
-            backend.stop()
-            print("\n--- backend log (tail) ---\n" + backend.log_tail(2500))
 
 
 def _run(label_studio, project, backend, plan: FaultPlan, proxy: Proxy, t_start: float, seed: int) -> None:

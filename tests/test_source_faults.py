@@ -40,9 +40,10 @@ from tests.helpers.fault_kit import (
     make_project,
     project_metrics,
     query_tasks,
+    running_backend,
     webhook_has_auth,
 )
-from tests.helpers.ls_server import BackendError, BackendProcess, wait_for
+from tests.helpers.ls_server import BackendProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -67,14 +68,8 @@ def proxy(label_studio):
 def backend(label_studio, proxy, drip, tmp_path_factory):
     env = backend_env(label_studio, tmp_path_factory.mktemp("models"), LABEL_STUDIO_URL=proxy.url,
                       DOWNLOAD_SECONDS=str(DOWNLOAD_SECONDS), ALLOWED_IMAGE_HOSTS=drip.host, RETRY_SECONDS="1")
-    process = BackendProcess(env, tmp_path_factory.mktemp("log") / "backend.log", startup_timeout=120)
-    try:
-        process.start()
-    except BackendError as err:
-        pytest.fail(str(err))
-    yield process
-    process.stop()
-    print("\n--- backend log (tail) ---\n" + process.log_tail(2500))
+    with running_backend(env, tmp_path_factory.mktemp("log") / "backend.log") as process:
+        yield process
 
 
 def connect(label_studio, backend: BackendProcess, project_id: int) -> None:

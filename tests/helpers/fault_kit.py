@@ -2,8 +2,8 @@
 Studio, a scripted annotator, and the invariants checked in Label Studio itself.
 
 Shared by tests/test_crash_recovery.py (kill -9 of the backend), tests/test_ls_faults.py (Label Studio answering
-502/503, stalling, dropping predictions) and benchmarks/webhook_load.py; imported as
-``tests.helpers.fault_kit``.
+502/503, stalling, dropping predictions), the other end-to-end tests that run the backend beside Label Studio and
+benchmarks/webhook_load.py; imported as ``tests.helpers.fault_kit``.
 
 ``Proxy`` is a real HTTP hop, nothing is mocked: every request is forwarded to the real server unless the plan says
 otherwise, and the answer comes back byte for byte.
@@ -17,7 +17,8 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -210,6 +211,21 @@ SETTINGS = {  # tiny and endless: each round trains for a moment; the project ne
 def backend_env(label_studio, model_dir, **extra: str) -> dict[str, str]:
     """ls_server.backend_env with this kit's small endless project (``extra`` overrides)."""
     return ls_server.backend_env(label_studio, model_dir, SETTINGS, **extra)
+
+
+@contextmanager
+def running_backend(env: dict[str, str], log_path: Path) -> Iterator[BackendProcess]:
+    """The backend serving while the block runs; its log's tail is printed after, so a failure shows what it did.
+
+    A backend that does not start raises ``BackendError`` (its message holds the log's tail).
+    """
+    backend = BackendProcess(env, log_path, startup_timeout=120)
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
+        print("\n--- backend log (tail) ---\n" + backend.log_tail(2500))
 
 
 def project_metrics(backend: BackendProcess, project_id: int, timeout: float = 2.0) -> dict[str, Any] | None:
