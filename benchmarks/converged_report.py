@@ -4,7 +4,8 @@ Usage: python benchmarks/converged_report.py docs/results/camvid-converged [--wr
 
 For every row: held-out mIoU and the pool masks' mIoU (the final model on the pool images, what the backend pushes
 into Label Studio), mean ± std over seeds; then each row minus PixelPick, paired by seed (a seed fixes the round-0
-pixels), on the held-out set and on the pool; small and large classes; logit adjustment; and the convergence check
+pixels; a row of the budget grid, e.g. ``default-200px``, against PixelPick at the same budget), on the held-out
+set and on the pool; small and large classes; logit adjustment; and the convergence check
 (the final phase trained again with twice the epochs on the same labels). Works with whatever files exist.
 """
 
@@ -14,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from doc_section import print_tables
-from report import LARGE, Groups, Metric, class_iou, fmt, load_splits, ordered, paired, section, values
+from report import LARGE, Groups, Metric, class_iou, final_miou, fmt, load_splits, ordered, paired, section, values
 
 BASE = "pixelpick"
 DEFAULT = "default"
@@ -23,6 +24,13 @@ MECHANISM_BASE = "ovaal"
 mechanisms, the present default's softmax decision head among them, are each a change of it)."""
 SMALL = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 TAUS = ("0.5", "1.0")
+BUDGETS = ("-44px", "-200px")
+"""Row-name suffixes of the budget grid: such a row is paired with its base at the same budget."""
+
+
+def at_budget(row: str, base: str) -> str:
+    """``base`` at ``row``'s budget: ``default-200px`` is paired with ``pixelpick-200px``, not the 110 px run."""
+    return next((base + suffix for suffix in BUDGETS if row.endswith(suffix)), base)
 
 
 def pool_miou(run: dict) -> float | None:
@@ -47,24 +55,29 @@ def class_mean(names: tuple[str, ...]) -> Metric:
 def main_table(groups: Groups) -> str:
     rows = []
     for name in ordered(groups):
-        runs = groups[name]
+        runs, base = groups[name], at_budget(name, BASE)
         rows.append([name, str(len(runs)), fmt(values(runs)), fmt(values(runs, pool_miou)),
                      *[fmt(values(runs, adjusted(t))) for t in TAUS], fmt(values(runs, adjusted("1.0", "pool"))),
-                     fmt(paired(groups, name, BASE), sign=True), fmt(paired(groups, name, BASE, pool_miou), sign=True),
-                     fmt(paired(groups, name, BASE, class_mean(SMALL)), sign=True),
+                     *_against(groups, name, base, (final_miou, pool_miou, class_mean(SMALL))),
                      _worst_large(groups, name),
-                     *["-" if name == base else fmt(paired(groups, name, base), sign=True)
-                       for base in (DEFAULT, MECHANISM_BASE)]])
+                     *["-" if name == other else fmt(paired(groups, name, other), sign=True)
+                       for other in (at_budget(name, DEFAULT), MECHANISM_BASE)]])
     header = ["row", "seeds", "held-out mIoU", "pool mIoU", *[f"held-out, tau {t}" for t in TAUS], "pool, tau 1.0",
               f"held-out - {BASE} (paired)", f"pool - {BASE}", "small classes - " + BASE, "worst large class",
               f"held-out - {DEFAULT} (paired)", f"held-out - {MECHANISM_BASE} (paired)"]
     return section("Final mIoU, pool masks and paired differences", header, rows, "No runs yet.")
 
 
+def _against(groups: Groups, name: str, base: str, metrics: tuple[Metric, ...]) -> list[str]:
+    """``name - base`` paired by seed for each metric; ``-`` for the base itself."""
+    return [("-" if name == base else fmt(paired(groups, name, base, m), sign=True)) for m in metrics]
+
+
 def _worst_large(groups: Groups, name: str) -> str:
-    if name == BASE:
+    base = at_budget(name, BASE)
+    if name == base:
         return "-"
-    diffs = {c: paired(groups, name, BASE, class_iou(c)) for c in LARGE}
+    diffs = {c: paired(groups, name, base, class_iou(c)) for c in LARGE}
     diffs = {c: sum(d) / len(d) for c, d in diffs.items() if d}
     if not diffs:
         return "-"
