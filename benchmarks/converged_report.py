@@ -4,9 +4,9 @@ Usage: python benchmarks/converged_report.py docs/results/camvid-converged [--wr
 
 For every row: held-out mIoU and the pool masks' mIoU (the final model on the pool images, what the backend pushes
 into Label Studio), mean ± std over seeds; then each row minus PixelPick, paired by seed (a seed fixes the round-0
-pixels; a row of the budget grid, e.g. ``default-200px``, against PixelPick at the same budget), on the held-out
-set and on the pool; small and large classes; logit adjustment; and the convergence check
-(the final phase trained again with twice the epochs on the same labels). Works with whatever files exist.
+pixels; a row of the budget or convergence grid, e.g. ``default-200px``, against PixelPick run the same way), on the
+held-out set and on the pool; small and large classes; logit adjustment; and the convergence check (the final phase
+trained again with twice the epochs on the same labels). Works with whatever files exist.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ MECHANISM_BASE = "ovaal"
 mechanisms, the present default's softmax decision head among them, are each a change of it)."""
 SMALL = ("pole", "sign_symbol", "fence", "pedestrian", "bicyclist")
 TAUS = ("0.5", "1.0")
-BUDGETS = ("-44px", "-200px")
-"""Row-name suffixes of the budget grid: such a row is paired with its base at the same budget."""
+VARIANTS = ("-44px", "-200px", "-convergence")
+"""Row-name suffixes of the budget and convergence grids: such a row is paired with its base run the same way."""
 
 
-def at_budget(row: str, base: str) -> str:
-    """``base`` at ``row``'s budget: ``default-200px`` is paired with ``pixelpick-200px``, not the 110 px run."""
-    return next((base + suffix for suffix in BUDGETS if row.endswith(suffix)), base)
+def run_alike(row: str, base: str) -> str:
+    """``base`` run as ``row`` was: ``default-200px`` is paired with ``pixelpick-200px``, not the 110 px run."""
+    return next((base + suffix for suffix in VARIANTS if row.endswith(suffix)), base)
 
 
 def pool_miou(run: dict) -> float | None:
@@ -55,13 +55,13 @@ def class_mean(names: tuple[str, ...]) -> Metric:
 def main_table(groups: Groups) -> str:
     rows = []
     for name in ordered(groups):
-        runs, base = groups[name], at_budget(name, BASE)
+        runs, base = groups[name], run_alike(name, BASE)
         rows.append([name, str(len(runs)), fmt(values(runs)), fmt(values(runs, pool_miou)),
                      *[fmt(values(runs, adjusted(t))) for t in TAUS], fmt(values(runs, adjusted("1.0", "pool"))),
                      *_against(groups, name, base, (final_miou, pool_miou, class_mean(SMALL))),
                      _worst_large(groups, name),
                      *["-" if name == other else fmt(paired(groups, name, other), sign=True)
-                       for other in (at_budget(name, DEFAULT), MECHANISM_BASE)]])
+                       for other in (run_alike(name, DEFAULT), MECHANISM_BASE)]])
     header = ["row", "seeds", "held-out mIoU", "pool mIoU", *[f"held-out, tau {t}" for t in TAUS], "pool, tau 1.0",
               f"held-out - {BASE} (paired)", f"pool - {BASE}", "small classes - " + BASE, "worst large class",
               f"held-out - {DEFAULT} (paired)", f"held-out - {MECHANISM_BASE} (paired)"]
@@ -74,7 +74,7 @@ def _against(groups: Groups, name: str, base: str, metrics: tuple[Metric, ...]) 
 
 
 def _worst_large(groups: Groups, name: str) -> str:
-    base = at_budget(name, BASE)
+    base = run_alike(name, BASE)
     if name == base:
         return "-"
     diffs = {c: paired(groups, name, base, class_iou(c)) for c in LARGE}
