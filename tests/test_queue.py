@@ -43,6 +43,8 @@ from tests.helpers.ls_server import free_port, wait_for  # noqa: E402
 from tests.helpers.queue_kit import HEARTBEAT, ROOT, TEST_QUEUE, Workers  # noqa: E402
 
 QUEUE_SETTINGS = dict(job_queue=TEST_QUEUE, worker_heartbeat=HEARTBEAT, job_retries=2)
+LONG_JOB_EPOCHS = 60
+"""Epochs of a job that must last seconds, not a fraction of one (two tiny images: one step per epoch)."""
 
 
 @pytest.fixture
@@ -272,11 +274,13 @@ def test_two_projects_train_on_two_workers(tmp_path, redis_url, workers):
     """Two projects at once on two workers: both advance, their jobs run at the same time on different workers,
     and neither project ever has two jobs on the queue or running at once (sampled from Redis throughout). Each
     step's two jobs are enqueued together (a barrier), so on a loaded machine one project's slow way to the queue
-    cannot let the other's job finish first."""
+    cannot let the other's job finish first; each job trains long enough (seconds) that a worker's slower start under
+    load (forking its work horse) cannot end one before the other begins."""
     fake = FakeLabelStudio()
     truths = {project: add_project(fake, project, 2, seed=project) for project in (1, 2)}
     meet = threading.Barrier(2)
-    drivers = {project: queued_driver(tmp_path, fake, project, redis_url, meet) for project in (1, 2)}
+    drivers = {project: queued_driver(tmp_path, fake, project, redis_url, meet, epochs=LONG_JOB_EPOCHS,
+                                      first_round_epochs=LONG_JOB_EPOCHS) for project in (1, 2)}
     workers.start("a")
     workers.start("b")
     workers.wait_registered(2)
